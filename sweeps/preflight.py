@@ -1,0 +1,77 @@
+"""Pre-flight: every check that can fail a sweep runs before any trial starts or any store is
+written, and its error names the key and the allowed values."""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from omegaconf import DictConfig
+
+from sweeps.compose import ComposeSpec
+from sweeps.samplers import SweeperConfigError, make_pruner, make_sampler
+from sweeps.search_space import SearchSpace
+
+Composer = Callable[[dict[str, Any]], DictConfig]
+
+_NON_METRIC_OBJECTIVES = ("trainable_params", "total_params")
+
+
+def check_sweeper_settings(conf: DictConfig, space: SearchSpace, objectives: list[str]) -> None:
+    if not space:
+        raise SweeperConfigError(
+            "hydra.sweeper.params: the search space is empty; add entries such as "
+            "lora.r: choice(4, 8, 16) (search_space=default does) or pass sweeps on the command line, "
+            "e.g. lora.r=4,8,16 'train.learning_rate=tag(log, interval(1e-4, 1e-2))'"
+        )
+    if "lora.lora_alpha" in space.distributions and "lora.alpha_ratio" in space.distributions:
+        raise SweeperConfigError(
+            "hydra.sweeper.params: sweep either lora.lora_alpha or lora.alpha_ratio (alpha = ratio * r), not both"
+        )
+    if int(conf.n_trials) < 1:
+        raise SweeperConfigError(f"hydra.sweeper.n_trials: must be >= 1, got {conf.n_trials}")
+    if conf.n_jobs is not None and int(conf.n_jobs) < 1:
+        raise SweeperConfigError(f"hydra.sweeper.n_jobs: must be >= 1 or null (one per GPU), got {conf.n_jobs}")
+    if int(conf.max_retry) < 0:
+        raise SweeperConfigError(f"hydra.sweeper.max_retry: must be >= 0, got {conf.max_retry}")
+    if not 0.0 <= float(conf.max_failure_rate) <= 1.0:
+        raise SweeperConfigError(f"hydra.sweeper.max_failure_rate: must be in [0, 1], got {conf.max_failure_rate}")
+    for name in objectives:
+        if not (name.startswith("eval_") or name in _NON_METRIC_OBJECTIVES):
+            raise SweeperConfigError(
+                f"hydra.sweeper.objectives: {name!r} is not a trial metric; allowed: eval_<metric> "
+                f"(eval_accuracy, eval_macro_f1, eval_loss, eval_perplexity) or {', '.join(_NON_METRIC_OBJECTIVES)}"
+            )
+    make_sampler(conf.sampler, 0, space, len(objectives), conf.sampler_kwargs)
+    make_pruner(conf.pruner, conf.pruner_kwargs)
+    reproduce = conf.reproduce
+    if int(reproduce.top_k) < 0 or int(reproduce.n_seeds) < 0:
+        raise SweeperConfigError("hydra.sweeper.reproduce.top_k / n_seeds: must be >= 0")
+    for kind in reproduce.seed_kinds:
+        if kind not in ("seed", "data_seed", "both"):
+            raise SweeperConfigError(
+                f"hydra.sweeper.reproduce.seed_kinds: {kind!r} is not allowed; allowed: seed, data_seed, both"
+            )
+
+
+def config_variants(space: SearchSpace) -> list[tuple[str, Any]]:
+    """(key, value) pairs worth checking: every choice and both ends of every range."""
+    return [(key, value) for key, values in space.extremes().items() for value in values]
+
+
+def validate_sweep(conf: DictConfig, job: DictConfig, space: SearchSpace, compose: ComposeSpec,
+                   objectives: list[str], composer: Composer) -> None:
+    """Static checks on the sweeper settings, then on the job config under every search-space
+    extreme (validate_config), then on the real model and data (trainer.preflight)."""
+    import trainer
+
+    check_sweeper_settings(conf, space, objectives)
+    trainer.validate_config(job)
+    trainer.preflight(job)
+    for key, value in config_variants(space):
+        where = f" (from hydra.sweeper.params {key}={value!r})"
+        try:
+            variant = composer({**space.fixed, key: value})
+            trainer.validate_config(variant)
+            trainer.preflight(variant)
+        except trainer.ConfigError as exc:
+            raise SweeperConfigError(f"{exc}{where}") from None

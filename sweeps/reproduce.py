@@ -1,0 +1,81 @@
+"""Re-run the best configs of a study with fresh seeds (the evidence that a winner is real).
+
+Replicates live in a companion study `<study>--reproduce` on the same storage, so they never feed
+the search sampler nor count against `n_trials`. Each replicate keeps the config of the trial it
+replicates and changes only `seed` (init + dropout), only `data_seed` (data order), or both
+(Dodge et al. 2020). The winner is also re-run with its own seeds, twice, to check bitwise
+determinism. Enqueuing is idempotent, so an interrupted reproduction resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import optuna
+from optuna.trial import TrialState
+
+from sweeps.progress import console, top_trials_table  # noqa: F401
+from sweeps.search_space import SearchSpace
+from sweeps.storage import REPRODUCE_SUFFIX
+from sweeps.study import open_study
+
+FRESH_SEED_BASE = 10_000  # replicate seeds never collide with seeds a search space would try
+
+
+def top_trials(study: optuna.Study, k: int) -> list[optuna.trial.FrozenTrial]:
+    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    reverse = study.directions[0] == optuna.study.StudyDirection.MAXIMIZE
+    return sorted(complete, key=lambda t: t.values[0], reverse=reverse)[:k]
+
+
+def plan_replicates(study: optuna.Study, top_k: int, n_seeds: int, seed_kinds: list[str],
+                    determinism_check: bool) -> list[dict[str, Any]]:
+    """One entry per replicate run: its overrides and the user attrs the report reads."""
+    plan = []
+    for rank, trial in enumerate(top_trials(study, top_k)):
+        seed, data_seed = int(trial.user_attrs["seed"]), int(trial.user_attrs["data_seed"])
+        base = {k: v for k, v in trial.params.items() if k not in ("seed", "data_seed")}
+        for kind in seed_kinds:
+            for i in range(n_seeds):
+                fresh = FRESH_SEED_BASE + i
+                new_seed = fresh if kind in ("seed", "both") else seed
+                new_data_seed = fresh if kind in ("data_seed", "both") else data_seed
+                plan.append(_entry(trial, rank, kind, i, base, new_seed, new_data_seed))
+        if determinism_check and rank == 0:
+            plan += [_entry(trial, rank, "determinism", i, base, seed, data_seed) for i in range(2)]
+    return plan
+
+
+def _entry(trial, rank, kind, index, base, seed, data_seed) -> dict[str, Any]:
+    return {"overrides": {**base, "seed": seed, "data_seed": data_seed},
+            "user_attrs": {"replicates_trial": trial.number, "sweep_rank": rank, "seed_kind": kind,
+                           "replicate_key": f"{trial.number}:{kind}:{index}", "replicate_seed": seed,
+                           "replicate_data_seed": data_seed, "sweep_value": trial.values[0]}}
+
+
+def enqueue_plan(repro: optuna.Study, plan: list[dict[str, Any]]) -> int:
+    """Enqueue what is not already done, running or queued; returns the plan's size (the budget)."""
+    have = {t.user_attrs.get("replicate_key") for t in repro.get_trials(deepcopy=False)
+            if t.state in (TrialState.COMPLETE, TrialState.RUNNING, TrialState.WAITING, TrialState.PRUNED)}
+    for entry in plan:
+        if entry["user_attrs"]["replicate_key"] not in have:
+            attrs = {**entry["user_attrs"], "overrides": entry["overrides"]}
+            repro.enqueue_trial({}, user_attrs=attrs)
+    return len(plan)
+
+
+def run_reproduction(study: optuna.Study, storage, session, runbook) -> optuna.Study:
+    """Plan, enqueue and run the replicates with the sweep's own workers and MLflow parent."""
+    conf = session.conf.reproduce
+    repro = open_study(storage, study.study_name + REPRODUCE_SUFFIX, [study.directions[0].name.lower()])
+    for key in ("objective_metric", "mlflow_parent_run_id", "mlflow_tracking_uri", "mlflow_experiment_name"):
+        if key in study.user_attrs:
+            repro.set_user_attr(key, study.user_attrs[key])
+    plan = plan_replicates(study, int(conf.top_k), int(conf.n_seeds), list(conf.seed_kinds), bool(conf.determinism_check))
+    n = enqueue_plan(repro, plan)
+    console.print(f"reproduce: top {conf.top_k} config(s) × {conf.n_seeds} seed(s) × {list(conf.seed_kinds)}"
+                  f"{' + determinism check' if conf.determinism_check else ''} = {n} runs")
+    fixed = SearchSpace(fixed=dict(session.space.fixed))
+    specs = session.worker_specs(repro.study_name, n, fixed, session.objectives[:1], replay_only=True)
+    session.supervise(repro, runbook, specs, n, "reproduce")
+    return repro

@@ -1,0 +1,72 @@
+"""Sampler and pruner factories: config names → Optuna objects, with errors that list the choices."""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any, Callable, Mapping
+
+import optuna
+
+from sweeps.search_space import SearchSpace
+
+SAMPLERS = ("tpe", "random", "grid", "cmaes", "gp", "nsgaii", "qmc")
+PRUNERS = ("median", "hyperband", "successive_halving", "percentile", "none")
+
+
+class SweeperConfigError(ValueError):
+    """A hydra.sweeper.* setting that is not allowed (the message names the key and the choices)."""
+
+
+def worker_seed(base_seed: int | None, *salt: Any) -> int | None:
+    """A distinct, reproducible sampler seed per worker and per (re)start of a sweep.
+
+    Every worker holds its own sampler; the same seed everywhere would make all workers propose
+    the same startup configurations, and a resumed TPE would replay its first proposals.
+    """
+    if base_seed is None:
+        return None
+    digest = hashlib.sha256(repr((int(base_seed),) + salt).encode()).digest()
+    return int.from_bytes(digest[:4], "little")
+
+
+def make_sampler(name: str, seed: int | None, space: SearchSpace, n_objectives: int,
+                 kwargs: Mapping[str, Any] | None = None) -> optuna.samplers.BaseSampler:
+    kwargs = dict(kwargs or {})
+    name = str(name).lower()
+    makers: dict[str, Callable[[], optuna.samplers.BaseSampler]] = {
+        "tpe": lambda: optuna.samplers.TPESampler(seed=seed, constant_liar=True, **kwargs),
+        "random": lambda: optuna.samplers.RandomSampler(seed=seed, **kwargs),
+        "grid": lambda: optuna.samplers.GridSampler(space.grid(), seed=seed, **kwargs),
+        "cmaes": lambda: optuna.samplers.CmaEsSampler(seed=seed, **kwargs),
+        "gp": lambda: optuna.samplers.GPSampler(seed=seed, **kwargs),
+        "nsgaii": lambda: optuna.samplers.NSGAIISampler(seed=seed, **kwargs),
+        "qmc": lambda: optuna.samplers.QMCSampler(seed=seed, **kwargs),
+    }
+    if name not in makers:
+        raise SweeperConfigError(f"hydra.sweeper.sampler: unknown sampler {name!r}; allowed: {', '.join(SAMPLERS)}")
+    if n_objectives > 1 and name in ("cmaes", "gp"):
+        raise SweeperConfigError(
+            f"hydra.sweeper.sampler: {name} is single-objective; with {n_objectives} objectives use nsgaii, tpe or random"
+        )
+    try:
+        return makers[name]()
+    except TypeError as exc:
+        raise SweeperConfigError(f"hydra.sweeper.sampler_kwargs: {exc}") from exc
+
+
+def make_pruner(name: str, kwargs: Mapping[str, Any] | None = None) -> optuna.pruners.BasePruner:
+    kwargs = dict(kwargs or {})
+    name = str(name).lower()
+    makers: dict[str, Callable[[], optuna.pruners.BasePruner]] = {
+        "median": lambda: optuna.pruners.MedianPruner(**{"n_startup_trials": 2, "n_warmup_steps": 1, **kwargs}),
+        "hyperband": lambda: optuna.pruners.HyperbandPruner(**kwargs),
+        "successive_halving": lambda: optuna.pruners.SuccessiveHalvingPruner(**kwargs),
+        "percentile": lambda: optuna.pruners.PercentilePruner(**{"percentile": 25.0, **kwargs}),
+        "none": lambda: optuna.pruners.NopPruner(),
+    }
+    if name not in makers:
+        raise SweeperConfigError(f"hydra.sweeper.pruner: unknown pruner {name!r}; allowed: {', '.join(PRUNERS)}")
+    try:
+        return makers[name]()
+    except TypeError as exc:
+        raise SweeperConfigError(f"hydra.sweeper.pruner_kwargs: {exc}") from exc

@@ -1,0 +1,161 @@
+"""Hydra override grammar → Optuna distributions (hydra-optuna-sweeper compatible).
+
+    choice(a, b, c) / a,b,c            → CategoricalDistribution (scalars only)
+    range(start, stop[, step])         → Int/FloatDistribution over start..stop-step (stop is
+                                         exclusive, as in Hydra and Python; HOS included stop)
+    interval(lo, hi)                   → FloatDistribution; int(interval(lo, hi)) → IntDistribution
+    tag(log, interval(lo, hi))         → the same on a log scale
+    key=value (no sweep)               → a fixed value applied to every trial
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.override_parser.types import ChoiceSweep, IntervalSweep, Override, RangeSweep
+from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
+
+Scalar = str | int | float | bool | None
+
+
+class SearchSpaceError(ValueError):
+    """A search-space entry that cannot become an Optuna distribution (names the key)."""
+
+
+@dataclass
+class SearchSpace:
+    """The swept keys (with their distributions) and the fixed overrides of a sweep."""
+
+    distributions: dict[str, BaseDistribution] = field(default_factory=dict)
+    fixed: dict[str, Scalar] = field(default_factory=dict)
+    grammar: dict[str, str] = field(default_factory=dict)  # key -> the text the user wrote
+
+    def __bool__(self) -> bool:
+        return bool(self.distributions)
+
+    def grid(self) -> dict[str, list[Any]]:
+        """Every value of each key, for the grid sampler (intervals cannot be gridded)."""
+        out: dict[str, list[Any]] = {}
+        for key, dist in self.distributions.items():
+            if isinstance(dist, CategoricalDistribution):
+                out[key] = list(dist.choices)
+            elif isinstance(dist, IntDistribution) and not dist.log:
+                out[key] = list(range(dist.low, dist.high + 1, dist.step))
+            elif isinstance(dist, FloatDistribution) and dist.step is not None:
+                n = int(round((dist.high - dist.low) / dist.step))
+                out[key] = [dist.low + i * dist.step for i in range(n + 1)]
+            else:
+                raise SearchSpaceError(
+                    f"hydra.sweeper.params.{key}: the grid sampler needs finite values; got a continuous "
+                    f"{type(dist).__name__}. Allowed with sampler=grid: choice(...), range(...), a,b,c"
+                )
+        return out
+
+    def extremes(self) -> dict[str, list[Any]]:
+        """Values worth validating before any trial: every choice, both ends of a range."""
+        out: dict[str, list[Any]] = {}
+        for key, dist in self.distributions.items():
+            if isinstance(dist, CategoricalDistribution):
+                out[key] = list(dist.choices)
+            else:
+                out[key] = [dist.low, dist.high]
+        return out
+
+
+def _distribution(override: Override) -> BaseDistribution:
+    key = override.get_key_element()
+    value = override.value()
+    if isinstance(value, ChoiceSweep) or (isinstance(value, RangeSweep) and value.shuffle):
+        choices = list(override.sweep_iterator())
+        for choice in choices:
+            if not isinstance(choice, (str, int, float, bool, type(None))):
+                raise SearchSpaceError(
+                    f"hydra.sweeper.params.{key}: choice() takes scalars only, got {choice!r}. "
+                    "Sweep a list (e.g. target modules) through a named preset: choice(qv, attn, attn_mlp, all_linear)"
+                )
+        if not choices:
+            raise SearchSpaceError(f"hydra.sweeper.params.{key}: empty choice()")
+        return CategoricalDistribution(choices)
+    if isinstance(value, RangeSweep):
+        start, stop, step = value.start, value.stop, value.step
+        if start is None or stop is None:
+            raise SearchSpaceError(f"hydra.sweeper.params.{key}: range() needs a start and a stop")
+        if any(isinstance(v, float) for v in (start, stop, step)):
+            n = int(round((stop - start) / step))
+            if n < 1:
+                raise SearchSpaceError(f"hydra.sweeper.params.{key}: range({start}, {stop}, {step}) is empty")
+            return FloatDistribution(float(start), float(start + (n - 1) * step), step=float(step))
+        last = start + ((stop - start - 1) // step) * step
+        if last < start:
+            raise SearchSpaceError(f"hydra.sweeper.params.{key}: range({start}, {stop}) is empty")
+        return IntDistribution(int(start), int(last), step=int(step))
+    if isinstance(value, IntervalSweep):
+        lo, hi = value.start, value.end
+        log = "log" in value.tags
+        if lo is None or hi is None or lo > hi:
+            raise SearchSpaceError(f"hydra.sweeper.params.{key}: interval({lo}, {hi}) needs low <= high")
+        if log and lo <= 0:
+            raise SearchSpaceError(f"hydra.sweeper.params.{key}: tag(log, interval({lo}, {hi})) needs low > 0")
+        if isinstance(lo, int) and isinstance(hi, int):
+            return IntDistribution(lo, hi, log=log)
+        return FloatDistribution(float(lo), float(hi), log=log)
+    raise SearchSpaceError(
+        f"hydra.sweeper.params.{key}: unsupported sweep {override.input_line!r}; allowed: "
+        "choice(...), a,b,c, range(...), interval(...), int(interval(...)), tag(log, interval(...))"
+    )
+
+
+def parse_search_space(params: Mapping[str, Any] | None, cli_overrides: list[str] | None = None) -> SearchSpace:
+    """Build the space from `hydra.sweeper.params` plus sweep overrides given on the command line.
+
+    Command-line entries win over config entries for the same key.
+    """
+    lines = [f"{key}={value}" for key, value in (params or {}).items() if value is not None]
+    lines += list(cli_overrides or [])
+    space = SearchSpace()
+    if not lines:
+        return space
+    parser = OverridesParser.create()
+    for override in parser.parse_overrides(lines):
+        key = override.get_key_element()
+        space.distributions.pop(key, None)
+        space.fixed.pop(key, None)
+        space.grammar[key] = override.get_value_string() if hasattr(override, "get_value_string") else str(override.input_line)
+        if override.is_sweep_override():
+            space.distributions[key] = _distribution(override)
+        else:
+            space.fixed[key] = override.value()
+    return space
+
+
+def split_overrides(arguments: list[str]) -> tuple[list[str], list[str]]:
+    """Command-line arguments → (sweep overrides, plain overrides)."""
+    parser = OverridesParser.create()
+    sweeps, plain = [], []
+    for text, override in zip(arguments, parser.parse_overrides(arguments)):
+        (sweeps if override.is_sweep_override() else plain).append(text)
+    return sweeps, plain
+
+
+def override_line(key: str, value: Any) -> str:
+    """A Hydra override that sets `key` to the sampled `value` exactly (strings quoted safely)."""
+    if isinstance(value, bool):
+        text = "true" if value else "false"
+    elif value is None:
+        text = "null"
+    elif isinstance(value, (int, float)):
+        text = repr(value)
+    else:
+        text = "'" + str(value).replace("\\", "\\\\").replace("'", "\\'") + "'"
+    return f"{key}={text}"
+
+
+def suggest(trial, key: str, dist: BaseDistribution) -> Any:
+    """Draw `key` from `dist` through the public Trial API (retried trials replay fixed params)."""
+    if isinstance(dist, CategoricalDistribution):
+        return trial.suggest_categorical(key, list(dist.choices))
+    if isinstance(dist, IntDistribution):
+        return trial.suggest_int(key, dist.low, dist.high, step=dist.step, log=dist.log)
+    return trial.suggest_float(key, dist.low, dist.high, step=dist.step, log=dist.log)

@@ -1,0 +1,172 @@
+"""One sweep session on this machine: study + MLflow parent, workers, optional reproduction, summary."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import optuna
+from omegaconf import DictConfig, OmegaConf
+from optuna.trial import TrialState
+
+from sweeps.compose import ComposeSpec
+from sweeps.progress import SweepProgress, console, top_trials_table
+from sweeps.redact import redact
+from sweeps.search_space import SearchSpace
+from sweeps.storage import mask_url, open_storage
+from sweeps.study import TrialBudget, fail_orphaned_trials, open_study
+from sweeps.supervisor import Outcome, Supervisor, SweepAborted
+from sweeps.tracking import RunBook, json_text
+from sweeps.worker import WorkerSpec
+
+
+@dataclass
+class WorkerPlan:
+    """Which worker gets which device and how many CPU threads."""
+
+    cuda_devices: list[str | None]
+    threads: int | None
+
+    @classmethod
+    def make(cls, n_jobs: int | None, devices: list[int] | None) -> "WorkerPlan":
+        import torch
+
+        if devices is None:
+            devices = list(range(torch.cuda.device_count()))
+        if devices:
+            n = int(n_jobs or len(devices))
+            return cls([str(devices[i % len(devices)]) for i in range(n)], None)
+        n = int(n_jobs or 1)
+        return cls([None] * n, max(1, (os.cpu_count() or 1) // n))
+
+
+class SweepSession:
+    def __init__(self, conf: DictConfig, job: DictConfig, space: SearchSpace, compose: ComposeSpec, url: str,
+                 study_name: str, objectives: list[str], directions: list[str], tracking_uri: str, trial_root: str):
+        self.conf, self.job, self.space, self.compose = conf, job, space, compose
+        self.url, self.study_name, self.objectives, self.directions = url, study_name, objectives, directions
+        self.tracking_uri, self.trial_root = tracking_uri, trial_root
+
+    def run(self) -> None:
+        conf = self.conf
+        storage = open_storage(self.url, heartbeat_interval=self._heartbeat())
+        study = open_study(storage, self.study_name, self.directions)
+        orphans = fail_orphaned_trials(study)
+        if orphans:
+            console.print(f"[yellow]marked {len(orphans)} orphaned RUNNING trial(s) of a dead sweep as FAIL: {orphans}")
+        self._describe(study)
+        runbook = RunBook(self.tracking_uri, str(self.job.mlflow.experiment_name))
+        budget = TrialBudget(study, self.url, int(conf.n_trials))
+        with budget.locked():  # one parent run even when several machines start at once
+            parent = runbook.open_parent(self.study_name, study.user_attrs.get("mlflow_parent_run_id"),
+                                         params=self._parent_params(), tags=self._parent_tags())
+            study.set_user_attr("mlflow_parent_run_id", parent)
+        console.print(f"[bold]MLflow parent run[/] {parent} (experiment {self.job.mlflow.experiment_name!r})")
+        status = "FINISHED"
+        try:
+            outcome = self._search(study, runbook)
+            if outcome.interrupted:
+                status = "KILLED"
+            elif int(conf.reproduce.top_k) > 0 and int(conf.reproduce.n_seeds) > 0:
+                from sweeps.reproduce import run_reproduction
+
+                run_reproduction(study, storage, self, runbook)
+        except SweepAborted as exc:
+            status = "FAILED"
+            self._finish(study, runbook, status)
+            raise SystemExit(f"sweep aborted: {exc}") from None
+        except BaseException:
+            status = "FAILED"
+            runbook.close_all("FAILED", "the sweep process failed")
+            self._finish(study, runbook, status)
+            raise
+        self._finish(study, runbook, status)
+        if status == "KILLED":
+            raise SystemExit("sweep interrupted; finished trials are kept. Rerun the same command to resume.")
+
+    # -- search ---------------------------------------------------------------------------------
+    def worker_specs(self, study_name: str, n_trials: int, space: SearchSpace, objectives: list[str],
+                     replay_only: bool = False) -> list[WorkerSpec]:
+        conf = self.conf
+        plan = WorkerPlan.make(conf.n_jobs, list(conf.devices) if conf.devices is not None else None)
+        return [WorkerSpec(worker_id=i, study_name=study_name, storage_url=self.url, n_trials=n_trials, space=space,
+                           compose=self.compose, objectives=objectives, trial_root=self.trial_root,
+                           sampler=str(conf.sampler), sampler_seed=conf.sampler_seed,
+                           sampler_kwargs=OmegaConf.to_container(conf.sampler_kwargs),
+                           pruner=str(conf.pruner), pruner_kwargs=OmegaConf.to_container(conf.pruner_kwargs),
+                           cuda_device=device, threads=plan.threads, oom_retry=bool(conf.oom_retry),
+                           heartbeat_interval=self._heartbeat(), replay_only=replay_only)
+                for i, device in enumerate(plan.cuda_devices)]
+
+    def supervise(self, study: optuna.Study, runbook: RunBook, specs: list[WorkerSpec], n_trials: int,
+                  label: str) -> Outcome:
+        with SweepProgress(study, n_trials, label) as progress:
+            supervisor = Supervisor(study, runbook, specs, n_trials=n_trials, max_retry=int(self.conf.max_retry),
+                                    max_failure_rate=float(self.conf.max_failure_rate), on_progress=progress.refresh)
+            return supervisor.run()
+
+    def _search(self, study: optuna.Study, runbook: RunBook) -> Outcome:
+        n_trials = int(self.conf.n_trials)
+        specs = self.worker_specs(self.study_name, n_trials, self.space, self.objectives)
+        where = f"{len(specs)} worker(s)" + (f" on GPUs {[s.cuda_device for s in specs]}" if specs[0].cuda_device
+                                            else f", {specs[0].threads} CPU thread(s) each")
+        console.print(f"search: {n_trials} trials, {where}")
+        return self.supervise(study, runbook, specs, n_trials, "search")
+
+    # -- bookkeeping ------------------------------------------------------------------------------
+    def _heartbeat(self) -> int | None:
+        return int(self.conf.heartbeat_interval) if "://" in self.url and not self.url.startswith("journal") else None
+
+    def _describe(self, study: optuna.Study) -> None:
+        """Study attributes the analysis, export and reproduce tools read back."""
+        attrs = {
+            "objective_metric": self.objectives[0], "objectives": self.objectives, "directions": self.directions,
+            "search_space": self.space.grammar, "fixed_params": {k: str(v) for k, v in self.space.fixed.items()},
+            "seed_tuned": any(k in self.space.distributions for k in ("seed", "data_seed")),
+            "mlflow_tracking_uri": mask_url(self.tracking_uri), "mlflow_experiment_name": str(self.job.mlflow.experiment_name),
+            "compose": {"config_dir": self.compose.config_dir, "config_name": self.compose.config_name,
+                        "overrides": [str(redact(o)) for o in self.compose.overrides]},
+            "trial_root": self.trial_root,
+            "base_config": json.loads(json_text(OmegaConf.to_container(self.job, resolve=True))),
+        }
+        for key, value in attrs.items():
+            if study.user_attrs.get(key) != value:
+                study.set_user_attr(key, value)
+
+    def _parent_params(self) -> dict[str, Any]:
+        return {f"search_space.{k}": v for k, v in self.space.grammar.items()} | {
+            "study_name": self.study_name, "objectives": ",".join(self.objectives),
+            "directions": ",".join(self.directions)}
+
+    def _parent_tags(self) -> dict[str, str]:
+        conf = self.conf
+        return {"sweep.role": "parent", "optuna.study_name": self.study_name, "optuna.storage": mask_url(self.url),
+                "sweep.n_trials": str(conf.n_trials), "sweep.sampler": str(conf.sampler),
+                "sweep.pruner": str(conf.pruner), "sweep.n_jobs": str(conf.n_jobs)}
+
+    def _finish(self, study: optuna.Study, runbook: RunBook, status: str) -> None:
+        trials = study.get_trials(deepcopy=False)
+        counts = {s.name.lower(): sum(t.state == s for t in trials) for s in TrialState}
+        metrics = {f"trials_{k}": float(v) for k, v in counts.items()}
+        tags: dict[str, str] = {}
+        best: dict[str, Any] = {}
+        complete = [t for t in trials if t.state == TrialState.COMPLETE]
+        if complete and len(self.directions) == 1:
+            trial = study.best_trial
+            metrics["best_value"] = float(trial.value)
+            tags = {f"best.{k}": str(v) for k, v in trial.params.items()}
+            tags.update({"best.trial_number": str(trial.number), "best.mlflow_run_id": str(trial.user_attrs.get("mlflow_run_id", ""))})
+            best = {"number": trial.number, "value": trial.value, "params": trial.params,
+                    "mlflow_run_id": trial.user_attrs.get("mlflow_run_id"), "metrics": trial.user_attrs.get("metrics")}
+        elif complete:
+            best = {"pareto_front": [{"number": t.number, "values": t.values, "params": t.params} for t in study.best_trials]}
+        try:
+            runbook.finish_parent(status, metrics, tags, {"best_trial.json": json_text(best)})
+        except Exception as exc:  # the summary below matters more than the parent's last tags
+            console.print(f"[yellow]could not finalise the MLflow parent run: {exc}")
+        console.print(top_trials_table(study, title=f"Top trials of {self.study_name}"))
+        console.print(f"trials: {counts['complete']} complete, {counts['pruned']} pruned, {counts['fail']} failed · "
+                      f"MLflow: mlflow ui --backend-store-uri {mask_url(self.tracking_uri)} · "
+                      f"optuna-dashboard {mask_url(self.url).replace('journal:///', '/')}")

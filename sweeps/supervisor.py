@@ -1,0 +1,211 @@
+"""The sweep process's side of the workers: start them, apply their MLflow events, watch them die.
+
+It is the only MLflow writer of the sweep (see `tracking.RunBook`). When a worker dies (SIGKILL,
+OOM killer, segfault) it fails the worker's RUNNING trial in Optuna, closes its MLflow run as
+FAILED, re-enqueues the same params (up to `max_retry` times) and starts a replacement worker.
+Ctrl-C: workers get SIGTERM, mark their trials failed, their runs end KILLED; anything they could
+not close is closed here.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing as mp
+import queue
+import signal
+import time
+from dataclasses import dataclass, field, replace
+from typing import Any, Callable
+
+import optuna
+
+from sweeps.study import count_finished, fail_trial
+from sweeps.tracking import RunBook
+from sweeps.worker import WorkerSpec, worker_main
+
+log = logging.getLogger(__name__)
+
+
+class SweepAborted(RuntimeError):
+    """Too many trials failed (max_failure_rate) or the user interrupted the sweep."""
+
+
+@dataclass
+class Outcome:
+    started: int = 0
+    complete: int = 0
+    pruned: int = 0
+    failed: int = 0
+    retried: int = 0
+    dead_workers: int = 0
+    interrupted: bool = False
+    failures: list[str] = field(default_factory=list)
+
+
+@dataclass
+class _Running:
+    key: str
+    trial_id: int
+    number: int
+    params: dict
+    user_attrs: dict
+
+
+class Supervisor:
+    def __init__(self, study: optuna.Study, runbook: RunBook, specs: list[WorkerSpec], *, n_trials: int,
+                 max_retry: int, max_failure_rate: float, on_progress: Callable[[Outcome], None] | None = None,
+                 poll_s: float = 0.2):
+        self.study, self.runbook, self.specs = study, runbook, specs
+        self.n_trials, self.max_retry, self.max_failure_rate = n_trials, max_retry, max_failure_rate
+        self.on_progress = on_progress or (lambda outcome: None)
+        self.poll_s = poll_s
+        self.ctx = mp.get_context("spawn")  # CUDA and fork do not mix
+        self.events = self.ctx.Queue()
+        self.procs: dict[int, mp.Process] = {}
+        self.running: dict[int, _Running] = {}
+        self.outcome = Outcome()
+        self._next_id = max(s.worker_id for s in specs) + 1
+
+    # -- lifecycle ----------------------------------------------------------------------------
+    def run(self) -> Outcome:
+        previous = signal.signal(signal.SIGTERM, _raise_interrupt)
+        try:
+            for spec in self.specs:
+                self._start(spec)
+            while self.procs:
+                self._drain(timeout=self.poll_s)
+                self._reap()
+                self.on_progress(self.outcome)
+                self._check_failure_rate()
+        except KeyboardInterrupt:
+            self.outcome.interrupted = True
+            self._stop_all("interrupted: the sweep was stopped (Ctrl-C)")
+        except SweepAborted as exc:
+            self._stop_all(str(exc))
+            raise
+        finally:
+            signal.signal(signal.SIGTERM, previous)
+        return self.outcome
+
+    def _start(self, spec: WorkerSpec) -> None:
+        proc = self.ctx.Process(target=worker_main, args=(spec, self.events), name=f"lora-sweep-worker-{spec.worker_id}",
+                                daemon=False)
+        proc.start()
+        self.procs[spec.worker_id] = proc
+        self._spec_by_id = getattr(self, "_spec_by_id", {})
+        self._spec_by_id[spec.worker_id] = spec
+
+    # -- events -------------------------------------------------------------------------------
+    def _drain(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                kind, worker_id, payload = self.events.get(timeout=max(0.0, deadline - time.monotonic()))
+            except queue.Empty:
+                return
+            self._handle(kind, worker_id, payload)
+
+    def _handle(self, kind: str, worker_id: int | None, payload: Any) -> None:
+        if kind == "call":
+            method, kwargs = payload
+            try:
+                result = getattr(self.runbook, method)(**kwargs)
+            except Exception as exc:  # tracking trouble must not stop the sweep
+                log.warning("MLflow %s failed: %s", method, exc)
+                return
+            if method == "open_trial":
+                self._link_run(kwargs["key"], result)
+        elif kind == "trial_started":
+            self.running[worker_id] = _Running(**payload)
+            self.outcome.started += 1
+        elif kind == "trial_finished":
+            self.running.pop(worker_id, None)
+            state = payload["state"]
+            if state == "COMPLETE":
+                self.outcome.complete += 1
+            elif state == "PRUNED":
+                self.outcome.pruned += 1
+            else:
+                self.outcome.failed += 1
+                self.outcome.failures.append(f"trial {payload['number']}: {payload['reason']}")
+        elif kind == "worker_done":
+            pass  # the process exit is handled in _reap
+
+    def _link_run(self, key: str, run_id: str) -> None:
+        """Record the MLflow run id on the Optuna trial (analysis and export follow this link)."""
+        for running in self.running.values():
+            if running.key == key:
+                self.study._storage.set_trial_user_attr(running.trial_id, "mlflow_run_id", run_id)
+                return
+
+    # -- dead workers ---------------------------------------------------------------------------
+    def _reap(self) -> None:
+        for worker_id, proc in list(self.procs.items()):
+            if proc.is_alive():
+                continue
+            proc.join()
+            self._drain(timeout=0.05)  # its last events
+            del self.procs[worker_id]
+            running = self.running.pop(worker_id, None)
+            if running is None and proc.exitcode == 0:
+                continue
+            self.outcome.dead_workers += 1
+            reason = f"worker {worker_id} died (exit code {proc.exitcode}) during trial"
+            if running is not None:
+                self._fail_dead_trial(running, reason)
+            if count_finished(self.study) < self.n_trials:
+                spec = replace(self._spec_by_id[worker_id], worker_id=self._next_id)
+                self._next_id += 1
+                log.warning("%s; starting worker %d", reason, spec.worker_id)
+                self._start(spec)
+
+    def _fail_dead_trial(self, running: _Running, reason: str) -> None:
+        fail_trial(self.study, running.trial_id, reason)
+        self.runbook.close_trial(running.key, "FAILED", tags={"optuna.state": "FAIL", "error": reason})
+        self.outcome.failed += 1
+        self.outcome.failures.append(f"trial {running.number}: {reason}")
+        retries = int(running.user_attrs.get("retry_count", 0))
+        if retries < self.max_retry:
+            owner = ("host", "supervisor_pid", "worker_pid", "worker_id", "retry_of", "retry_count")
+            attrs = {k: v for k, v in running.user_attrs.items() if k not in owner}
+            attrs.update(retry_of=int(running.user_attrs.get("retry_of", running.number)), retry_count=retries + 1)
+            self.study.enqueue_trial(running.params, user_attrs=attrs)
+            self.outcome.retried += 1
+
+    def _check_failure_rate(self) -> None:
+        if self.outcome.failed > self.max_failure_rate * self.n_trials:
+            raise SweepAborted(
+                f"{self.outcome.failed} trials failed, more than hydra.sweeper.max_failure_rate="
+                f"{self.max_failure_rate} of n_trials={self.n_trials}. Last failures:\n  "
+                + "\n  ".join(self.outcome.failures[-5:])
+            )
+
+    # -- stopping -------------------------------------------------------------------------------
+    def _stop_all(self, reason: str, grace_s: float = 60.0) -> None:
+        """SIGTERM every worker, keep applying their events while they wind down, then clean up."""
+        for proc in self.procs.values():
+            if proc.is_alive():
+                proc.terminate()
+        deadline = time.monotonic() + grace_s
+        while self.procs and time.monotonic() < deadline:
+            try:
+                self._drain(timeout=0.2)
+                for worker_id, proc in list(self.procs.items()):
+                    if not proc.is_alive():
+                        proc.join()
+                        del self.procs[worker_id]
+            except KeyboardInterrupt:  # a second Ctrl-C: stop waiting
+                break
+        for proc in self.procs.values():
+            proc.kill()
+            proc.join()
+        self.procs.clear()
+        self._drain(timeout=0.1)
+        for running in self.running.values():
+            fail_trial(self.study, running.trial_id, reason)
+        self.running.clear()
+        self.runbook.close_all("KILLED", reason)
+
+
+def _raise_interrupt(signum, frame):  # noqa: ARG001
+    raise KeyboardInterrupt

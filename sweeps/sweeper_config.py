@@ -1,0 +1,43 @@
+"""The `hydra/sweeper: lora_optuna` config node (every `hydra.sweeper.*` key, with its default)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional
+
+from hydra.core.config_store import ConfigStore
+
+
+@dataclass
+class ReproduceConf:
+    top_k: int = 0               # after the search, re-run the K best configs ...
+    n_seeds: int = 0             # ... with S fresh seeds for each seed kind
+    seed_kinds: List[str] = field(default_factory=lambda: ["seed", "data_seed", "both"])
+    determinism_check: bool = True  # also re-run the winner with its own seeds (bitwise check)
+
+
+@dataclass
+class LoraOptunaSweeperConf:
+    _target_: str = "hydra_plugins.lora_optuna_sweeper.lora_optuna_sweeper.LoraOptunaSweeper"
+    n_trials: int = 10                  # finished (complete + pruned) trials, across all workers and machines
+    n_jobs: Optional[int] = None        # worker processes on this machine; null = one per GPU, else 1
+    devices: Optional[List[int]] = None # GPU indices, one worker each (CUDA_VISIBLE_DEVICES); null = all visible
+    direction: Any = None               # maximize | minimize | a list for several objectives; null = task.direction
+    objectives: Optional[List[str]] = None  # null = [eval_<task.metric>]; e.g. [eval_accuracy, trainable_params]
+    study_name: Optional[str] = None    # null = <mlflow.experiment_name>-<hash of config + space>
+    storage: Optional[str] = None       # null = journal file ./optuna-journal.log; or postgresql://...
+    sampler: str = "tpe"                # tpe | random | grid | cmaes | gp | nsgaii | qmc
+    sampler_seed: Optional[int] = 0
+    sampler_kwargs: Dict[str, Any] = field(default_factory=dict)
+    pruner: str = "median"              # median | hyperband | successive_halving | percentile | none
+    pruner_kwargs: Dict[str, Any] = field(default_factory=dict)
+    max_retry: int = 1                  # retries of a trial whose worker died
+    max_failure_rate: float = 0.5       # abort once failed trials exceed this fraction of n_trials
+    oom_retry: bool = True              # on CUDA OOM retry once with half micro-batch, 2x accumulation
+    heartbeat_interval: int = 30        # RDB storages: seconds between trial heartbeats
+    dry_run: bool = False               # validate, print the space and samples, train nothing
+    reproduce: ReproduceConf = field(default_factory=ReproduceConf)
+    params: Dict[str, Any] = field(default_factory=dict)  # the search space (Hydra override grammar)
+
+
+ConfigStore.instance().store(group="hydra/sweeper", name="lora_optuna", node=LoraOptunaSweeperConf, provider="lora_sweep")

@@ -1,0 +1,173 @@
+"""MLflow bookkeeping: one parent run per sweep, one child run per trial.
+
+A `RunBook` is the single writer of a sweep's MLflow runs. Workers never touch MLflow: they send
+`(method, kwargs)` events to the sweep process, which calls the same-named RunBook method. So a
+local SQLite store sees one writer however many workers run, children get `mlflow.parentRunId`
+explicitly (no in-process run stack), and the sweep process, which knows every open run, can close
+the runs of a dead worker as FAILED and those of an interrupted sweep as KILLED.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any, Iterable
+
+from mlflow.entities import Metric, Param, RunTag
+from mlflow.tracking import MlflowClient
+from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
+
+from sweeps.redact import flatten, redact
+
+log = logging.getLogger(__name__)
+
+_PARAM_BATCH = 100
+_METRIC_BATCH = 1000
+_MAX_PARAM_LEN = 6000
+
+
+def tracking_uri(uri: str | None, cwd: str | os.PathLike | None = None) -> str:
+    """Absolute tracking URI: `sqlite:///mlflow.db` resolves against the directory the user ran from."""
+    base = Path(cwd or os.getcwd())
+    uri = uri or "sqlite:///mlflow.db"
+    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
+        return f"sqlite:///{(base / uri[len('sqlite:///'):]).resolve().as_posix()}"
+    if "://" not in uri:  # a bare folder: MLflow's legacy file store
+        return (base / uri).resolve().as_uri()
+    return uri
+
+
+def artifact_root(uri: str, cwd: str | os.PathLike | None = None) -> str | None:
+    """Local stores keep artifacts beside the database (`mlartifacts/`); servers decide themselves."""
+    if uri.startswith("sqlite:"):
+        return (Path(uri[len("sqlite:///"):]).parent / "mlartifacts").as_uri()
+    return None
+
+
+def params_from_config(config: dict[str, Any]) -> dict[str, str]:
+    """Flattened, redacted resolved config as MLflow params (strings, length-capped)."""
+    return {k: str(v)[:_MAX_PARAM_LEN] for k, v in flatten(redact(config)).items()}
+
+
+class RunBook:
+    """Creates, feeds and closes the MLflow runs of one sweep (or of one single run)."""
+
+    def __init__(self, uri: str, experiment_name: str, parent_run_id: str | None = None):
+        self.client = MlflowClient(tracking_uri=uri)
+        self.uri = uri
+        self.experiment_id = self._experiment(experiment_name, artifact_root(uri))
+        self.parent_run_id = parent_run_id
+        self.open_runs: dict[str, str] = {}  # trial key -> run id, for runs not yet closed
+
+    def _experiment(self, name: str, location: str | None) -> str:
+        found = self.client.get_experiment_by_name(name)
+        if found is not None:
+            return found.experiment_id
+        try:
+            return self.client.create_experiment(name, artifact_location=location)
+        except Exception:  # another sweep process created it first
+            found = self.client.get_experiment_by_name(name)
+            if found is None:
+                raise
+            return found.experiment_id
+
+    # -- parent ---------------------------------------------------------------------------
+    def open_parent(self, run_name: str, existing_run_id: str | None, params: dict[str, Any], tags: dict[str, str]) -> str:
+        """Reattach to the sweep's parent run (resume) or create it."""
+        if existing_run_id:
+            try:
+                run = self.client.get_run(existing_run_id)
+                if run.info.lifecycle_stage == "active":
+                    self.client.update_run(existing_run_id, status="RUNNING")
+                    self.parent_run_id = existing_run_id
+                    self.set_tags(existing_run_id, tags)
+                    return existing_run_id
+            except Exception:  # deleted or in another store: start a fresh parent
+                log.warning("MLflow parent run %s not found in %s; creating a new one", existing_run_id, self.uri)
+        run = self.client.create_run(self.experiment_id, run_name=run_name, tags={**tags, "sweep.role": "parent"})
+        self.parent_run_id = run.info.run_id
+        self._log_params(self.parent_run_id, params)
+        return self.parent_run_id
+
+    def finish_parent(self, status: str, metrics: dict[str, float], tags: dict[str, str], files: dict[str, str]) -> None:
+        if not self.parent_run_id:
+            return
+        self.log_metric_dict(self.parent_run_id, metrics, step=int(time.time()))
+        self.set_tags(self.parent_run_id, tags)
+        for name, text in files.items():
+            self.client.log_text(self.parent_run_id, text, name)
+        self.client.set_terminated(self.parent_run_id, status=status)
+
+    # -- trials (the methods workers call through events) --------------------------------
+    def open_trial(self, key: str, run_name: str, config: dict[str, Any], tags: dict[str, str], config_yaml: str) -> str:
+        all_tags = {MLFLOW_RUN_NAME: run_name, **tags}
+        if self.parent_run_id:
+            all_tags[MLFLOW_PARENT_RUN_ID] = self.parent_run_id
+        run = self.client.create_run(self.experiment_id, run_name=run_name, tags=all_tags)
+        run_id = run.info.run_id
+        self.open_runs[key] = run_id
+        self._log_params(run_id, params_from_config(config))
+        self.client.log_text(run_id, config_yaml, "config.yaml")
+        return run_id
+
+    def log_metrics(self, key: str, step: int, metrics: dict[str, float]) -> None:
+        run_id = self.open_runs.get(key)
+        if run_id:
+            self.log_metric_dict(run_id, metrics, step)
+
+    def set_trial_tags(self, key: str, tags: dict[str, str]) -> None:
+        run_id = self.open_runs.get(key)
+        if run_id:
+            self.set_tags(run_id, tags)
+
+    def close_trial(self, key: str, status: str, metrics: dict[str, float] | None = None,
+                    tags: dict[str, str] | None = None, artifacts: Iterable[tuple[str, str | None]] = ()) -> None:
+        """End a trial's run: FINISHED (complete), KILLED (pruned/interrupted) or FAILED."""
+        run_id = self.open_runs.pop(key, None)
+        if run_id is None:
+            return
+        try:
+            if metrics:
+                self.log_metric_dict(run_id, metrics, step=None)
+            if tags:
+                self.set_tags(run_id, tags)
+            for local, artifact_path in artifacts:
+                if Path(local).is_dir():
+                    self.client.log_artifacts(run_id, local, artifact_path)
+                elif Path(local).exists():
+                    self.client.log_artifact(run_id, local, artifact_path)
+        finally:
+            self.client.set_terminated(run_id, status=status)
+
+    def close_all(self, status: str, reason: str) -> list[str]:
+        """Close every run still open (dead worker, Ctrl-C): nothing is left RUNNING."""
+        closed = []
+        for key in list(self.open_runs):
+            self.close_trial(key, status, tags={"sweep.end_reason": reason[:5000]})
+            closed.append(key)
+        return closed
+
+    # -- helpers --------------------------------------------------------------------------
+    def set_tags(self, run_id: str, tags: dict[str, Any]) -> None:
+        items = [RunTag(str(k), str(redact(v, str(k)))[:5000]) for k, v in tags.items()]
+        for i in range(0, len(items), _PARAM_BATCH):
+            self.client.log_batch(run_id, tags=items[i:i + _PARAM_BATCH])
+
+    def _log_params(self, run_id: str, params: dict[str, Any]) -> None:
+        items = [Param(str(k), str(v)[:_MAX_PARAM_LEN]) for k, v in redact(params).items()]
+        for i in range(0, len(items), _PARAM_BATCH):
+            self.client.log_batch(run_id, params=items[i:i + _PARAM_BATCH])
+
+    def log_metric_dict(self, run_id: str, metrics: dict[str, float], step: int | None) -> None:
+        now = int(time.time() * 1000)
+        items = [Metric(k, float(v), now, int(step or 0)) for k, v in metrics.items()
+                 if isinstance(v, (int, float)) and not isinstance(v, bool)]
+        for i in range(0, len(items), _METRIC_BATCH):
+            self.client.log_batch(run_id, metrics=items[i:i + _METRIC_BATCH])
+
+
+def json_text(obj: Any) -> str:
+    return json.dumps(redact(obj), indent=2, sort_keys=True, default=str)

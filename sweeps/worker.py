@@ -1,0 +1,284 @@
+"""A worker process: takes the next trial the moment its last one ends (no batch barrier),
+fine-tunes it with a warm cache, and streams its MLflow events to the sweep process.
+
+The path of one trial: `next_trial` (budget, under a cross-process lock) → sample params →
+compose the trial config → `trainer.run_trial` (reports eval metrics → pruning) → `study.tell`
+→ `close_trial` event (final metrics, curve PNG, adapter).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import signal
+import threading
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sweeps.compose import ComposeSpec
+from sweeps.search_space import SearchSpace
+
+
+class Interrupted(BaseException):
+    """The sweep asked this worker to stop (Ctrl-C / SIGTERM): the trial ends FAIL, its run KILLED."""
+
+
+@dataclass
+class WorkerSpec:
+    worker_id: int
+    study_name: str
+    storage_url: str
+    n_trials: int
+    space: SearchSpace
+    compose: ComposeSpec
+    objectives: list[str]
+    trial_root: str
+    sampler: str = "tpe"
+    sampler_seed: int | None = 0
+    sampler_kwargs: dict = field(default_factory=dict)
+    pruner: str = "median"
+    pruner_kwargs: dict = field(default_factory=dict)
+    cuda_device: str | None = None   # value for CUDA_VISIBLE_DEVICES; None = leave as is
+    threads: int | None = None       # torch CPU threads for this worker
+    oom_retry: bool = True
+    heartbeat_interval: int | None = None
+    replay_only: bool = False        # reproduce mode: run only enqueued trials, sample nothing
+
+
+def _pin(spec: WorkerSpec) -> None:
+    """Device and thread pinning; must happen before torch is imported in this process."""
+    if spec.cuda_device is not None:
+        os.environ["CUDA_VISIBLE_DEVICES"] = spec.cuda_device
+    if spec.threads:
+        for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+            os.environ[var] = str(spec.threads)
+
+
+def _on_sigterm(signum, frame):  # noqa: ARG001
+    raise Interrupted("stopped by the sweep (interrupt)")
+
+
+def worker_main(spec: WorkerSpec, events) -> None:
+    """Process entry point (spawn context)."""
+    _pin(spec)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the sweep process decides; it sends SIGTERM
+    signal.signal(signal.SIGTERM, _on_sigterm)
+    try:
+        Worker(spec, events).loop()
+    except Interrupted:
+        pass
+    finally:
+        events.put(("worker_done", spec.worker_id, {}))
+
+
+class TrialReporter:
+    """trainer → Optuna (intermediate values, pruning) and → MLflow (events to the sweep process)."""
+
+    def __init__(self, events, key: str, trial, objective: str, prune: bool):
+        self.events, self.key, self.trial, self.objective, self.prune = events, key, trial, objective, prune
+        self.last_step = 0
+        self.history: list[dict] = []  # kept here too, so a pruned trial still gets its curve PNG
+
+    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
+        self.history.append({"step": step, **metrics})
+        self.events.put(("call", None, ("log_metrics", {"key": self.key, "step": step, "metrics": metrics})))
+
+    def report(self, step: int, metrics: dict[str, float]) -> None:
+        import optuna
+
+        self.last_step = step
+        self.log_metrics(metrics, step)
+        if not self.prune or self.objective not in metrics:
+            return
+        self.trial.report(float(metrics[self.objective]), step)
+        if self.trial.should_prune():
+            raise optuna.TrialPruned(f"pruned at step {step} ({self.objective}={metrics[self.objective]:.4f})")
+
+
+class Worker:
+    def __init__(self, spec: WorkerSpec, events):
+        import optuna
+        import torch
+
+        import trainer
+        from sweeps.samplers import make_pruner, make_sampler, worker_seed
+        from sweeps.storage import open_storage
+        from sweeps.study import TrialBudget
+
+        if spec.threads:
+            torch.set_num_threads(spec.threads)
+        self.spec, self.events, self.trainer = spec, events, trainer
+        storage = open_storage(spec.storage_url, heartbeat_interval=spec.heartbeat_interval)
+        probe = optuna.load_study(study_name=spec.study_name, storage=storage)
+        seed = worker_seed(spec.sampler_seed, spec.worker_id, len(probe.get_trials(deepcopy=False)))
+        sampler = make_sampler(spec.sampler, seed, spec.space, len(spec.objectives), spec.sampler_kwargs)
+        self.study = optuna.load_study(study_name=spec.study_name, storage=storage, sampler=sampler,
+                                       pruner=make_pruner(spec.pruner, spec.pruner_kwargs))
+        self.storage = storage
+        self.budget = TrialBudget(self.study, spec.storage_url, spec.n_trials)
+        self.cache = trainer.WarmCache()
+        self.fingerprint = trainer.environment_fingerprint()
+
+    def loop(self) -> None:
+        from sweeps.study import owner_attrs
+
+        while True:
+            if self.spec.replay_only:
+                trial = self.budget.next_trial(owner_attrs(self.spec.worker_id), waiting_only=True)
+            else:
+                trial = self.budget.next_trial(owner_attrs(self.spec.worker_id))
+            if trial is None:
+                return
+            self.run_one(trial)
+
+    # -- one trial ---------------------------------------------------------------------------
+    def _params(self, trial) -> dict[str, Any]:
+        from sweeps.search_space import suggest
+
+        params = {key: suggest(trial, key, dist) for key, dist in self.spec.space.distributions.items()}
+        params.update(trial.user_attrs.get("overrides", {}))  # reproduce: fixed config + new seeds
+        return {**self.spec.space.fixed, **params}
+
+    def run_one(self, trial) -> None:
+        import optuna
+        import torch
+        from omegaconf import OmegaConf
+
+        from sweeps.compose import compose_job
+        from sweeps.curves import plot_curves
+
+        spec, number = self.spec, trial.number
+        key = f"{spec.study_name}:{number}"
+        kind = "reproduce" if spec.replay_only else "trial"
+        trial_dir = Path(spec.trial_root) / f"{kind}_{number:04d}"
+        self.events.put(("trial_started", spec.worker_id, {"key": key, "trial_id": trial._trial_id, "number": number,
+                                                          "params": dict(trial.params), "user_attrs": dict(trial.user_attrs)}))
+        heartbeat = _Heartbeat(self.storage, trial._trial_id, spec.heartbeat_interval)
+        opened = False
+        try:
+            params = self._params(trial)
+            cfg = compose_job(spec.compose, params)
+            config = OmegaConf.to_container(cfg, resolve=True)
+            tags = {"optuna.study_name": spec.study_name, "optuna.trial_number": str(number),
+                    "sweep.kind": kind, "sweep.worker_id": str(spec.worker_id),
+                    **{f"env.{k}": str(v) for k, v in self.fingerprint.items()},
+                    **{f"trial.{k}": str(v) for k, v in trial.user_attrs.items() if k in
+                       ("retry_of", "replicates_trial", "seed_kind")}}
+            self.events.put(("call", None, ("open_trial", {
+                "key": key, "run_name": f"{kind}-{number}", "config": config, "tags": tags,
+                "config_yaml": OmegaConf.to_yaml(cfg)})))
+            opened = True
+            reporter = TrialReporter(self.events, key, trial, spec.objectives[0],
+                                     prune=len(spec.objectives) == 1 and not spec.replay_only)
+            result = self._run_with_oom_retry(cfg, reporter, trial_dir, trial)
+            values = [self._objective_value(name, result) for name in spec.objectives]
+            sha = _adapter_sha256(result.adapter_dir)
+            attrs = {"metrics": result.metrics, "trainable_params": result.trainable_params,
+                     "total_params": result.total_params, "train_runtime_s": result.train_runtime_s,
+                     "adapter_sha256": sha, "seed": int(cfg.seed), "data_seed": int(cfg.data_seed)}
+            for name, value in attrs.items():
+                trial.set_user_attr(name, value)
+            curves = plot_curves(result.history, trial_dir / "curves.png", f"{spec.study_name} #{number}")
+            self.study.tell(trial, values)
+            final = {**result.metrics, "trainable_params": result.trainable_params, "total_params": result.total_params,
+                     "train_runtime_s": result.train_runtime_s, "samples_per_second": result.samples_per_second,
+                     "peak_memory_mb": result.peak_memory_mb, "objective": values[0]}
+            artifacts = [(str(curves), None)] if curves else []
+            if result.adapter_dir:
+                artifacts.append((str(result.adapter_dir), "adapter"))
+            self._close(key, "FINISHED", final, {"optuna.state": "COMPLETE", "adapter_sha256": sha or ""}, artifacts)
+            self._finished(key, number, "COMPLETE", values[0])
+        except optuna.TrialPruned as exc:
+            trial.set_user_attr("pruned_at_step", reporter.last_step)
+            self.study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+            curves = plot_curves(reporter.history, trial_dir / "curves.png", f"{spec.study_name} #{number} (pruned: {exc})")
+            self._close(key, "KILLED", None, {"optuna.state": "PRUNED", "pruned": "true",
+                                              "pruned_at_step": str(reporter.last_step)},
+                        [(str(curves), None)] if curves else [])
+            self._finished(key, number, "PRUNED", None)
+        except Interrupted:
+            self._fail(trial, key, "interrupted: the sweep was stopped (Ctrl-C)", "KILLED", opened)
+            raise
+        except torch.OutOfMemoryError as exc:
+            self._fail(trial, key, f"out of memory: {exc}".splitlines()[0][:500], "FAILED", opened, oom=True)
+        except self.trainer.NonFiniteLossError as exc:
+            self._fail(trial, key, f"non-finite loss: {exc}", "FAILED", opened)
+        except Exception as exc:  # any other failure ends this trial only; the sweep goes on
+            reason = f"{type(exc).__name__}: {exc}"
+            self._fail(trial, key, reason, "FAILED", opened, detail=traceback.format_exc())
+        finally:
+            heartbeat.stop()
+
+    def _run_with_oom_retry(self, cfg, reporter, trial_dir, trial):
+        import torch
+
+        try:
+            return self.trainer.run_trial(cfg, reporter=reporter, cache=self.cache, output_dir=trial_dir)
+        except torch.OutOfMemoryError:
+            if not self.spec.oom_retry or cfg.train.batch_size < 2:
+                raise
+            torch.cuda.empty_cache()
+            cfg.train.batch_size = cfg.train.batch_size // 2
+            cfg.train.gradient_accumulation_steps = cfg.train.gradient_accumulation_steps * 2
+            trial.set_user_attr("oom_retry", {"batch_size": int(cfg.train.batch_size),
+                                              "gradient_accumulation_steps": int(cfg.train.gradient_accumulation_steps)})
+            self.events.put(("call", None, ("set_trial_tags", {"key": f"{self.spec.study_name}:{trial.number}",
+                                                                "tags": {"oom_retry": "true"}})))
+            return self.trainer.run_trial(cfg, reporter=reporter, cache=self.cache, output_dir=trial_dir)
+
+    @staticmethod
+    def _objective_value(name: str, result) -> float:
+        if name in result.metrics:
+            return float(result.metrics[name])
+        if name in ("trainable_params", "total_params"):
+            return float(getattr(result, name))
+        raise KeyError(f"hydra.sweeper.objectives: {name!r} is not a metric of this trial; have {sorted(result.metrics)}")
+
+    def _fail(self, trial, key: str, reason: str, run_status: str, opened: bool, oom: bool = False, detail: str = "") -> None:
+        import optuna
+
+        trial.set_user_attr("fail_reason", reason[:2000])
+        self.study.tell(trial, state=optuna.trial.TrialState.FAIL)
+        if opened:
+            self._close(key, run_status, None, {"optuna.state": "FAIL", "error": reason[:4000], "oom": str(oom).lower(),
+                                                "traceback": detail[-4000:]}, [])
+        self._finished(key, trial.number, "FAIL", None, reason)
+
+    def _close(self, key, status, metrics, tags, artifacts) -> None:
+        self.events.put(("call", None, ("close_trial", {"key": key, "status": status, "metrics": metrics,
+                                                        "tags": tags, "artifacts": artifacts})))
+
+    def _finished(self, key, number, state, value, reason: str = "") -> None:
+        self.events.put(("trial_finished", self.spec.worker_id, {"key": key, "number": number, "state": state,
+                                                                 "value": value, "reason": reason}))
+
+
+def _adapter_sha256(adapter_dir) -> str | None:
+    """One hash over the adapter weights: the determinism check compares it across runs."""
+    if not adapter_dir:
+        return None
+    digest = hashlib.sha256()
+    for path in sorted(Path(adapter_dir).glob("*.safetensors")):
+        digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
+class _Heartbeat:
+    """RDB storages only: keeps the trial's heartbeat fresh so another machine's sweep can tell a
+    dead host's trial from a live one (Optuna's stale-trial detection)."""
+
+    def __init__(self, storage, trial_id: int, interval: int | None):
+        self._stop = threading.Event()
+        self._thread = None
+        if interval and hasattr(storage, "record_heartbeat") and storage.is_heartbeat_enabled():
+            def beat():
+                while not self._stop.wait(interval):
+                    storage.record_heartbeat(trial_id)
+            storage.record_heartbeat(trial_id)
+            self._thread = threading.Thread(target=beat, daemon=True)
+            self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()

@@ -1,0 +1,79 @@
+"""The Hydra override grammar → Optuna distributions (each form), and the sweeper settings checks."""
+
+import pytest
+from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+
+from sweeps.samplers import SweeperConfigError, make_pruner, make_sampler
+from sweeps.search_space import SearchSpaceError, override_line, parse_search_space, split_overrides
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("choice(4, 8, 16)", CategoricalDistribution([4, 8, 16])),
+    ("choice(qv, attn, all_linear)", CategoricalDistribution(["qv", "attn", "all_linear"])),
+    ("4,8,16", CategoricalDistribution([4, 8, 16])),
+    ("range(0, 4)", IntDistribution(0, 3)),                 # stop is exclusive, as in Hydra
+    ("range(4, 33, 4)", IntDistribution(4, 32, step=4)),
+    ("range(0, 1, 0.25)", FloatDistribution(0.0, 0.75, step=0.25)),
+    ("shuffle(range(1, 4))", CategoricalDistribution([1, 2, 3])),
+    ("interval(0.0, 0.2)", FloatDistribution(0.0, 0.2)),
+    ("interval(1, 32)", FloatDistribution(1.0, 32.0)),      # Hydra intervals are float ...
+    ("int(interval(1, 32))", IntDistribution(1, 32)),       # ... unless cast
+    ("tag(log, interval(1e-5, 1e-2))", FloatDistribution(1e-5, 1e-2, log=True)),
+    ("tag(log, int(interval(2, 64)))", IntDistribution(2, 64, log=True)),
+])
+def test_each_grammar_form(text, expected):
+    dist = parse_search_space({"k": text}).distributions["k"]
+    if text.startswith("shuffle"):
+        assert sorted(dist.choices) == sorted(expected.choices)
+    else:
+        assert dist == expected
+
+
+def test_fixed_values_and_command_line_override_config():
+    space = parse_search_space({"lora.r": "choice(4, 8)", "train.max_steps": 20}, ["lora.r=16,32", "seed=range(0,3)"])
+    assert space.distributions["lora.r"] == CategoricalDistribution([16, 32])
+    assert space.distributions["seed"] == IntDistribution(0, 2)
+    assert space.fixed == {"train.max_steps": 20}
+
+
+@pytest.mark.parametrize("text, fragment", [
+    ("tag(log, interval(0, 1))", "needs low > 0"),
+    ("range(3, 3)", "is empty"),
+    ("choice([1,2],[3])", "scalars only"),
+])
+def test_bad_entries_name_the_key(text, fragment):
+    with pytest.raises(SearchSpaceError, match=rf"hydra.sweeper.params.k: .*{fragment}"):
+        parse_search_space({"k": text})
+
+
+def test_split_overrides_keeps_plain_ones():
+    sweeps, plain = split_overrides(["lora.r=4,8", "model.name_or_path=/tmp/x", "x=choice(a,b)"])
+    assert sweeps == ["lora.r=4,8", "x=choice(a,b)"]
+    assert plain == ["model.name_or_path=/tmp/x"]
+
+
+def test_override_line_round_trips_through_hydra():
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parser = OverridesParser.create()
+    for value in ["qv", "it's/a path", 3, 1e-4, True, None]:
+        assert parser.parse_override(override_line("k", value)).value() == value
+
+
+def test_grid_sampler_needs_finite_values():
+    space = parse_search_space({"a": "choice(1, 2)", "b": "range(0, 3)"})
+    assert space.grid() == {"a": [1, 2], "b": [0, 1, 2]}
+    with pytest.raises(ValueError, match="hydra.sweeper.params.c: the grid sampler needs finite values"):
+        make_sampler("grid", 0, parse_search_space({"c": "interval(0, 1)"}), 1)
+
+
+def test_unknown_sampler_and_pruner_list_the_choices():
+    space = parse_search_space({"a": "choice(1, 2)"})
+    with pytest.raises(SweeperConfigError, match="hydra.sweeper.sampler: unknown sampler 'bogus'; allowed: tpe"):
+        make_sampler("bogus", 0, space, 1)
+    with pytest.raises(SweeperConfigError, match="hydra.sweeper.pruner: unknown pruner 'bogus'; allowed: median"):
+        make_pruner("bogus")
+    with pytest.raises(SweeperConfigError, match="single-objective"):
+        make_sampler("cmaes", 0, space, 2)
+    for name in ("tpe", "random", "grid", "cmaes", "gp", "nsgaii", "qmc"):
+        assert make_sampler(name, 0, space, 1) is not None
