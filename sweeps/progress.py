@@ -3,6 +3,7 @@ table of top trials with their MLflow run ids."""
 
 from __future__ import annotations
 
+import sys
 import time
 
 import optuna
@@ -11,7 +12,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-console = Console(highlight=False)
+console = Console(highlight=False, width=None if sys.stdout.isatty() else 160)
 
 
 class SweepProgress:
@@ -64,7 +65,7 @@ def top_trials_table(study: optuna.Study, k: int = 10, title: str = "Top trials"
     table.add_column("#", justify="right")
     table.add_column("value" if len(study.directions) == 1 else "values", justify="right")
     for key in keys:
-        table.add_column(key)
+        table.add_column(key.split(".")[-1])
     table.add_column("trainable", justify="right")
     table.add_column("MLflow run id")
     for trial in complete[:k]:

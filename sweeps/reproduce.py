@@ -77,5 +77,5 @@ def run_reproduction(study: optuna.Study, storage, session, runbook) -> optuna.S
                   f"{' + determinism check' if conf.determinism_check else ''} = {n} runs")
     fixed = SearchSpace(fixed=dict(session.space.fixed))
     specs = session.worker_specs(repro.study_name, n, fixed, session.objectives[:1], replay_only=True)
-    session.supervise(repro, runbook, specs, n, "reproduce")
+    session.watch(session.supervisor(repro, runbook, specs, n), repro, n, "reproduce")
     return repro

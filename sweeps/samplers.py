@@ -17,6 +17,15 @@ class SweeperConfigError(ValueError):
     """A hydra.sweeper.* setting that is not allowed (the message names the key and the choices)."""
 
 
+def kwargs_of(node: Any) -> dict[str, Any]:
+    """`sampler_kwargs` / `pruner_kwargs` (null or a mapping, possibly an OmegaConf node) → dict."""
+    if not node:
+        return {}
+    from omegaconf import OmegaConf
+
+    return dict(OmegaConf.to_container(node)) if OmegaConf.is_config(node) else dict(node)
+
+
 def worker_seed(base_seed: int | None, *salt: Any) -> int | None:
     """A distinct, reproducible sampler seed per worker and per (re)start of a sweep.
 

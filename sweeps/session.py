@@ -14,6 +14,7 @@ from optuna.trial import TrialState
 from sweeps.compose import ComposeSpec
 from sweeps.progress import SweepProgress, console, top_trials_table
 from sweeps.redact import redact
+from sweeps.samplers import kwargs_of
 from sweeps.search_space import SearchSpace
 from sweeps.storage import mask_url, open_storage
 from sweeps.study import TrialBudget, fail_orphaned_trials, open_study
@@ -57,16 +58,27 @@ class SweepSession:
         if orphans:
             console.print(f"[yellow]marked {len(orphans)} orphaned RUNNING trial(s) of a dead sweep as FAIL: {orphans}")
         self._describe(study)
-        runbook = RunBook(self.tracking_uri, str(self.job.mlflow.experiment_name))
-        budget = TrialBudget(study, self.url, int(conf.n_trials))
-        with budget.locked():  # one parent run even when several machines start at once
-            parent = runbook.open_parent(self.study_name, study.user_attrs.get("mlflow_parent_run_id"),
-                                         params=self._parent_params(), tags=self._parent_tags())
-            study.set_user_attr("mlflow_parent_run_id", parent)
+        n_trials = int(conf.n_trials)
+        specs = self.worker_specs(self.study_name, n_trials, self.space, self.objectives)
+        where = f"{len(specs)} worker(s)" + (f" on GPUs {[s.cuda_device for s in specs]}" if specs[0].cuda_device
+                                            else f", {specs[0].threads} CPU thread(s) each")
+        console.print(f"search: {n_trials} trials, {where}")
+        supervisor = self.supervisor(study, None, specs, n_trials).start()
+        try:
+            runbook = RunBook(self.tracking_uri, str(self.job.mlflow.experiment_name))
+            with TrialBudget(study, self.url, n_trials).locked():  # one parent even if machines start at once
+                parent = runbook.open_parent(self.study_name, study.user_attrs.get("mlflow_parent_run_id"),
+                                             params=self._parent_params(), tags=self._parent_tags())
+                study.set_user_attr("mlflow_parent_run_id", parent)
+        except BaseException:
+            supervisor.runbook = None
+            supervisor.stop_all("the sweep process failed to open the MLflow store")
+            raise
+        supervisor.runbook = runbook
         console.print(f"[bold]MLflow parent run[/] {parent} (experiment {self.job.mlflow.experiment_name!r})")
         status = "FINISHED"
         try:
-            outcome = self._search(study, runbook)
+            outcome = self.watch(supervisor, study, n_trials, "search")
             if outcome.interrupted:
                 status = "KILLED"
             elif int(conf.reproduce.top_k) > 0 and int(conf.reproduce.n_seeds) > 0:
@@ -94,26 +106,21 @@ class SweepSession:
         return [WorkerSpec(worker_id=i, study_name=study_name, storage_url=self.url, n_trials=n_trials, space=space,
                            compose=self.compose, objectives=objectives, trial_root=self.trial_root,
                            sampler=str(conf.sampler), sampler_seed=conf.sampler_seed,
-                           sampler_kwargs=OmegaConf.to_container(conf.sampler_kwargs),
-                           pruner=str(conf.pruner), pruner_kwargs=OmegaConf.to_container(conf.pruner_kwargs),
+                           sampler_kwargs=kwargs_of(conf.sampler_kwargs),
+                           pruner=str(conf.pruner), pruner_kwargs=kwargs_of(conf.pruner_kwargs),
                            cuda_device=device, threads=plan.threads, oom_retry=bool(conf.oom_retry),
                            heartbeat_interval=self._heartbeat(), replay_only=replay_only)
                 for i, device in enumerate(plan.cuda_devices)]
 
-    def supervise(self, study: optuna.Study, runbook: RunBook, specs: list[WorkerSpec], n_trials: int,
-                  label: str) -> Outcome:
-        with SweepProgress(study, n_trials, label) as progress:
-            supervisor = Supervisor(study, runbook, specs, n_trials=n_trials, max_retry=int(self.conf.max_retry),
-                                    max_failure_rate=float(self.conf.max_failure_rate), on_progress=progress.refresh)
-            return supervisor.run()
+    def supervisor(self, study: optuna.Study, runbook: RunBook | None, specs: list[WorkerSpec],
+                   n_trials: int) -> Supervisor:
+        return Supervisor(study, runbook, specs, n_trials=n_trials, max_retry=int(self.conf.max_retry),
+                          max_failure_rate=float(self.conf.max_failure_rate))
 
-    def _search(self, study: optuna.Study, runbook: RunBook) -> Outcome:
-        n_trials = int(self.conf.n_trials)
-        specs = self.worker_specs(self.study_name, n_trials, self.space, self.objectives)
-        where = f"{len(specs)} worker(s)" + (f" on GPUs {[s.cuda_device for s in specs]}" if specs[0].cuda_device
-                                            else f", {specs[0].threads} CPU thread(s) each")
-        console.print(f"search: {n_trials} trials, {where}")
-        return self.supervise(study, runbook, specs, n_trials, "search")
+    def watch(self, supervisor: Supervisor, study: optuna.Study, n_trials: int, label: str) -> Outcome:
+        with SweepProgress(study, n_trials, label) as progress:
+            supervisor.on_progress = progress.refresh
+            return supervisor.run()
 
     # -- bookkeeping ------------------------------------------------------------------------------
     def _heartbeat(self) -> int | None:

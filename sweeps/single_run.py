@@ -57,6 +57,6 @@ def run_single(cfg: DictConfig) -> float:
                                           "train_runtime_s": result.train_runtime_s,
                                           "samples_per_second": result.samples_per_second,
                                           "peak_memory_mb": result.peak_memory_mb},
-                        {"adapter_sha256": _adapter_sha256(result.adapter_dir) or ""}, artifacts)
+                        {"adapter_sha256": _adapter_sha256(result.adapter_dir) or ""}, artifacts, step=result.steps)
     console.print(f"done: {cfg.task.metric} = {result.objective:.4f} (run {run_id}, outputs in {os.path.relpath(output_dir)})")
     return float(result.objective)

@@ -52,7 +52,7 @@ class _Running:
 
 
 class Supervisor:
-    def __init__(self, study: optuna.Study, runbook: RunBook, specs: list[WorkerSpec], *, n_trials: int,
+    def __init__(self, study: optuna.Study, runbook: RunBook | None, specs: list[WorkerSpec], *, n_trials: int,
                  max_retry: int, max_failure_rate: float, on_progress: Callable[[Outcome], None] | None = None,
                  poll_s: float = 0.2):
         self.study, self.runbook, self.specs = study, runbook, specs
@@ -67,11 +67,18 @@ class Supervisor:
         self._next_id = max(s.worker_id for s in specs) + 1
 
     # -- lifecycle ----------------------------------------------------------------------------
+    def start(self) -> "Supervisor":
+        """Spawn the workers now: they import torch and load the base model while the sweep process
+        does its own slow start-up (the MLflow store); their events wait in the queue meanwhile."""
+        for spec in self.specs:
+            self._start(spec)
+        return self
+
     def run(self) -> Outcome:
         previous = signal.signal(signal.SIGTERM, _raise_interrupt)
         try:
-            for spec in self.specs:
-                self._start(spec)
+            if not self.procs:
+                self.start()
             while self.procs:
                 self._drain(timeout=self.poll_s)
                 self._reap()
@@ -79,9 +86,9 @@ class Supervisor:
                 self._check_failure_rate()
         except KeyboardInterrupt:
             self.outcome.interrupted = True
-            self._stop_all("interrupted: the sweep was stopped (Ctrl-C)")
+            self.stop_all("interrupted: the sweep was stopped (Ctrl-C)")
         except SweepAborted as exc:
-            self._stop_all(str(exc))
+            self.stop_all(str(exc))
             raise
         finally:
             signal.signal(signal.SIGTERM, previous)
@@ -107,6 +114,8 @@ class Supervisor:
 
     def _handle(self, kind: str, worker_id: int | None, payload: Any) -> None:
         if kind == "call":
+            if self.runbook is None:
+                return
             method, kwargs = payload
             try:
                 result = getattr(self.runbook, method)(**kwargs)
@@ -181,7 +190,7 @@ class Supervisor:
             )
 
     # -- stopping -------------------------------------------------------------------------------
-    def _stop_all(self, reason: str, grace_s: float = 60.0) -> None:
+    def stop_all(self, reason: str, grace_s: float = 60.0) -> None:
         """SIGTERM every worker, keep applying their events while they wind down, then clean up."""
         for proc in self.procs.values():
             if proc.is_alive():
@@ -204,7 +213,8 @@ class Supervisor:
         for running in self.running.values():
             fail_trial(self.study, running.trial_id, reason)
         self.running.clear()
-        self.runbook.close_all("KILLED", reason)
+        if self.runbook is not None:
+            self.runbook.close_all("KILLED", reason)
 
 
 def _raise_interrupt(signum, frame):  # noqa: ARG001

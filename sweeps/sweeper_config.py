@@ -28,9 +28,9 @@ class LoraOptunaSweeperConf:
     storage: Optional[str] = None       # null = journal file ./optuna-journal.log; or postgresql://...
     sampler: str = "tpe"                # tpe | random | grid | cmaes | gp | nsgaii | qmc
     sampler_seed: Optional[int] = 0
-    sampler_kwargs: Dict[str, Any] = field(default_factory=dict)
+    sampler_kwargs: Any = None          # extra sampler arguments, e.g. {n_startup_trials: 5}
     pruner: str = "median"              # median | hyperband | successive_halving | percentile | none
-    pruner_kwargs: Dict[str, Any] = field(default_factory=dict)
+    pruner_kwargs: Any = None           # extra pruner arguments, e.g. {min_resource: 2, reduction_factor: 3}
     max_retry: int = 1                  # retries of a trial whose worker died
     max_failure_rate: float = 0.5       # abort once failed trials exceed this fraction of n_trials
     oom_retry: bool = True              # on CUDA OOM retry once with half micro-batch, 2x accumulation

@@ -124,14 +124,15 @@ class RunBook:
             self.set_tags(run_id, tags)
 
     def close_trial(self, key: str, status: str, metrics: dict[str, float] | None = None,
-                    tags: dict[str, str] | None = None, artifacts: Iterable[tuple[str, str | None]] = ()) -> None:
+                    tags: dict[str, str] | None = None, artifacts: Iterable[tuple[str, str | None]] = (),
+                    step: int | None = None) -> None:
         """End a trial's run: FINISHED (complete), KILLED (pruned/interrupted) or FAILED."""
         run_id = self.open_runs.pop(key, None)
         if run_id is None:
             return
         try:
             if metrics:
-                self.log_metric_dict(run_id, metrics, step=None)
+                self.log_metric_dict(run_id, metrics, step=step)
             if tags:
                 self.set_tags(run_id, tags)
             for local, artifact_path in artifacts:

@@ -48,7 +48,13 @@ class WorkerSpec:
 
 
 def _pin(spec: WorkerSpec) -> None:
-    """Device and thread pinning; must happen before torch is imported in this process."""
+    """Device and thread pinning, quiet libraries; must happen before torch is imported here."""
+    for var, value in (("TRANSFORMERS_VERBOSITY", "error"), ("HF_DATASETS_DISABLE_PROGRESS_BARS", "1"),
+                       ("HF_HUB_DISABLE_PROGRESS_BARS", "1"), ("TOKENIZERS_PARALLELISM", "false")):
+        os.environ.setdefault(var, value)
+    import warnings
+
+    warnings.filterwarnings("ignore", category=FutureWarning)
     if spec.cuda_device is not None:
         os.environ["CUDA_VISIBLE_DEVICES"] = spec.cuda_device
     if spec.threads:
@@ -177,7 +183,9 @@ class Worker:
             sha = _adapter_sha256(result.adapter_dir)
             attrs = {"metrics": result.metrics, "trainable_params": result.trainable_params,
                      "total_params": result.total_params, "train_runtime_s": result.train_runtime_s,
-                     "adapter_sha256": sha, "seed": int(cfg.seed), "data_seed": int(cfg.data_seed)}
+                     "adapter_sha256": sha, "seed": int(cfg.seed), "data_seed": int(cfg.data_seed),
+                     "environment": self.fingerprint,
+                     "deterministic_algorithms": bool(torch.are_deterministic_algorithms_enabled())}
             for name, value in attrs.items():
                 trial.set_user_attr(name, value)
             curves = plot_curves(result.history, trial_dir / "curves.png", f"{spec.study_name} #{number}")
@@ -188,7 +196,8 @@ class Worker:
             artifacts = [(str(curves), None)] if curves else []
             if result.adapter_dir:
                 artifacts.append((str(result.adapter_dir), "adapter"))
-            self._close(key, "FINISHED", final, {"optuna.state": "COMPLETE", "adapter_sha256": sha or ""}, artifacts)
+            self._close(key, "FINISHED", final, {"optuna.state": "COMPLETE", "adapter_sha256": sha or ""}, artifacts,
+                        step=result.steps)
             self._finished(key, number, "COMPLETE", values[0])
         except optuna.TrialPruned as exc:
             trial.set_user_attr("pruned_at_step", reporter.last_step)
@@ -246,9 +255,9 @@ class Worker:
                                                 "traceback": detail[-4000:]}, [])
         self._finished(key, trial.number, "FAIL", None, reason)
 
-    def _close(self, key, status, metrics, tags, artifacts) -> None:
+    def _close(self, key, status, metrics, tags, artifacts, step: int | None = None) -> None:
         self.events.put(("call", None, ("close_trial", {"key": key, "status": status, "metrics": metrics,
-                                                        "tags": tags, "artifacts": artifacts})))
+                                                        "tags": tags, "artifacts": artifacts, "step": step})))
 
     def _finished(self, key, number, state, value, reason: str = "") -> None:
         self.events.put(("trial_finished", self.spec.worker_id, {"key": key, "number": number, "state": state,

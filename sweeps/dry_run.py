@@ -1,0 +1,71 @@
+"""`hydra.sweeper.dry_run=true`: everything a sweep would check and sample, printed, with nothing
+trained and nothing written to the Optuna or MLflow stores."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import optuna
+from omegaconf import DictConfig
+from rich.table import Table
+
+from sweeps.compose import ComposeSpec
+from sweeps.progress import console
+from sweeps.samplers import kwargs_of, make_sampler
+from sweeps.search_space import SearchSpace, suggest
+from sweeps.storage import mask_url
+
+N_SAMPLES = 5
+
+
+def sample_configs(conf: DictConfig, space: SearchSpace, n_objectives: int, n: int = N_SAMPLES) -> list[dict[str, Any]]:
+    """The first `n` configurations the sampler would propose (an in-memory study: no store touched)."""
+    sampler = make_sampler(conf.sampler, conf.sampler_seed, space, n_objectives, kwargs_of(conf.sampler_kwargs))
+    study = optuna.create_study(sampler=sampler, directions=["maximize"] * n_objectives)
+    samples = []
+    for _ in range(n):
+        trial = study.ask()
+        samples.append({key: suggest(trial, key, dist) for key, dist in space.distributions.items()})
+        study.tell(trial, state=optuna.trial.TrialState.FAIL)  # no value: keep proposing startup samples
+    return samples
+
+
+def print_dry_run(conf: DictConfig, job: DictConfig, space: SearchSpace, compose: ComposeSpec, study_name: str,
+                  url: str, objectives: list[str], directions: list[str]) -> None:
+    import trainer
+
+    console.print(f"[bold]dry run[/] — study {study_name!r} on {mask_url(url)} (nothing will be written)")
+    console.print(f"objectives: {list(zip(objectives, directions))}; sampler {conf.sampler}, pruner {conf.pruner}, "
+                  f"n_trials {conf.n_trials}")
+    table = Table(title="search space")
+    table.add_column("key")
+    table.add_column("grammar")
+    table.add_column("Optuna distribution")
+    for key, dist in space.distributions.items():
+        table.add_row(key, space.grammar.get(key, ""), repr(dist))
+    for key, value in space.fixed.items():
+        table.add_row(key, space.grammar.get(key, ""), f"fixed = {value!r}")
+    console.print(table)
+
+    samples = sample_configs(conf, space, len(objectives))
+    table = Table(title=f"first {len(samples)} sampled configs")
+    keys = list(space.distributions)
+    for key in ["#", *keys]:
+        table.add_column(key)
+    for i, sample in enumerate(samples):
+        table.add_row(str(i), *[f"{sample[k]:.4g}" if isinstance(sample[k], float) else str(sample[k]) for k in keys])
+    console.print(table)
+
+    report = trainer.preflight(job)
+    table = Table(title=f"trainable parameters per target-module preset ({report.model_type}, r={job.lora.r}, "
+                        f"base {report.base_params:,} params)")
+    for name in ("preset", "modules", "trainable params", "% of base"):
+        table.add_column(name)
+    for preset, modules in report.target_modules_by_preset.items():
+        count = report.trainable_params_by_preset[preset]
+        table.add_row(preset, ", ".join(modules), f"{count:,}", f"{100 * count / max(report.base_params, 1):.2f}%")
+    console.print(table)
+    console.print(f"data: {report.num_train} train / {report.num_eval} eval examples, {report.num_labels} labels")
+    estimates = [report.estimate_memory_mb(job)]
+    console.print(f"estimated memory per trial (base config, batch {job.train.batch_size}, "
+                  f"length {job.train.max_seq_length}, quant {job.quant.mode}): {estimates[0]:,.0f} MB")
