@@ -66,17 +66,13 @@ def validate_sweep(conf: DictConfig, job: DictConfig, space: SearchSpace, compos
 
     check_sweeper_settings(conf, space, objectives)
     trainer.validate_config(job)
-    (trainer.preflight(job) if _has_pf() else None)  # TEMPHACK
+    trainer.preflight(job)
     for key, value in config_variants(space):
         where = f" (from hydra.sweeper.params {key}={value!r})"
         try:
             variant = composer({**space.fixed, key: value})
             trainer.validate_config(variant)
-            (trainer.preflight(variant) if _has_pf() else None)  # TEMPHACK
+            trainer.preflight(variant)
         except trainer.ConfigError as exc:
             raise SweeperConfigError(f"{exc}{where}") from None
 
-
-def _has_pf():  # TEMPHACK
-    import importlib.util
-    return importlib.util.find_spec("trainer.preflight") is not None

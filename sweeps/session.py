@@ -130,7 +130,7 @@ class SweepSession:
         """Study attributes the analysis, export and reproduce tools read back."""
         attrs = {
             "objective_metric": self.objectives[0], "objectives": self.objectives, "directions": self.directions,
-            "search_space": self.space.grammar, "fixed_params": {k: str(v) for k, v in self.space.fixed.items()},
+            "search_space": self.space.grammar, "fixed_params": dict(self.space.fixed),
             "seed_tuned": any(k in self.space.distributions for k in ("seed", "data_seed")),
             "mlflow_tracking_uri": mask_url(self.tracking_uri), "mlflow_experiment_name": str(self.job.mlflow.experiment_name),
             "compose": {"config_dir": self.compose.config_dir, "config_name": self.compose.config_name,

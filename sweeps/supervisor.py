@@ -65,6 +65,7 @@ class Supervisor:
         self.running: dict[int, _Running] = {}
         self.outcome = Outcome()
         self._next_id = max(s.worker_id for s in specs) + 1
+        self._spec_by_id: dict[int, WorkerSpec] = {}
 
     # -- lifecycle ----------------------------------------------------------------------------
     def start(self) -> "Supervisor":
@@ -99,18 +100,19 @@ class Supervisor:
                                 daemon=False)
         proc.start()
         self.procs[spec.worker_id] = proc
-        self._spec_by_id = getattr(self, "_spec_by_id", {})
         self._spec_by_id[spec.worker_id] = spec
 
     # -- events -------------------------------------------------------------------------------
     def _drain(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
-        while True:
+        while True:  # returns by the deadline even when workers keep the queue full
             try:
                 kind, worker_id, payload = self.events.get(timeout=max(0.0, deadline - time.monotonic()))
             except queue.Empty:
                 return
             self._handle(kind, worker_id, payload)
+            if time.monotonic() >= deadline:
+                return
 
     def _handle(self, kind: str, worker_id: int | None, payload: Any) -> None:
         if kind == "call":
@@ -153,10 +155,10 @@ class Supervisor:
             if proc.is_alive():
                 continue
             proc.join()
-            self._drain(timeout=0.05)  # its last events
             del self.procs[worker_id]
+            self._drain(timeout=0.5)  # what it sent before it ended
             running = self.running.pop(worker_id, None)
-            if running is None and proc.exitcode == 0:
+            if proc.exitcode == 0:  # budget used up, or stopped by us: it closed its own trial
                 continue
             self.outcome.dead_workers += 1
             reason = f"worker {worker_id} died (exit code {proc.exitcode}) during trial"
@@ -169,7 +171,8 @@ class Supervisor:
                 self._start(spec)
 
     def _fail_dead_trial(self, running: _Running, reason: str) -> None:
-        fail_trial(self.study, running.trial_id, reason)
+        if not fail_trial(self.study, running.trial_id, reason):
+            return  # it finished after all
         self.runbook.close_trial(running.key, "FAILED", tags={"optuna.state": "FAIL", "error": reason})
         self.outcome.failed += 1
         self.outcome.failures.append(f"trial {running.number}: {reason}")

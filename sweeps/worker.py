@@ -66,11 +66,22 @@ def _on_sigterm(signum, frame):  # noqa: ARG001
     raise Interrupted("stopped by the sweep (interrupt)")
 
 
+def _die_with_parent() -> None:
+    """Linux: get SIGTERM when the sweep process dies, even by SIGKILL: no orphan keeps training."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass  # elsewhere the parent-pid check in the trial loop still catches it
+
+
 def worker_main(spec: WorkerSpec, events) -> None:
     """Process entry point (spawn context)."""
     _pin(spec)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the sweep process decides; it sends SIGTERM
     signal.signal(signal.SIGTERM, _on_sigterm)
+    _die_with_parent()
     try:
         Worker(spec, events).loop()
     except Interrupted:
@@ -130,7 +141,8 @@ class Worker:
     def loop(self) -> None:
         from sweeps.study import owner_attrs
 
-        while True:
+        parent = os.getppid()
+        while os.getppid() == parent:  # the sweep process is still there
             if self.spec.replay_only:
                 trial = self.budget.next_trial(owner_attrs(self.spec.worker_id), waiting_only=True)
             else:
