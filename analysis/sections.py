@@ -1,0 +1,322 @@
+"""Report sections: turn a study's frames and statistics into document blocks with plain sentences."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from pathlib import Path
+
+import pandas as pd
+
+from analysis.context import ReportData
+from analysis.document import Block, Bullets, Callout, Heading, Image, Paragraph, Table, fmt
+from analysis.frames import param_columns
+from analysis.reproducibility import (determinism_check, environment_table, lead_significance, per_config_summary,
+                                      sampled)
+from analysis.stats import dominant_seed_kind, expected_max, expected_max_std, rank_stability, variance_by_seed_kind
+
+LEADERBOARD_SIZE = 10
+FigureResult = Path | str  # the PNG written, or why it was skipped
+
+# Section headings, shared with tests so a renamed heading fails loudly.
+SUMMARY = "Summary"
+LEADERBOARD = "Leaderboard"
+IMPORTANCE = "Hyperparameter importance"
+FIGURES = "Figures"
+MORE_TRIALS = "Would more trials help?"
+REPRODUCIBILITY = "Reproducibility"
+WINNERS_CURSE = "Sweep-time score vs reproduced mean (winner's curse)"
+RANK_STABILITY = "Rank stability"
+SIGNIFICANCE = "Is the winner's lead significant?"
+SEED_KINDS_HEADING = "Variance by source of randomness"
+DETERMINISM = "Determinism check"
+SKIPPED = "Skipped figures"
+
+
+def _pts(delta: float, scale: float, signed: bool = True) -> str:
+    """A difference in metric units, plus percentage points for fractional metrics."""
+    if not math.isfinite(delta):
+        return "–"
+    sign = "+" if signed else ""
+    return f"{delta:{sign}.4g} ({delta * scale:{sign}.2f} points)" if scale == 100.0 else f"{delta:{sign}.4g}"
+
+
+def _figure(result: FigureResult | None, caption: str) -> Block:
+    if isinstance(result, Path):
+        return Image(result, caption)
+    return Paragraph(f"*{caption}: skipped — {result or 'not produced'}.*")
+
+
+def _params_of(row: pd.Series) -> dict[str, object]:
+    return {c[len("param."):]: row[c] for c in row.index if c.startswith("param.") and pd.notna(row[c])}
+
+
+def _seed_callout(d: ReportData) -> Block | None:
+    if not d.seed_tuned:
+        return None
+    best = d.best()
+    if best is None:
+        return Callout("The seed is part of the search space, so any best trial will be optimistically biased.")
+    text = (f"The seed was tuned as a hyperparameter, so the sweep-time best ({d.metric} = {fmt(best['value'])}, "
+            f"trial #{int(best['number'])}) is optimistically biased: part of its lead is a lucky seed.")
+    reproduced = sampled(d.reps)
+    mine = reproduced[reproduced["config"] == int(best["number"])]["value"]
+    if len(mine):
+        sd = mine.std(ddof=1) if len(mine) > 1 else float("nan")
+        text += (f" Reproduced mean over {len(mine)} new seed(s): **{fmt(mine.mean())}** ± {fmt(sd)} "
+                 f"(sweep-time {fmt(best['value'])}).")
+    else:
+        text += " No reproduced runs of this trial exist yet: re-run it on at least 5 new seeds before quoting it."
+    return Callout(text)
+
+
+def summary(d: ReportData, storage_label: str) -> list[Block]:
+    """Study, objective, trial counts, best trial (params + MLflow run), failures, search space."""
+    states = d.frame["state"].value_counts() if not d.frame.empty else pd.Series(dtype=int)
+    directions = ", ".join(d.directions)
+    items = [f"Study: `{d.name}`", f"Storage: `{storage_label}`",
+             f"Objective: `{d.metric}` ({d.directions[0]})"]
+    if len(d.directions) > 1:
+        items.append(f"Directions (objective, trainable parameters): {directions}")
+    items.append(f"Trials: {len(d.frame)} total — {int(states.get('COMPLETE', 0))} complete, "
+                 f"{int(states.get('PRUNED', 0))} pruned, {int(states.get('FAIL', 0))} failed, "
+                 f"{int(states.get('RUNNING', 0)) + int(states.get('WAITING', 0))} running/waiting")
+    if d.attrs.get("mlflow_experiment_name") or d.attrs.get("mlflow_parent_run_id"):
+        get = d.attrs.get
+        items.append(f"MLflow: experiment `{get('mlflow_experiment_name', '–')}`, parent run "
+                     f"`{get('mlflow_parent_run_id', '–')}`, tracking `{get('mlflow_tracking_uri', '–')}`")
+    blocks: list[Block] = [Heading(SUMMARY), Bullets(tuple(items))]
+    best = d.best()
+    if best is None:
+        blocks.append(Paragraph("No completed trial yet, so there is no best trial and most sections are empty."))
+    else:
+        blocks.append(Paragraph(
+            f"**Best trial #{int(best['number'])}**: {d.metric} = **{fmt(best['value'])}**, trainable parameters "
+            f"{fmt(best.get('trainable_params'))}, MLflow run `{fmt(best.get('mlflow_run_id'))}`."))
+        params = _params_of(best)
+        if params:
+            blocks.append(Table(pd.DataFrame({"hyperparameter": list(params), "value": list(params.values())}),
+                                "Best trial's hyperparameters"))
+    callout = _seed_callout(d)
+    if callout is not None:
+        blocks.append(callout)
+    failed = d.frame[d.frame["state"] == "FAIL"] if not d.frame.empty else d.frame
+    if not failed.empty:
+        reasons = failed["fail_reason"].fillna("(no reason recorded)").value_counts()
+        blocks.append(Table(reasons.rename_axis("fail_reason").reset_index(name="trials"), "Failed trials by reason"))
+    space = d.attrs.get("search_space")
+    if isinstance(space, Mapping) and space:
+        blocks.append(Table(pd.DataFrame({"hyperparameter": list(space), "grammar": [str(v) for v in space.values()]}),
+                            "Search space"))
+    return blocks
+
+
+def leaderboard(d: ReportData) -> list[Block]:
+    """Top completed trials with their hyperparameters, score, adapter size and MLflow run."""
+    blocks: list[Block] = [Heading(LEADERBOARD)]
+    if d.done.empty:
+        return blocks + [Paragraph("No completed trials.")]
+    top = d.done.sort_values(["value", "number"], ascending=[not d.maximize, True]).head(LEADERBOARD_SIZE)
+    params = param_columns(top)
+    table = pd.DataFrame({"rank": range(1, len(top) + 1), "trial": top["number"].to_numpy(),
+                          d.metric: top["value"].to_numpy()})
+    for c in params:
+        table[c[len("param."):]] = top[c].to_numpy()
+    table["trainable_params"] = top["trainable_params"].to_numpy()
+    table["mlflow_run_id"] = top["mlflow_run_id"].to_numpy()
+    return blocks + [Table(table, f"Top {len(top)} of {len(d.done)} completed trials")]
+
+
+def importance(table: pd.DataFrame, notes: list[str], figure: FigureResult | None) -> list[Block]:
+    """fANOVA and PED-ANOVA importances, or why they were skipped."""
+    blocks: list[Block] = [Heading(IMPORTANCE), Paragraph(
+        "fANOVA: share of the objective's variance explained by each hyperparameter (random-forest surrogate). "
+        "PED-ANOVA: how much each hyperparameter's distribution differs between the top-10% trials and all trials.")]
+    if not table.empty:
+        blocks.append(Table(table, "Normalised importances (each column sums to 1)"))
+    if notes:
+        blocks.append(Bullets(tuple(notes)))
+    blocks.append(_figure(figure, "Hyperparameter importance"))
+    return blocks
+
+
+def figures(results: Mapping[str, FigureResult], captions: Mapping[str, str]) -> list[Block]:
+    """The search-space figures, in a fixed order, each shown or explained."""
+    blocks: list[Block] = [Heading(FIGURES)]
+    for key, caption in captions.items():
+        blocks += [Heading(caption, 3), _figure(results.get(key), caption)]
+    return blocks
+
+
+def _noise(d: ReportData) -> tuple[float, str] | None:
+    """Typical seed-to-seed std (median over reproduced configs), the yardstick for a budget gain."""
+    rep = sampled(d.reps)
+    if rep.empty:
+        return None
+    stds = rep.groupby("config")["value"].std(ddof=1).dropna()
+    return (float(stds.median()), "median seed-to-seed std of the reproduced configs") if len(stds) else None
+
+
+def more_trials(d: ReportData, figure: FigureResult | None) -> list[Block]:
+    """Expected max vs budget (Dodge et al. 2019) and whether the last half of the budget paid off."""
+    blocks: list[Block] = [Heading(MORE_TRIALS), _figure(figure, "Expected best score vs number of trials"), Paragraph(
+        "Expected best validation score of n trials drawn from the completed ones (Dodge et al. 2019, plug-in "
+        "estimator on the empirical CDF; the band is ± the std of that best).")]
+    values = d.done["value"].to_numpy(dtype=float)
+    n = values.size
+    if n < 2:
+        return blocks + [Paragraph(f"Needs at least 2 completed trials (have {n}).")]
+    mean = expected_max(values, maximize=d.maximize)
+    std = expected_max_std(values, maximize=d.maximize)
+    half = max(1, n // 2)
+    gain = (mean[-1] - mean[half - 1]) * (1 if d.maximize else -1)
+    best_word = "maximum" if d.maximize else "minimum"
+    text = (f"Expected {best_word} {d.metric} with n = {half} trials: {fmt(mean[half - 1])}; with all n = {n}: "
+            f"{fmt(mean[-1])} (± {fmt(std[-1])}). Growing the budget from {half} to {n} trials improved the expected "
+            f"best by {_pts(gain, d.points_scale)}.")
+    noise = _noise(d)
+    yardstick, label = noise if noise else (float(std[-1]), "spread of the best-of-n at n = N")
+    if gain <= yardstick:
+        text += (f" That is no more than the {label} ({fmt(yardstick)}): more trials from this search space are "
+                 "unlikely to change the conclusion; spend the budget on seeds instead.")
+    else:
+        text += (f" That exceeds the {label} ({fmt(yardstick)}): the curve is still rising, so more trials would "
+                 "likely find a better configuration.")
+    budgets = sorted({1, max(1, n // 4), half, n})
+    table = pd.DataFrame({"budget n": budgets, f"E[best {d.metric}]": [mean[b - 1] for b in budgets],
+                          "std": [std[b - 1] for b in budgets]})
+    return blocks + [Paragraph(text), Table(table)]
+
+
+def _winners_curse(d: ReportData, table: pd.DataFrame) -> list[Block]:
+    blocks: list[Block] = [Heading(WINNERS_CURSE, 3)]
+    best = d.best()
+    pick = table[table["config"] == int(best["number"])] if best is not None else table.iloc[:0]
+    row = (pick if len(pick) else table).iloc[0]
+    who = "the sweep's best trial" if len(pick) else "the best reproduced trial"
+    direction = "overstated" if row["optimism"] > 0 else "understated"
+    blocks.append(Paragraph(
+        f"For {who} (#{int(row['config'])}) the sweep-time {d.metric} was {fmt(row['sweep_value'])}; over "
+        f"{int(row['n'])} new seed(s) it averages {fmt(row['mean'])} ± {fmt(row['std'])}: the sweep {direction} it by "
+        f"{_pts(abs(row['optimism']), d.points_scale, signed=False)}."))
+    mean_gap = table["optimism"].mean()
+    if len(table) > 1:
+        blocks.append(Paragraph(f"Across all {len(table)} reproduced configs the sweep-time score was better than the "
+                                f"reproduced mean by {_pts(mean_gap, d.points_scale)} on average."))
+    return blocks
+
+
+def _rank_stability(d: ReportData) -> tuple[list[Block], dict[str, object]]:
+    rs = rank_stability(sampled(d.reps), maximize=d.maximize)
+    blocks: list[Block] = [Heading(RANK_STABILITY, 3)]
+    if rs["n_configs"] < 2:
+        blocks.append(Paragraph(f"Only {rs['n_configs']} config was reproduced; rank stability needs at least 2."))
+        return blocks, rs
+    stays = ("stays the winner" if rs["winner_stays"]
+             else f"does **not** stay the winner (now #{rs['reproduced_winner']})")
+    blocks.append(Paragraph(
+        f"Kendall's τ between the sweep-time ranking and the reproduced means of {rs['n_configs']} configs: "
+        f"**{fmt(rs['kendall_tau'], 3)}** (p = {fmt(rs['kendall_p'], 3)}). The sweep winner #{rs['sweep_winner']} "
+        f"{stays}. It beats the runner-up #{rs['runner_up']} in {fmt(100 * rs['winner_beats_runner_up'], 3)}% of "
+        f"{rs['n_pairs']} {rs['pairing']} comparisons."))
+    return blocks, rs
+
+
+def _significance(d: ReportData, rs: Mapping[str, object]) -> list[Block]:
+    blocks: list[Block] = [Heading(SIGNIFICANCE, 3)]
+    if rs["runner_up"] is None:
+        return blocks + [Paragraph("Needs replicates of at least two configs.")]
+    winner, runner = int(rs["sweep_winner"]), int(rs["runner_up"])
+    sig = lead_significance(d.reps, winner, runner, d.maximize)
+    verdict = ("significant at the 5% level" if sig["p_value"] < 0.05 else "not significant at the 5% level"
+               if math.isfinite(sig["p_value"]) else "not testable (each side needs ≥ 2 replicates with variance)")
+    blocks.append(Paragraph(
+        f"Winner #{winner} (n = {sig['n_a']}) vs runner-up #{runner} (n = {sig['n_b']}): mean difference "
+        f"{_pts(sig['diff'], d.points_scale)}, "
+        f"95% bootstrap CI [{fmt(sig['boot_ci_low'])}, {fmt(sig['boot_ci_high'])}]. "
+        f"Welch's t = {fmt(sig['t'], 3)} (df {fmt(sig['df'], 3)}), p = {fmt(sig['p_value'], 3)}: {verdict}. "
+        f"Cohen's d = {fmt(sig['cohens_d'], 3)}, Hedges' g = {fmt(sig['hedges_g'], 3)}. "
+        f"P(winner outperforms runner-up on a fresh seed) = {fmt(sig['p_outperform'], 3)} (Bouthillier et al. 2021)."))
+    return blocks
+
+
+def _seed_kinds(d: ReportData) -> list[Block]:
+    blocks: list[Block] = [Heading(SEED_KINDS_HEADING, 3)]
+    table = variance_by_seed_kind(d.reps)
+    if table.empty:
+        return blocks + [Paragraph("No seed / data_seed / both replicates.")]
+    dom = dominant_seed_kind(table)
+    vs, vd = dom["var_seed"], dom["var_data_seed"]
+    sentence = {
+        "seed": f"The initialisation seed dominates: mean variance {fmt(vs)} vs {fmt(vd)} for data order.",
+        "data_seed": f"Data order (data_seed) dominates: mean variance {fmt(vd)} vs {fmt(vs)} for the init seed.",
+        "comparable": (f"Init seed and data order contribute comparably (mean variance {fmt(vs)} vs {fmt(vd)}), "
+                       "as Dodge et al. 2020 found for BERT."),
+    }.get(dom["dominant"], "Both `seed` and `data_seed` replicates (≥ 2 per config) are needed to say which "
+                           "source of randomness dominates.")
+    shown = table.rename(columns={"config": "trial"})
+    return blocks + [Table(shown, "Per config and seed kind (std/var with ddof = 1)"), Paragraph(sentence)]
+
+
+def _determinism(d: ReportData) -> list[Block]:
+    blocks: list[Block] = [Heading(DETERMINISM, 3)]
+    checks = determinism_check(d.frame, d.repro)
+    if checks.empty:
+        blocks.append(Paragraph("No `determinism` re-runs (same seed and data_seed as the original trial)."))
+    else:
+        same = int(checks["metrics_identical"].sum())
+        hashed = checks["adapter_identical"].dropna()
+        text = f"{same} of {len(checks)} re-run(s) with the original seeds reproduced every metric bit for bit."
+        if len(hashed):
+            text += f" Adapter SHA-256 identical in {int(hashed.astype(bool).sum())} of {len(hashed)}."
+        if same < len(checks):
+            text += f" Largest absolute metric difference: {fmt(checks['max_abs_metric_diff'].max())}."
+        blocks += [Table(checks.rename(columns={"config": "trial"})), Paragraph(text)]
+    env = environment_table(d.repro)
+    if not env.empty:
+        blocks.append(Table(env, "Environment fingerprint of the replicates"))
+        if len(env) > 1:
+            blocks.append(Paragraph("Replicates ran in more than one environment; bitwise equality is not expected "
+                                    "across library versions or devices."))
+    if d.repro is not None and "deterministic_algorithms" in d.repro.columns:
+        flags = d.repro["deterministic_algorithms"].dropna()
+        if len(flags):
+            on = int(flags.astype(bool).sum())
+            blocks.append(Paragraph(f"Deterministic algorithms were on in {on} of {len(flags)} replicate runs."))
+    return blocks
+
+
+def reproducibility(d: ReportData, figure: FigureResult | None) -> list[Block]:
+    """Seed replicates: per-config spread, winner's curse, rank stability, significance, seed kinds, determinism."""
+    blocks: list[Block] = [Heading(REPRODUCIBILITY)]
+    if d.repro is None:
+        return blocks + [Paragraph(
+            f"No reproduce study `{d.reproduce_name}` in this storage. Every score above comes from a single seed; "
+            "re-run the top configs on new seeds before trusting small differences.")]
+    states = d.repro["state"].value_counts()
+    kinds = d.reps["seed_kind"].value_counts()
+    blocks.append(Paragraph(
+        f"Reproduce study `{d.reproduce_name}`: {int(states.get('COMPLETE', 0))} completed replicate(s) "
+        f"({', '.join(f'{k}: {v}' for k, v in kinds.items()) or 'none'}), {int(states.get('FAIL', 0))} failed, "
+        f"{int(states.get('RUNNING', 0)) + int(states.get('WAITING', 0))} pending."))
+    table = per_config_summary(d.reps, d.maximize)
+    if table.empty:
+        return blocks + [Paragraph("No completed seed replicates yet."), *_determinism(d)]
+    shown = table.rename(columns={"config": "trial", "sweep_value": "sweep-time", "ci_low": "95% CI low",
+                                  "ci_high": "95% CI high", "cv": "CV", "optimism": "sweep − mean"})
+    if not d.maximize:
+        shown = shown.rename(columns={"sweep − mean": "mean − sweep"})
+    caption = "Per reproduced config (seed, data_seed and both replicates; determinism re-runs excluded)"
+    blocks += [Table(shown, caption),
+               _figure(figure, "Replicate scores per config; red star = sweep-time score")]
+    blocks += _winners_curse(d, table)
+    stability, rs = _rank_stability(d)
+    blocks += stability + _significance(d, rs) + _seed_kinds(d) + _determinism(d)
+    return blocks
+
+
+def skipped_overview(results: Mapping[str, FigureResult]) -> list[Block]:
+    """One list of everything skipped, so a short study's report explains its gaps in one place."""
+    skipped = [f"{key}: {why}" for key, why in results.items() if not isinstance(why, Path)]
+    return [Heading(SKIPPED), Bullets(tuple(skipped))] if skipped else []
+

@@ -1,0 +1,225 @@
+"""Statistics for sweep reports: expected max (Dodge 2019), seed-variance summaries and tests.
+
+Everything here is a pure function of numbers or frames so it can be checked against hand
+computations; the report decides how to phrase the results.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+
+import numpy as np
+import pandas as pd
+from scipy import stats as st
+
+SEED_KINDS = ("seed", "data_seed", "both")  # kinds that sample randomness; "determinism" re-runs one seed
+
+
+def _finite(values: Sequence[float] | np.ndarray) -> np.ndarray:
+    arr = np.asarray(values, dtype=float).ravel()
+    return arr[np.isfinite(arr)]
+
+
+def _max_distribution(values: Sequence[float], n_max: int | None, maximize: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Support and P(best of n == v) for n = 1..n_max under the empirical CDF.
+
+    Minimisation mirrors maximisation: min of n draws of v is -(max of n draws of -v).
+    """
+    v = _finite(values)
+    if v.size == 0:
+        raise ValueError("expected max needs at least one finite value")
+    n_max = v.size if n_max is None else int(n_max)
+    if n_max < 1:
+        raise ValueError("n_max must be >= 1")
+    sign = 1.0 if maximize else -1.0
+    support, counts = np.unique(sign * v, return_counts=True)  # ascending; ties merged
+    cdf = np.cumsum(counts) / v.size                             # F̂(v)
+    cdf_before = np.concatenate([[0.0], cdf[:-1]])               # F̂(v⁻)
+    n = np.arange(1, n_max + 1, dtype=float)[:, None]
+    weights = cdf**n - cdf_before**n                             # (n_max, |support|)
+    return sign * support, weights
+
+
+def expected_max(values: Sequence[float], n_max: int | None = None, maximize: bool = True) -> np.ndarray:
+    """E[best of n i.i.d. trials], n = 1..n_max (default N): Σ_v v·(F̂(v)^n − F̂(v⁻)^n).
+
+    Dodge et al. 2019 "Show Your Work": answers "would a larger budget have found better?".
+    With maximize=False it is the expected minimum.
+    """
+    support, weights = _max_distribution(values, n_max, maximize)
+    return weights @ support
+
+
+def expected_max_std(values: Sequence[float], n_max: int | None = None, maximize: bool = True) -> np.ndarray:
+    """Std of the best of n trials under the same empirical distribution (the band around the curve)."""
+    support, weights = _max_distribution(values, n_max, maximize)
+    mean = weights @ support
+    return np.sqrt(np.clip(weights @ support**2 - mean**2, 0.0, None))
+
+
+def summarize(values: Sequence[float], confidence: float = 0.95) -> dict[str, float]:
+    """Mean ± std (ddof=1) with a t-interval for the mean: the honest way to report seeds."""
+    v = _finite(values)
+    n = int(v.size)
+    nan = float("nan")
+    if n == 0:
+        return {"n": 0, "mean": nan, "std": nan, "ci_low": nan, "ci_high": nan, "min": nan, "max": nan, "cv": nan}
+    mean = float(v.mean())
+    std = float(v.std(ddof=1)) if n > 1 else nan
+    if n > 1 and std > 0:
+        low, high = st.t.interval(confidence, df=n - 1, loc=mean, scale=std / np.sqrt(n))
+    elif n > 1:
+        low = high = mean
+    else:
+        low = high = nan
+    cv = std / abs(mean) if n > 1 and mean != 0 else nan
+    return {"n": n, "mean": mean, "std": std, "ci_low": float(low), "ci_high": float(high),
+            "min": float(v.min()), "max": float(v.max()), "cv": float(cv)}
+
+
+def welch_test(a: Sequence[float], b: Sequence[float]) -> dict[str, float]:
+    """Welch's t-test (unequal variances) with Cohen's d and Hedges' g, for A − B."""
+    x, y = _finite(a), _finite(b)
+    nan = float("nan")
+    out = {"n_a": int(x.size), "n_b": int(y.size),
+           "mean_a": float(x.mean()) if x.size else nan, "mean_b": float(y.mean()) if y.size else nan}
+    out["diff"] = out["mean_a"] - out["mean_b"]
+    if x.size < 2 or y.size < 2:
+        return {**out, "t": nan, "df": nan, "p_value": nan, "cohens_d": nan, "hedges_g": nan}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # zero variance in both groups → nan, reported as such
+        res = st.ttest_ind(x, y, equal_var=False)
+    pooled = np.sqrt(((x.size - 1) * x.var(ddof=1) + (y.size - 1) * y.var(ddof=1)) / (x.size + y.size - 2))
+    if pooled > 0:
+        d = out["diff"] / pooled
+    else:
+        d = nan if out["diff"] == 0 else float(np.sign(out["diff"]) * np.inf)
+    g = d * (1.0 - 3.0 / (4.0 * (x.size + y.size) - 9.0))
+    return {**out, "t": float(res.statistic), "df": float(res.df), "p_value": float(res.pvalue),
+            "cohens_d": float(d), "hedges_g": float(g)}
+
+
+def _mean_diff(x: np.ndarray, y: np.ndarray, axis: int = -1) -> np.ndarray:
+    return np.mean(x, axis=axis) - np.mean(y, axis=axis)
+
+
+def probability_of_outperforming(a: Sequence[float], b: Sequence[float], maximize: bool = True) -> float:
+    """P(a random run of A beats one of B), ties counted half (Bouthillier et al. 2021)."""
+    x, y = _finite(a), _finite(b)
+    if x.size == 0 or y.size == 0:
+        return float("nan")
+    u = st.mannwhitneyu(x, y).statistic / (x.size * y.size)  # P(A > B) + ½ P(A = B)
+    return float(u if maximize else 1.0 - u)
+
+
+def bootstrap_diff(a: Sequence[float], b: Sequence[float], n_boot: int = 10_000, seed: int = 0,
+                   maximize: bool = True, confidence: float = 0.95) -> dict[str, float]:
+    """Mean difference A − B with a percentile bootstrap CI and P(A outperforms B)."""
+    x, y = _finite(a), _finite(b)
+    nan = float("nan")
+    diff = float(x.mean() - y.mean()) if x.size and y.size else nan
+    low = high = nan
+    if x.size >= 2 and y.size >= 2:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # degenerate (all-equal) samples give a zero-width CI, which is right
+            res = st.bootstrap((x, y), _mean_diff, n_resamples=n_boot, confidence_level=confidence,
+                               method="percentile", vectorized=True, rng=np.random.default_rng(seed))
+        low, high = float(res.confidence_interval.low), float(res.confidence_interval.high)
+    return {"diff": diff, "ci_low": low, "ci_high": high,
+            "p_outperform": probability_of_outperforming(x, y, maximize), "n_boot": int(n_boot)}
+
+
+def _better(a: float, b: float, maximize: bool) -> float:
+    if a == b:
+        return 0.5
+    return float((a > b) == maximize)
+
+
+def rank_stability(per_config_scores: pd.DataFrame, maximize: bool = True) -> dict[str, object]:
+    """Does the sweep-time ranking survive re-running with new seeds?
+
+    `per_config_scores`: long frame, one row per replicate, columns `config`, `sweep_value`
+    (the score the sweep saw) and `value` (a replicate's score); optional `seed`/`data_seed`
+    pair the winner's and runner-up's replicates run with the same seeds.
+    """
+    df = per_config_scores.dropna(subset=["value"])
+    per = df.groupby("config").agg(sweep_value=("sweep_value", "first"), mean=("value", "mean"), n=("value", "size"))
+    out: dict[str, object] = {"n_configs": int(len(per)), "kendall_tau": float("nan"), "kendall_p": float("nan"),
+                              "sweep_winner": None, "reproduced_winner": None, "winner_stays": None,
+                              "runner_up": None, "winner_beats_runner_up": float("nan"), "n_pairs": 0,
+                              "pairing": None}
+    if per.empty:
+        return out
+    order = per.sort_values("sweep_value", ascending=not maximize, kind="stable")
+    out["sweep_winner"] = order.index[0]
+    out["reproduced_winner"] = (per["mean"].idxmax() if maximize else per["mean"].idxmin())
+    out["winner_stays"] = bool(out["sweep_winner"] == out["reproduced_winner"])
+    if len(per) < 2:
+        return out
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # constant input → nan tau
+        tau = st.kendalltau(per["sweep_value"], per["mean"])
+    out["kendall_tau"], out["kendall_p"] = float(tau.statistic), float(tau.pvalue)
+    winner, runner = order.index[0], order.index[1]
+    out["runner_up"] = runner
+    w, r = df[df["config"] == winner], df[df["config"] == runner]
+    keys = [k for k in ("seed", "data_seed") if k in df.columns]
+    pairs = w.merge(r, on=keys, suffixes=("_w", "_r")) if keys else pd.DataFrame()
+    if len(pairs):
+        wins = [_better(a, b, maximize) for a, b in zip(pairs["value_w"], pairs["value_r"], strict=True)]
+        out["pairing"] = "same-seed"
+    else:
+        wins = [_better(a, b, maximize) for a in w["value"] for b in r["value"]]
+        out["pairing"] = "all-pairs"
+    out["n_pairs"] = len(wins)
+    out["winner_beats_runner_up"] = float(np.mean(wins)) if wins else float("nan")
+    return out
+
+
+def variance_by_seed_kind(frame: pd.DataFrame, value: str = "value", config: str = "config") -> pd.DataFrame:
+    """Per config and seed kind (seed / data_seed / both): n, mean, std, variance of the metric.
+
+    Separates init-seed noise from data-order noise (Dodge et al. 2020 found them comparable).
+    """
+    df = frame[frame["seed_kind"].isin(SEED_KINDS)].dropna(subset=[value])
+    if df.empty:
+        return pd.DataFrame(columns=[config, "seed_kind", "n", "mean", "std", "var"])
+    g = df.groupby([config, "seed_kind"])[value]
+    table = pd.DataFrame({"n": g.size(), "mean": g.mean(), "std": g.std(ddof=1), "var": g.var(ddof=1)}).reset_index()
+    table["seed_kind"] = pd.Categorical(table["seed_kind"], categories=list(SEED_KINDS), ordered=True)
+    return table.sort_values([config, "seed_kind"]).reset_index(drop=True).astype({"seed_kind": str})
+
+
+def dominant_seed_kind(table: pd.DataFrame, ratio: float = 2.0) -> dict[str, object]:
+    """Mean variance per seed kind across configs, and which of seed / data_seed dominates.
+
+    A kind "dominates" when its mean variance is at least `ratio` times the other's; otherwise
+    the two are "comparable". None when either kind lacks a variance estimate.
+    """
+    means = table.dropna(subset=["var"]).groupby("seed_kind")["var"].mean().to_dict()
+    out: dict[str, object] = {f"var_{k}": float(means.get(k, float("nan"))) for k in SEED_KINDS}
+    vs, vd = means.get("seed"), means.get("data_seed")
+    if vs is None or vd is None:
+        out["dominant"] = None
+    elif vs == vd or (max(vs, vd) < ratio * min(vs, vd)):
+        out["dominant"] = "comparable"
+    else:
+        out["dominant"] = "seed" if vs > vd else "data_seed"
+    return out
+
+
+def pareto_front(points: Sequence[Sequence[float]] | np.ndarray, directions: Sequence[str]) -> np.ndarray:
+    """Boolean mask of non-dominated points; `directions` holds "maximize"/"minimize" per column."""
+    p = np.asarray(points, dtype=float)
+    if p.ndim != 2 or p.shape[1] != len(directions):
+        raise ValueError("points must be (n, len(directions))")
+    sign = np.array([-1.0 if d == "maximize" else 1.0 for d in directions])
+    q = p * sign  # everything as minimisation
+    ok = np.all(np.isfinite(q), axis=1)
+    mask = np.zeros(len(q), dtype=bool)
+    for i in np.flatnonzero(ok):
+        others = q[ok]
+        dominated = np.any(np.all(others <= q[i], axis=1) & np.any(others < q[i], axis=1))
+        mask[i] = not dominated
+    return mask

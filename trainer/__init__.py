@@ -1,0 +1,59 @@
+"""One LoRA/QLoRA fine-tune, independent of Optuna and MLflow.
+
+Importing this package is cheap on purpose (the Hydra plugin scan imports it at every
+startup): torch/transformers are only imported when an attribute that needs them is used.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from trainer.errors import ConfigError, NonFiniteLossError
+from trainer.resolvers import register_resolvers
+
+register_resolvers()
+
+# public name -> submodule defining it (imported on first access)
+_LAZY = {
+    "run_trial": "trainer.recipe",
+    "TrialResult": "trainer.result",
+    "Reporter": "trainer.reporting",
+    "RecordingReporter": "trainer.reporting",
+    "WarmCache": "trainer.cache",
+    "validate_config": "trainer.validation",
+    "preflight": "trainer.prechecks",
+    "PreflightReport": "trainer.prechecks",
+    "resolve_target_modules": "trainer.targets",
+    "TARGET_PRESETS": "trainer.targets",
+    "seed_everything": "trainer.seeding",
+    "environment_fingerprint": "trainer.fingerprint",
+}
+
+__all__ = ["ConfigError", "NonFiniteLossError", *_LAZY]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        module = importlib.import_module(_LAZY[name])
+        for public, owner in _LAZY.items():  # bind siblings too: one import per submodule
+            if owner == _LAZY[name]:
+                globals()[public] = getattr(module, public)
+        return globals()[name]
+    raise AttributeError(f"module 'trainer' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)
+
+
+if TYPE_CHECKING:  # for type checkers and IDEs only
+    from trainer.cache import WarmCache
+    from trainer.fingerprint import environment_fingerprint
+    from trainer.prechecks import PreflightReport, preflight
+    from trainer.recipe import run_trial
+    from trainer.reporting import RecordingReporter, Reporter
+    from trainer.result import TrialResult
+    from trainer.seeding import seed_everything
+    from trainer.targets import TARGET_PRESETS, resolve_target_modules
+    from trainer.validation import validate_config

@@ -1,0 +1,107 @@
+"""Load the raw train/eval splits a config names, with fixed-seed subsetting and label checks."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from trainer.errors import ConfigError
+
+SUBSET_SEED = 1234  # fixed: the max_*_samples subset must not depend on any trial seed
+
+
+@dataclass
+class RawData:
+    """Untokenized splits plus the label space they define."""
+
+    train: Any  # datasets.Dataset
+    eval: Any
+    num_labels: int | None
+    label_names: list[str] | None
+
+
+def _local_files(source: str, data: dict[str, Any]) -> dict[str, str]:
+    ext = {"jsonl": "jsonl", "csv": "csv", "sst2": "jsonl"}[source]
+    folder = Path(data["path"]).expanduser()
+    folder = folder if folder.is_absolute() else Path.cwd() / folder
+    files = {s: folder / f"{data[k]}.{ext}" for s, k in (("train", "train_split"), ("eval", "eval_split"))}
+    for split, f in files.items():
+        if not f.is_file():
+            raise ConfigError("data.path", data["path"], f"a folder containing {f.name}", f"{f} not found")
+    return {split: str(f) for split, f in files.items()}
+
+
+def _load_source(data: dict[str, Any]) -> tuple[Any, Any]:
+    import datasets
+
+    source = data["source"]
+    if source == "demo":
+        from trainer.demo_data import demo_splits
+
+        train, eval_ = demo_splits(data["demo_train_size"], data["demo_eval_size"])
+        return datasets.Dataset.from_dict(train), datasets.Dataset.from_dict(eval_)
+    if source == "sst2" and not (data.get("path") and Path(data["path"]).expanduser().is_dir()):
+        ds = datasets.load_dataset(data["hub_id"], data.get("hub_config"))
+        return ds[data["train_split"]], ds[data["eval_split"]]
+    if source in ("sst2", "jsonl", "csv"):
+        builder = "csv" if source == "csv" else "json"
+        ds = datasets.load_dataset(builder, data_files=_local_files(source, data))
+        return ds["train"], ds["eval"]
+    ds = datasets.load_dataset(data["hub_id"], data.get("hub_config"))
+    return ds[data["train_split"]], ds[data["eval_split"]]
+
+
+def _cap(ds: Any, n: int | None) -> Any:
+    """First n rows after a fixed-seed shuffle: a representative subset, identical for all trials."""
+    if n is None or n >= len(ds):
+        return ds
+    return ds.shuffle(seed=SUBSET_SEED).select(range(n))
+
+
+def _check_column(ds: Any, key: str, column: str, split: str) -> None:
+    if column not in ds.column_names:
+        raise ConfigError(key, column, f"one of the {split} columns ({', '.join(ds.column_names)})",
+                          f"missing column {column!r}")
+
+
+def _encode_string_labels(train: Any, eval_: Any, column: str, names: list[str] | None) -> tuple[Any, Any, list[str]]:
+    """Map string labels to ids by `label_names` order (or sorted order when not given)."""
+    names = list(names) if names else sorted(set(train[column]) | set(eval_[column]))
+    index = {n: i for i, n in enumerate(names)}
+    unknown = sorted((set(train[column]) | set(eval_[column])) - set(index))
+    if unknown:
+        raise ConfigError("data.label_names", names, f"a list containing every label value", f"unknown labels: {unknown}")
+    fn = lambda b: {column: [index[v] for v in b[column]]}  # noqa: E731
+    return train.map(fn, batched=True), eval_.map(fn, batched=True), names
+
+
+def _check_labels(ds: Any, column: str, num_labels: int, split: str) -> None:
+    bad = sorted({v for v in ds[column] if not isinstance(v, int) or not 0 <= v < num_labels}, key=str)
+    if bad:
+        raise ConfigError("data.label_column", bad[:20], f"integer labels in [0, {num_labels}) (num_labels={num_labels})",
+                          f"bad label values in the {split} split of column {column!r}")
+
+
+def load_raw(data: dict[str, Any], task_type: str) -> RawData:
+    """Splits for a `data` config group (plain dict); validates columns and labels."""
+    train, eval_ = _load_source(data)
+    train, eval_ = _cap(train, data.get("max_train_samples")), _cap(eval_, data.get("max_eval_samples"))
+    for split, ds in (("train", train), ("eval", eval_)):
+        _check_column(ds, "data.text_column", data["text_column"], split)
+        if task_type == "causal_lm" and data.get("completion_column"):
+            _check_column(ds, "data.completion_column", data["completion_column"], split)
+    label = data.get("label_column")
+    if label is None or (task_type == "causal_lm" and data.get("completion_column")):
+        return RawData(train, eval_, None, data.get("label_names"))
+    for split, ds in (("train", train), ("eval", eval_)):
+        _check_column(ds, "data.label_column", label, split)
+    names = data.get("label_names")
+    if train.features[label].dtype == "string":
+        train, eval_, names = _encode_string_labels(train, eval_, label, names)
+    num_labels = data.get("num_labels") or (max(train[label]) + 1 if len(train) else 0)
+    if names and len(names) != num_labels:
+        raise ConfigError("data.label_names", names, f"a list of {num_labels} names (num_labels)")
+    for split, ds in (("train", train), ("eval", eval_)):
+        _check_labels(ds, label, num_labels, split)
+    return RawData(train, eval_, num_labels, names)

@@ -1,0 +1,147 @@
+"""Tokenize raw splits once (per cache key) and pad per batch.
+
+Classification: text -> input ids, label -> `labels`.
+Causal LM: prompt = task.prompt_template.format(text=...), completion = the completion column
+or the verbalised label; `labels` are -100 on prompt (and, after collation, padding) tokens so
+the loss is on the completion + eos only.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from trainer.data import RawData
+from trainer.errors import ConfigError
+
+IGNORE_INDEX = -100
+
+
+@dataclass
+class EncodedSplit:
+    """Model inputs per example, plus what causal-LM accuracy scoring needs."""
+
+    features: list[dict[str, Any]]
+    class_labels: list[int] | None = None  # causal LM with labels: gold class per example
+    prompts: list[list[int]] | None = None  # causal LM with labels: prompt ids per example
+
+
+@dataclass
+class EncodedData:
+    train: EncodedSplit
+    eval: EncodedSplit
+    num_labels: int | None
+    label_names: list[str] | None
+    candidates: list[list[int]] | None = None  # causal LM: token ids of each label's completion
+    stats: dict[str, float] = field(default_factory=dict)
+
+
+@contextlib.contextmanager
+def _quiet_datasets() -> Iterator[None]:
+    """No per-trial `Map` progress bars (restores the caller's setting)."""
+    import datasets
+
+    was_enabled = datasets.is_progress_bar_enabled()
+    datasets.disable_progress_bars()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            datasets.enable_progress_bars()
+
+
+def verbalizations(num_labels: int, label_names: Sequence[str] | None, verbalizer: Any) -> list[str]:
+    """Completion text per label id: task.verbalizer (list or {label|name: text}) or " " + name."""
+    if verbalizer is None:
+        if not label_names:
+            raise ConfigError("data.label_names", label_names, "a list of label names (or set task.verbalizer)")
+        return [f" {n}" for n in label_names]
+    if isinstance(verbalizer, dict):
+        names = list(label_names or [])
+        out = [verbalizer.get(i, verbalizer.get(str(i), verbalizer.get(names[i]) if i < len(names) else None))
+               for i in range(num_labels)]
+    else:
+        out = list(verbalizer)
+    if len(out) != num_labels or any(not isinstance(v, str) or not v for v in out):
+        raise ConfigError("task.verbalizer", verbalizer, f"a text for each of the {num_labels} labels")
+    return out
+
+
+def _encode_classification(ds: Any, tok: Any, text: str, label: str, max_len: int) -> EncodedSplit:
+    def fn(batch: dict[str, list]) -> dict[str, list]:
+        enc = tok(batch[text], truncation=True, max_length=max_len)
+        return {**enc, "labels": batch[label]}
+
+    mapped = ds.map(fn, batched=True, remove_columns=ds.column_names)
+    return EncodedSplit(mapped.to_list())
+
+
+def _join(prompt: list[int], completion: list[int], max_len: int, bos: int | None) -> list[int]:
+    """Truncate the prompt from the left (its end holds the question), keeping a leading BOS."""
+    room = max_len - len(completion)
+    if room <= 0:
+        return completion[:max_len]
+    if len(prompt) > room:
+        keep_bos = bos is not None and prompt and prompt[0] == bos
+        prompt = ([bos] if keep_bos else []) + prompt[len(prompt) - room + int(keep_bos):]
+    return prompt + completion
+
+
+def _encode_causal(ds: Any, tok: Any, template: str, text: str, completions: Callable[[dict], list[str]],
+                   max_len: int, with_prompts: bool) -> EncodedSplit:
+    eos = [tok.eos_token_id] if tok.eos_token_id is not None else []
+
+    def fn(batch: dict[str, list]) -> dict[str, list]:
+        prompts = tok([template.format(text=t) for t in batch[text]])["input_ids"]
+        comps = tok(completions(batch), add_special_tokens=False)["input_ids"]
+        ids, labels, kept = [], [], []
+        for p, c in zip(prompts, comps):
+            seq = _join(p, c + eos, max_len, tok.bos_token_id)
+            n_prompt = len(seq) - min(len(c) + len(eos), len(seq))
+            ids.append(seq)
+            labels.append([IGNORE_INDEX] * n_prompt + seq[n_prompt:])
+            kept.append(seq[:n_prompt])
+        return {"input_ids": ids, "attention_mask": [[1] * len(s) for s in ids], "labels": labels, "prompt": kept}
+
+    mapped = ds.map(fn, batched=True, remove_columns=ds.column_names).to_list()
+    prompts = [row.pop("prompt") for row in mapped]
+    return EncodedSplit(mapped, prompts=prompts if with_prompts else None)
+
+
+def encode(raw: RawData, tok: Any, data: dict[str, Any], task: dict[str, Any], max_len: int) -> EncodedData:
+    """Tokenize both splits for the task type (see module doc)."""
+    with _quiet_datasets():
+        return _encode(raw, tok, data, task, max_len)
+
+
+def _encode(raw: RawData, tok: Any, data: dict[str, Any], task: dict[str, Any], max_len: int) -> EncodedData:
+    text, label = data["text_column"], data.get("label_column")
+    if task["type"] == "classification":
+        train = _encode_classification(raw.train, tok, text, label, max_len)
+        eval_ = _encode_classification(raw.eval, tok, text, label, max_len)
+        return EncodedData(train, eval_, raw.num_labels, raw.label_names)
+
+    template, completion_col = task["prompt_template"], data.get("completion_column")
+    candidates = None
+    if completion_col:
+        completions = lambda b: [str(c) for c in b[completion_col]]  # noqa: E731
+    else:
+        words = verbalizations(raw.num_labels, raw.label_names, task.get("verbalizer"))
+        completions = lambda b: [words[y] for y in b[label]]  # noqa: E731
+        candidates = tok(words, add_special_tokens=False)["input_ids"]
+    train = _encode_causal(raw.train, tok, template, text, completions, max_len, False)
+    eval_ = _encode_causal(raw.eval, tok, template, text, completions, max_len, candidates is not None)
+    if candidates is not None:
+        eval_.class_labels = list(raw.eval[label])
+    return EncodedData(train, eval_, raw.num_labels, raw.label_names, candidates)
+
+
+def make_collator(tok: Any, task_type: str) -> Callable[[list[dict[str, Any]]], dict[str, Any]]:
+    """Dynamic padding to the longest sequence of each batch (right padding; -100 label padding)."""
+    from transformers import DataCollatorForSeq2Seq, DataCollatorWithPadding
+
+    if task_type == "classification":
+        return DataCollatorWithPadding(tok, return_tensors="pt")
+    return DataCollatorForSeq2Seq(tok, padding=True, label_pad_token_id=IGNORE_INDEX, return_tensors="pt")

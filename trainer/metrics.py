@@ -1,0 +1,40 @@
+"""Metric formulas, kept apart from the model code so they are easy to check by hand."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+
+def classification_metrics(preds: Sequence[int], labels: Sequence[int], loss_sum: float, num_labels: int) -> dict[str, float]:
+    """eval_loss (mean over examples), eval_accuracy, eval_macro_f1 (F1 averaged over all classes)."""
+    from sklearn.metrics import accuracy_score, f1_score
+
+    n = max(len(labels), 1)
+    return {
+        "eval_loss": loss_sum / n,
+        "eval_accuracy": float(accuracy_score(labels, preds)),
+        "eval_macro_f1": float(f1_score(labels, preds, average="macro", labels=list(range(num_labels)), zero_division=0)),
+    }
+
+
+def causal_lm_metrics(nll_sum: float, n_tokens: int, preds: Sequence[int] | None, labels: Sequence[int] | None) -> dict[str, float]:
+    """eval_loss = mean NLL per completion token, eval_perplexity = exp(eval_loss), and
+    eval_accuracy of the verbaliser argmax when the data has labels."""
+    loss = nll_sum / max(n_tokens, 1)
+    out = {"eval_loss": loss, "eval_perplexity": math.exp(min(loss, 700.0))}
+    if preds is not None and labels is not None:
+        out["eval_accuracy"] = sum(int(p == y) for p, y in zip(preds, labels)) / max(len(labels), 1)
+    return out
+
+
+def sequence_logprobs(logits: Any, labels: Any) -> tuple[Any, Any]:
+    """Per sequence: summed log-probability of the label tokens (next-token shift; -100 ignored)
+    and how many tokens were scored."""
+    import torch
+
+    logits, labels = logits[:, :-1].float(), labels[:, 1:]
+    mask = labels != -100
+    logp = torch.log_softmax(logits, dim=-1).gather(-1, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+    return (logp * mask).sum(-1), mask.sum(-1)

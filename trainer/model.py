@@ -1,0 +1,178 @@
+"""Base model lifecycle: load (optionally quantized), re-initialise the head, add LoRA, and
+take LoRA off again so a cached base can serve the next trial unchanged."""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any
+
+from trainer.errors import ConfigError
+
+CLASSIFIER_HEADS = ("classifier", "score")
+LM_HEADS = ("lm_head",)
+
+
+def head_names(task_type: str) -> tuple[str, ...]:
+    """Top-level module names of the task head: kept out of quantization and LoRA."""
+    return CLASSIFIER_HEADS if task_type == "classification" else LM_HEADS
+
+
+def load_tokenizer(model: dict[str, Any]) -> Any:
+    """Tokenizer with a pad token (eos when it has none) and right padding (causal-LM training)."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(
+        model["name_or_path"], revision=model.get("revision"), trust_remote_code=bool(model.get("trust_remote_code"))
+    )
+    if tok.pad_token is None:
+        if tok.eos_token is None:
+            raise ConfigError("model.name_or_path", model["name_or_path"], "a model whose tokenizer has a pad or eos token")
+        tok.pad_token = tok.eos_token
+    tok.padding_side = "right"
+    return tok
+
+
+def quantization_config(quant: dict[str, Any], task_type: str) -> Any:
+    """bitsandbytes config for quant.mode, or None; the head is never quantized."""
+    import torch
+    from transformers import BitsAndBytesConfig
+
+    skip = list(head_names(task_type))
+    if quant["mode"] == "4bit":
+        return BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type=quant.get("quant_type", "nf4"),
+            bnb_4bit_use_double_quant=bool(quant.get("double_quant", False)),
+            bnb_4bit_compute_dtype=getattr(torch, quant.get("compute_dtype", "float32")),
+            llm_int8_skip_modules=skip,
+        )
+    if quant["mode"] == "8bit":
+        return BitsAndBytesConfig(load_in_8bit=True, llm_int8_skip_modules=skip)
+    return None
+
+
+def load_base_model(model: dict[str, Any], quant: dict[str, Any], task_type: str, num_labels: int | None,
+                    pad_token_id: int | None, device: Any, gradient_checkpointing: bool) -> Any:
+    """From_pretrained (+ prepare_model_for_kbit_training when quantized), frozen, on `device`.
+
+    Done once per cache key: kbit preparation casts non-quantized weights to fp32 and enables
+    gradient checkpointing, mutations that are identical for every trial on this base.
+    """
+    import torch
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+
+    kwargs: dict[str, Any] = {
+        "revision": model.get("revision"),
+        "trust_remote_code": bool(model.get("trust_remote_code")),
+    }
+    qconfig = quantization_config(quant, task_type)
+    if quant["mode"] == "8bit":  # bnb casts fp32 activations to fp16 for int8 matmuls and says so on every call
+        warnings.filterwarnings("ignore", message="MatMul8bitLt: inputs will be cast", category=UserWarning)
+    if qconfig is not None:
+        kwargs.update(quantization_config=qconfig, device_map={"": str(device)},
+                      dtype=getattr(torch, quant.get("compute_dtype", "float32")) if quant["mode"] == "4bit" else torch.float32)
+    else:
+        kwargs["dtype"] = torch.float32
+    if task_type == "classification":
+        base = AutoModelForSequenceClassification.from_pretrained(model["name_or_path"], num_labels=num_labels, **kwargs)
+        if base.config.pad_token_id is None:
+            base.config.pad_token_id = pad_token_id  # decoder classifiers pool at the last non-pad token
+    else:
+        base = AutoModelForCausalLM.from_pretrained(model["name_or_path"], **kwargs)
+    if qconfig is None:
+        base.to(device)
+    gc_kwargs = {"use_reentrant": False}
+    if qconfig is not None and quant.get("prepare_kbit_training", True):
+        from peft import prepare_model_for_kbit_training
+
+        base = prepare_model_for_kbit_training(base, use_gradient_checkpointing=gradient_checkpointing,
+                                               gradient_checkpointing_kwargs=gc_kwargs)
+    elif gradient_checkpointing:
+        base.gradient_checkpointing_enable(gradient_checkpointing_kwargs=gc_kwargs)
+    if hasattr(base.config, "use_cache"):
+        base.config.use_cache = False  # no KV cache in training/eval forward passes
+    base.requires_grad_(False)
+    return base
+
+
+def reset_head(base: Any, task_type: str) -> None:
+    """Re-draw the classification head from the global RNG (call right after seeding), so a
+    warm base gives the same head as a fresh load. Causal LMs keep their pretrained lm_head."""
+    import torch
+
+    if task_type != "classification":
+        return
+    std = getattr(base.config, "initializer_range", 0.02)
+    with torch.no_grad():
+        for name in CLASSIFIER_HEADS:
+            head = getattr(base, name, None)
+            for module in head.modules() if head is not None else ():
+                if isinstance(module, torch.nn.Linear):
+                    module.weight.normal_(mean=0.0, std=std)
+                    if module.bias is not None:
+                        module.bias.zero_()
+                elif hasattr(module, "reset_parameters") and module is not head:
+                    module.reset_parameters()
+
+
+def lora_alpha(lora: dict[str, Any]) -> float:
+    """alpha_ratio * r when alpha_ratio is set, else lora_alpha."""
+    ratio = lora.get("alpha_ratio")
+    return float(ratio * lora["r"]) if ratio is not None else float(lora["lora_alpha"])
+
+
+def apply_lora(base: Any, lora: dict[str, Any], targets: list[str], task_type: str) -> Any:
+    """Wrap `base` with a fresh LoRA adapter (draws LoRA A from the global RNG)."""
+    from peft import LoraConfig, TaskType, get_peft_model
+
+    heads = [n for n in CLASSIFIER_HEADS if hasattr(base, n)] if task_type == "classification" else None
+    config = LoraConfig(
+        r=lora["r"],
+        lora_alpha=lora_alpha(lora),
+        lora_dropout=lora["lora_dropout"],
+        target_modules=targets,
+        bias=lora.get("bias", "none"),
+        use_rslora=bool(lora.get("use_rslora", False)),
+        use_dora=bool(lora.get("use_dora", False)),
+        init_lora_weights=lora.get("init_lora_weights", True),
+        task_type=TaskType.SEQ_CLS if task_type == "classification" else TaskType.CAUSAL_LM,
+        modules_to_save=heads,
+    )
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.* is deprecated", category=FutureWarning)
+        return get_peft_model(base, config)
+
+
+def mutates_base(lora: dict[str, Any]) -> bool:
+    """Inits that rewrite the base weights (PiSSA/OLoRA residuals) or train base biases,
+    after which a cached base is no longer the pretrained model."""
+    init = str(lora.get("init_lora_weights", True)).lower()
+    return init.startswith("pissa") or init == "olora" or lora.get("bias", "none") != "none"
+
+
+def is_pristine(base: Any) -> bool:
+    """No LoRA layer, peft wrapper or peft config left on the base model."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+    from peft.utils.other import AuxiliaryTrainingWrapper
+
+    return not hasattr(base, "peft_config") and not any(
+        isinstance(m, BaseTunerLayer | AuxiliaryTrainingWrapper) for m in base.modules()
+    )
+
+
+def restore_base(peft_model: Any) -> Any:
+    """Remove the LoRA layers and put the original (untrained) head modules back."""
+    from peft.utils.other import AuxiliaryTrainingWrapper
+
+    prefix = "base_model.model."
+    originals = {
+        name.removeprefix(prefix): module.original_module
+        for name, module in peft_model.named_modules()
+        if isinstance(module, AuxiliaryTrainingWrapper)
+    }
+    base = peft_model.unload()
+    for name, module in originals.items():
+        base.set_submodule(name, module)
+    base.disable_input_require_grads()  # hook that PeftModel adds to non-quantized models
+    base.requires_grad_(False)
+    return base

@@ -1,0 +1,200 @@
+"""Checks that need the architecture and the data, but no weights: run on every search-space
+extreme before a sweep. The meta-device model and the loaded data are cached per process."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from dataclasses import dataclass, field
+from functools import lru_cache
+from typing import Any
+
+from omegaconf import DictConfig
+
+from trainer.config import get
+from trainer.data import RawData, load_raw
+from trainer.errors import ConfigError
+from trainer.targets import TARGET_PRESETS, matches, is_head, leaf_names, resolve_target_modules
+from trainer.validation import validate_config
+
+MB = 2**20
+QUANT_BITS = {"none": 32.0, "8bit": 8.0}  # 4bit: see _weight_bits
+
+
+@lru_cache(maxsize=8)
+def _raw_data(data_json: str, task_type: str) -> RawData:
+    return load_raw(json.loads(data_json), task_type)
+
+
+@lru_cache(maxsize=8)
+def _meta_model(name: str, revision: str | None, trust_remote_code: bool, task_type: str, num_labels: int | None) -> Any:
+    """Model skeleton with shapes but no storage (torch meta device): no weights are read."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification
+
+    config = AutoConfig.from_pretrained(name, revision=revision, trust_remote_code=trust_remote_code)
+    with torch.device("meta"):
+        if task_type == "classification":
+            config.num_labels = num_labels
+            return AutoModelForSequenceClassification.from_config(config, trust_remote_code=trust_remote_code)
+        return AutoModelForCausalLM.from_config(config, trust_remote_code=trust_remote_code)
+
+
+Shapes = dict[str, tuple[int, int, bool]]
+
+
+def _linear_shapes(model: Any) -> Shapes:
+    """name -> (in_features, out_features, has_bias) for every linear layer (GPT-2 Conv1D included)."""
+    import torch
+    from transformers.pytorch_utils import Conv1D
+
+    shapes = {}
+    for name, m in model.named_modules():
+        if isinstance(m, Conv1D):
+            shapes[name] = (m.weight.shape[0], m.weight.shape[1], m.bias is not None)
+        elif isinstance(m, torch.nn.Linear):
+            shapes[name] = (m.in_features, m.out_features, m.bias is not None)
+    return shapes
+
+
+def lora_param_count(shapes: Shapes, targets: list[str], lora: dict[str, Any], head_params: int,
+                     body_bias_params: int) -> int:
+    """What peft will train: r*(in+out) per targeted layer (+out for DoRA's magnitude), biases
+    per lora.bias, and the copy of the classification head (`head_params`, 0 for causal LMs)."""
+    body = [n for n in shapes if not is_head(n)]
+    hit = set().union(*(matches(t, body) for t in targets))
+    n = sum(lora["r"] * (shapes[h][0] + shapes[h][1]) + (shapes[h][1] if lora.get("use_dora") else 0) for h in hit)
+    if lora.get("bias", "none") == "all":
+        n += body_bias_params
+    elif lora.get("bias", "none") == "lora_only":
+        n += sum(shapes[h][1] for h in hit if shapes[h][2])
+    return n + head_params
+
+
+@dataclass
+class PreflightReport:
+    """Architecture and data facts for one config, plus a memory estimate per trial."""
+
+    model_type: str
+    linear_module_names: list[str]
+    target_modules_by_preset: dict[str, list[str]]
+    trainable_params_by_preset: dict[str, int]
+    base_params: int
+    num_train: int
+    num_eval: int
+    num_labels: int | None
+    target_modules: list[str] = field(default_factory=list)  # resolved for the configured lora.target_modules
+    trainable_params: int = 0  # for the configured lora.target_modules
+    quantizable_params: int = 0  # weights of body linear layers (what bitsandbytes quantizes)
+    hidden_size: int = 0
+    intermediate_size: int = 0
+    num_layers: int = 0
+    num_heads: int = 0
+    vocab_size: int = 0
+    head_params: int = 0  # trained in full for classification (0 for causal LMs)
+    body_bias_params: int = 0
+    linear_shapes: Shapes = field(default_factory=dict, repr=False)
+
+    def estimate_memory_mb(self, cfg: DictConfig) -> float:
+        """Rough peak training memory of one trial in MiB (excluding the CUDA context / Python runtime):
+
+            weights     = Q * bits/8 + (N - Q) * 4           Q = body linear weights, N = all params;
+                          bits = 32 (none), 8 (8bit), 4 + 32/64 (4bit absmax per 64-block; with
+                          double quant 4 + 8/64 + 32/(64*256))
+            lora        = P * 16                              P = trainable params: fp32 weight + grad
+                                                              + AdamW exp_avg + exp_avg_sq
+            activations = B * T * L * (10*H + 2*I + A*T) * 4  B = batch_size, T = max_seq_length,
+                          L layers, H hidden, I intermediate, A heads (attention probabilities);
+                          with gradient checkpointing only B*T*H*L*4 + one layer's share
+            logits      = B * T * V * 4 * 2                   causal LM only (logits + log-softmax)
+
+        An upper bound on sequence length (dynamic padding usually makes T smaller).
+        """
+        quant, train, lora = get(cfg, "quant"), get(cfg, "train"), get(cfg, "lora")
+        weights = self.quantizable_params * _weight_bits(quant) / 8 + (self.base_params - self.quantizable_params) * 4
+        targets = resolve_target_modules(list(self.linear_shapes), lora["target_modules"])
+        adapter = lora_param_count(self.linear_shapes, targets, lora, self.head_params, self.body_bias_params) * 16
+        b, t = train["batch_size"], train["max_seq_length"]
+        per_layer = b * t * (10 * self.hidden_size + 2 * self.intermediate_size + self.num_heads * t) * 4
+        acts = per_layer * self.num_layers
+        if train.get("gradient_checkpointing"):
+            acts = b * t * self.hidden_size * self.num_layers * 4 + per_layer
+        logits = b * t * self.vocab_size * 8 if get(cfg, "task.type") == "causal_lm" else 0
+        return (weights + adapter + acts + logits) / MB
+
+
+def _weight_bits(quant: dict[str, Any]) -> float:
+    if quant["mode"] != "4bit":
+        return QUANT_BITS[quant["mode"]]
+    return 4 + (8 / 64 + 32 / (64 * 256) if quant.get("double_quant") else 32 / 64)
+
+
+def _config_int(config: Any, *names: str) -> int:
+    for n in names:
+        value = getattr(config, n, None)
+        if isinstance(value, int):
+            return value
+    return 0
+
+
+def _check_data(raw: RawData, cfg: DictConfig) -> None:
+    task = get(cfg, "task")
+    if task["type"] == "causal_lm" and task["metric"] == "accuracy" and raw.num_labels is None:
+        raise ConfigError("task.metric", "accuracy", "loss or perplexity for data without labels",
+                          "causal-LM accuracy scores verbalised labels")
+    if task["type"] == "causal_lm" and raw.num_labels is not None and not get(cfg, "data.completion_column"):
+        from trainer.encoding import verbalizations
+
+        verbalizations(raw.num_labels, raw.label_names, task.get("verbalizer"))
+
+
+def preflight(cfg: DictConfig) -> PreflightReport:
+    """validate_config, then the architecture/data checks (ConfigError on the first problem)."""
+    validate_config(cfg)
+    task_type, lora, model = get(cfg, "task.type"), get(cfg, "lora"), get(cfg, "model")
+    if get(cfg, "quant.mode") != "none" and importlib.util.find_spec("bitsandbytes") is None:
+        raise ConfigError("quant.mode", get(cfg, "quant.mode"), "none (bitsandbytes is not installed)")
+    raw = _raw_data(json.dumps(get(cfg, "data"), sort_keys=True), task_type)
+    _check_data(raw, cfg)
+    meta = _meta_model(model["name_or_path"], model.get("revision"), bool(model.get("trust_remote_code")),
+                       task_type, raw.num_labels)
+    config = meta.config
+    max_pos = _config_int(config, "max_position_embeddings", "n_positions")
+    if max_pos and get(cfg, "train.max_seq_length") > max_pos:
+        raise ConfigError("train.max_seq_length", get(cfg, "train.max_seq_length"), f"<= {max_pos} for this model")
+
+    configured = resolve_target_modules(meta, lora["target_modules"])
+    shapes = _linear_shapes(meta)
+    by_preset: dict[str, list[str]] = {}
+    for preset in TARGET_PRESETS:
+        try:
+            by_preset[preset] = resolve_target_modules(meta, preset)
+        except ConfigError:
+            continue  # preset not applicable to this architecture
+    params = dict(meta.named_parameters())
+    base_params = sum(p.numel() for p in params.values())
+    head = sum(p.numel() for n, p in params.items() if is_head(n)) if task_type == "classification" else 0
+    body_bias = sum(p.numel() for n, p in params.items() if n.endswith("bias") and not is_head(n))
+    count = lambda targets: lora_param_count(shapes, targets, lora, head, body_bias)  # noqa: E731
+    quantizable = sum(i * o for n, (i, o, _) in shapes.items() if not is_head(n))
+    return PreflightReport(
+        model_type=config.model_type,
+        linear_module_names=leaf_names(shapes),
+        target_modules_by_preset=by_preset,
+        trainable_params_by_preset={p: count(t) for p, t in by_preset.items()},
+        base_params=base_params,
+        num_train=len(raw.train),
+        num_eval=len(raw.eval),
+        num_labels=raw.num_labels,
+        target_modules=configured,
+        trainable_params=count(configured),
+        quantizable_params=quantizable,
+        hidden_size=_config_int(config, "hidden_size", "n_embd"),
+        intermediate_size=_config_int(config, "intermediate_size", "n_inner") or 4 * _config_int(config, "hidden_size", "n_embd"),
+        num_layers=_config_int(config, "num_hidden_layers", "n_layer"),
+        num_heads=_config_int(config, "num_attention_heads", "n_head"),
+        vocab_size=_config_int(config, "vocab_size"),
+        head_params=head,
+        body_bias_params=body_bias,
+        linear_shapes=shapes,
+    )

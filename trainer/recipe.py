@@ -1,0 +1,143 @@
+"""`run_trial`: one LoRA/QLoRA fine-tune, read top to bottom.
+
+seed -> data (cached, tokenized) -> base model (cached or loaded) -> seed again, fresh head,
+LoRA -> training loop with periodic eval -> final eval -> adapter saved -> TrialResult.
+The second seeding right before the head and adapter are created is what makes a warm trial
+(base model reused) bitwise-identical to a cold one: nothing between it and training draws
+from the global RNG.
+"""
+
+from __future__ import annotations
+
+import resource
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig
+
+from trainer.cache import WarmCache, data_key, model_key, tokenizer_key
+from trainer.config import get
+from trainer.data import load_raw
+from trainer.devices import device_name, resolve_device
+from trainer.encoding import encode, make_collator
+from trainer.evaluation import evaluate
+from trainer.loop import LoopPlan, autocast_for, train_loop
+from trainer.model import (apply_lora, is_pristine, load_base_model, load_tokenizer, lora_alpha, mutates_base,
+                           reset_head, restore_base)
+from trainer.reporting import RecordingReporter, Reporter
+from trainer.result import TrialResult
+from trainer.seeding import seed_everything
+from trainer.targets import resolve_target_modules
+from trainer.validation import validate_config
+
+
+def _peak_memory_mb(device: Any) -> float:
+    """CUDA: max allocated since the trial started. CPU: the process's peak RSS (Linux KiB)."""
+    import torch
+
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _give_back(cache: WarmCache, key: str, base: Any, peft_model: Any, lora: dict[str, Any]) -> None:
+    """Leave the cached base exactly as loaded, or drop it from the cache."""
+    try:
+        if peft_model is not None:
+            base = restore_base(peft_model)
+        if not mutates_base(lora) and is_pristine(base):
+            return
+    except Exception:  # noqa: BLE001 - a base we cannot restore is simply not reused
+        pass
+    cache.evict("model", key)
+
+
+def run_trial(cfg: DictConfig, reporter: Reporter | None = None, cache: WarmCache | None = None,
+              output_dir: str | Path | None = None) -> TrialResult:
+    """Fine-tune once with the composed job config; exceptions from `reporter` propagate."""
+    import torch
+
+    validate_config(cfg)
+    model_cfg, data_cfg, task, lora, quant, train = (get(cfg, k) for k in ("model", "data", "task", "lora", "quant", "train"))
+    seed, task_type = get(cfg, "seed"), task["type"]
+    reporter = reporter if reporter is not None else RecordingReporter()
+    cache = cache if cache is not None else WarmCache()
+    device = resolve_device(train["device"])
+    seed_everything(seed)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    timing: dict[str, float] = {}
+
+    t0 = time.perf_counter()
+    tok = cache.get("tokenizer", tokenizer_key(cfg), lambda: load_tokenizer(model_cfg))
+    data = cache.get("data", data_key(cfg), lambda: encode(load_raw(data_cfg, task_type), tok, data_cfg, task,
+                                                          train["max_seq_length"]))
+    timing["tokenize_s"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    mkey = model_key(cfg, data.num_labels, device)
+    warm = cache.contains("model", mkey)
+    base = cache.get("model", mkey, lambda: load_base_model(model_cfg, quant, task_type, data.num_labels,
+                                                            tok.pad_token_id, device, train["gradient_checkpointing"]))
+    timing["model_load_s"] = time.perf_counter() - t0
+    targets = resolve_target_modules(base, lora["target_modules"])
+
+    peft_model = None
+    try:
+        seed_everything(seed)
+        reset_head(base, task_type)
+        peft_model = apply_lora(base, lora, targets, task_type)
+
+        collate = make_collator(tok, task_type)
+        autocast = autocast_for(device, train["precision"])
+        plan = LoopPlan.build(train, len(data.train.features))
+        run_eval = lambda: evaluate(peft_model, data, collate, task_type, train["batch_size"], device, autocast)  # noqa: E731
+        outcome = train_loop(peft_model, data.train.features, collate, run_eval, train, plan, device,
+                             get(cfg, "data_seed"), reporter)
+
+        adapter_dir = None
+        if output_dir is not None and train.get("save_adapter", True):
+            adapter_dir = Path(output_dir) / "adapter"
+            peft_model.save_pretrained(str(adapter_dir), safe_serialization=True)
+        trainable, total = peft_model.get_nb_trainable_parameters()
+    except torch.OutOfMemoryError as e:
+        traceback.clear_frames(e.__traceback__)  # drop activations held by the traceback before the caller retries
+        torch.cuda.empty_cache()
+        raise
+    finally:
+        _give_back(cache, mkey, base, peft_model, lora)
+
+    metrics = outcome.final_metrics
+    return TrialResult(
+        metrics=metrics,
+        objective=metrics["eval_" + task["metric"]],
+        trainable_params=int(trainable),
+        total_params=int(total),
+        steps=outcome.steps,
+        train_runtime_s=outcome.train_s,
+        samples_per_second=outcome.samples / outcome.train_s if outcome.train_s > 0 else 0.0,
+        peak_memory_mb=_peak_memory_mb(device),
+        history=outcome.history,
+        adapter_dir=adapter_dir,
+        resolved={
+            "lora_alpha": lora_alpha(lora),
+            "target_modules": targets,
+            "num_labels": data.num_labels,
+            "device": str(device),
+            "device_name": device_name(device),
+            "compute_dtype": {"4bit": quant.get("compute_dtype", "float32"), "8bit": "int8/float16"}.get(quant["mode"], "float32"),
+            "precision": train["precision"],
+            "effective_batch_size": plan.effective_batch_size,
+            "total_steps": plan.total_steps,
+            "warmup_steps": plan.warmup_steps,
+            "steps_per_epoch": plan.steps_per_epoch,
+            "num_train": len(data.train.features),
+            "num_eval": len(data.eval.features),
+            "warm_model": warm,
+            **timing,
+            "train_s": outcome.train_s,
+            "eval_s": outcome.eval_s,
+        },
+    )

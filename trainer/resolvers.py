@@ -1,0 +1,27 @@
+"""OmegaConf resolvers used by conf/ (registered on `import trainer`; must stay torch-free)."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+
+def pkg_path(package: str, subdir: str = "") -> str:
+    """Absolute path of `subdir` inside an installed package, so configs can point at data
+    shipped in a wheel (e.g. the offline MiniLM model) without hard-coding site-packages."""
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise ValueError(
+            f"pkg_path: package {package!r} is not installed (pip install {package.replace('_', '-')})"
+        )
+    path = Path(next(iter(spec.submodule_search_locations))) / subdir
+    if not path.exists():
+        raise ValueError(f"pkg_path: {path} does not exist inside package {package!r}")
+    return str(path.resolve())
+
+
+def register_resolvers() -> None:
+    """Idempotent: the Hydra plugin scan may import us more than once."""
+    OmegaConf.register_new_resolver("pkg_path", pkg_path, replace=True)

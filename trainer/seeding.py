@@ -1,0 +1,31 @@
+"""Seeding and determinism switches.
+
+Why each switch:
+- `random`, `numpy`, `torch` (CPU and all CUDA devices) RNGs are seeded so LoRA init, head
+  init and dropout masks are a function of the seed alone.
+- `torch.use_deterministic_algorithms(True)`: on CPU every op we use has a deterministic
+  kernel, so we make non-determinism an error; on CUDA some kernels (e.g. scatter-add in
+  backward) have none, so we only warn there instead of failing the trial.
+- cuDNN: `deterministic=True, benchmark=False` stops autotuning from picking different kernels.
+- `CUBLAS_WORKSPACE_CONFIG=:4096:8` is required by cuBLAS for deterministic GEMMs on CUDA >= 10.2;
+  it only takes effect if set before the first cuBLAS call, so we set it as early as we can.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+
+
+def seed_everything(seed: int) -> None:
+    """Seed every global RNG and switch torch to deterministic algorithms (see module doc)."""
+    import numpy as np
+    import torch
+
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)  # also seeds every CUDA device
+    torch.use_deterministic_algorithms(True, warn_only=torch.cuda.is_available())
+    torch.backends.cudnn.deterministic = True
+    torch.backends.cudnn.benchmark = False
