@@ -54,14 +54,16 @@ def _entry(trial, rank, kind, index, base, seed, data_seed) -> dict[str, Any]:
 
 
 def enqueue_plan(repro: optuna.Study, plan: list[dict[str, Any]]) -> int:
-    """Enqueue what is not already done, running or queued; returns the plan's size (the budget)."""
+    """Enqueue what is not already done, running or queued; returns the budget: every replicate
+    finished so far (earlier plans included) plus those now queued."""
     have = {t.user_attrs.get("replicate_key") for t in repro.get_trials(deepcopy=False)
             if t.state in (TrialState.COMPLETE, TrialState.RUNNING, TrialState.WAITING, TrialState.PRUNED)}
     for entry in plan:
         if entry["user_attrs"]["replicate_key"] not in have:
             attrs = {**entry["user_attrs"], "overrides": entry["overrides"]}
             repro.enqueue_trial({}, user_attrs=attrs)
-    return len(plan)
+    live = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING, TrialState.WAITING)
+    return len(repro.get_trials(deepcopy=False, states=live))
 
 
 def run_reproduction(study: optuna.Study, storage, session, runbook) -> optuna.Study:
@@ -74,7 +76,7 @@ def run_reproduction(study: optuna.Study, storage, session, runbook) -> optuna.S
     plan = plan_replicates(study, int(conf.top_k), int(conf.n_seeds), list(conf.seed_kinds), bool(conf.determinism_check))
     n = enqueue_plan(repro, plan)
     console.print(f"reproduce: top {conf.top_k} config(s) × {conf.n_seeds} seed(s) × {list(conf.seed_kinds)}"
-                  f"{' + determinism check' if conf.determinism_check else ''} = {n} runs")
+                  f"{' + determinism check' if conf.determinism_check else ''} = {len(plan)} runs")
     fixed = SearchSpace(fixed=dict(session.space.fixed))
     specs = session.worker_specs(repro.study_name, n, fixed, session.objectives[:1], replay_only=True)
     session.watch(session.supervisor(repro, runbook, specs, n), repro, n, "reproduce")

@@ -171,6 +171,7 @@ class Supervisor:
                 self._start(spec)
 
     def _fail_dead_trial(self, running: _Running, reason: str) -> None:
+        frozen = self.study._storage.get_trial(running.trial_id)  # the params it had sampled by then
         if not fail_trial(self.study, running.trial_id, reason):
             return  # it finished after all
         self.runbook.close_trial(running.key, "FAILED", tags={"optuna.state": "FAIL", "error": reason})
@@ -178,10 +179,10 @@ class Supervisor:
         self.outcome.failures.append(f"trial {running.number}: {reason}")
         retries = int(running.user_attrs.get("retry_count", 0))
         if retries < self.max_retry:
-            owner = ("host", "supervisor_pid", "worker_pid", "worker_id", "retry_of", "retry_count")
-            attrs = {k: v for k, v in running.user_attrs.items() if k not in owner}
+            owner = ("host", "supervisor_pid", "worker_pid", "worker_id", "retry_of", "retry_count", "mlflow_run_id")
+            attrs = {k: v for k, v in frozen.user_attrs.items() if k not in owner and k != "fail_reason"}
             attrs.update(retry_of=int(running.user_attrs.get("retry_of", running.number)), retry_count=retries + 1)
-            self.study.enqueue_trial(running.params, user_attrs=attrs)
+            self.study.enqueue_trial(frozen.params, user_attrs=attrs)
             self.outcome.retried += 1
 
     def _check_failure_rate(self) -> None:

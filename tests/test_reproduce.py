@@ -1,0 +1,87 @@
+"""Search → replicate → report on a real (tiny) sweep: the reproducibility table, the significance of
+the winner's lead, the bitwise determinism check, and the report logged on the MLflow parent run."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from sweep_helpers import REPO, TINY, env, mlflow_client, only_study, run_sweep
+
+pytestmark = [pytest.mark.timeout(1200), pytest.mark.slow]
+
+
+@pytest.fixture(scope="module")
+def reproduced(tmp_path_factory, tiny_bert_dir):
+    cwd = tmp_path_factory.mktemp("reproduce")
+    run_sweep(cwd, *TINY, f"model.name_or_path={tiny_bert_dir}", "hydra.sweeper.n_trials=3",
+              "hydra.sweeper.pruner=none", "train.learning_rate=choice(0.002, 0.02, 0.2)",
+              "hydra.sweeper.reproduce.top_k=2", "hydra.sweeper.reproduce.n_seeds=3")
+    return cwd
+
+
+def test_sweep_reruns_the_top_configs_with_fresh_seeds(reproduced):
+    study = only_study(reproduced)
+    repro = only_study(reproduced, suffix="--reproduce")
+    trials = repro.get_trials(states=(TrialState.COMPLETE,))
+    assert len(trials) == 2 * 3 * 3 + 2  # top-2 × 3 seeds × {seed, data_seed, both} + determinism pair
+    best_two = sorted(study.get_trials(states=(TrialState.COMPLETE,)), key=lambda t: -t.value)[:2]
+    assert {t.user_attrs["replicates_trial"] for t in trials} == {t.number for t in best_two}
+    for trial in trials:
+        original = study.trials[trial.user_attrs["replicates_trial"]]
+        kind = trial.user_attrs["seed_kind"]
+        assert (trial.user_attrs["seed"] == original.user_attrs["seed"]) == (kind in ("data_seed", "determinism"))
+        assert (trial.user_attrs["data_seed"] == original.user_attrs["data_seed"]) == (kind in ("seed", "determinism"))
+    # The replicates are child runs of the same MLflow parent, tagged with the config they replicate.
+    client = mlflow_client(reproduced)
+    parent = study.user_attrs["mlflow_parent_run_id"]
+    for trial in trials:
+        run = client.get_run(trial.user_attrs["mlflow_run_id"])
+        assert run.data.tags["mlflow.parentRunId"] == parent
+        assert run.data.tags["trial.replicates_trial"] == str(trial.user_attrs["replicates_trial"])
+
+
+def test_determinism_check_is_bitwise_on_cpu(reproduced):
+    repro = only_study(reproduced, suffix="--reproduce")
+    pair = [t for t in repro.trials if t.user_attrs.get("seed_kind") == "determinism"]
+    assert len(pair) == 2
+    assert pair[0].user_attrs["adapter_sha256"] == pair[1].user_attrs["adapter_sha256"]
+    assert pair[0].user_attrs["metrics"] == pair[1].user_attrs["metrics"]
+    assert all(t.user_attrs["deterministic_algorithms"] for t in pair)
+
+
+def test_report_has_the_reproducibility_section_and_lands_on_the_parent(reproduced):
+    out = reproduced / "report"
+    proc = subprocess.run([sys.executable, "-m", "analysis.report", "--out", str(out)], cwd=reproduced, env={
+        **env(), "PYTHONPATH": str(REPO)}, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    md = (out / "report.md").read_text()
+    for heading in ("Leaderboard", "Hyperparameter importance", "Would more trials help?", "Reproducibility",
+                    "winner's curse", "Rank stability", "Is the winner's lead significant?",
+                    "Variance by source of randomness", "Determinism check"):
+        assert heading in md, heading
+    assert re.search(r"95% CI", md) and "Kendall" in md and re.search(r"p[- ]value|p =", md)
+    assert re.search(r"bitwise[- ]identical", md, re.I)
+    assert "optimistically biased" in md  # the default search space tunes the seed
+    html = (out / "report.html").read_text()
+    assert "data:image/png;base64," in html and not re.search(r"""(src|href)=["']https?://""", html)
+    client = mlflow_client(reproduced)
+    parent = only_study(reproduced).user_attrs["mlflow_parent_run_id"]
+    logged = {a.path for a in client.list_artifacts(parent, "report")}
+    assert {"report/report.md", "report/report.html"} <= logged
+
+
+def test_reproduce_cli_on_an_existing_study(reproduced):
+    proc = subprocess.run([sys.executable, "-m", "analysis.reproduce", "--top-k", "3", "--n-seeds", "1",
+                           "--seed-kinds", "seed", "--no-determinism-check"], cwd=reproduced,
+                          env={**env(), "PYTHONPATH": str(REPO)}, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    repro = only_study(reproduced, suffix="--reproduce")
+    third = sorted(only_study(reproduced).get_trials(states=(TrialState.COMPLETE,)), key=lambda t: -t.value)[2]
+    assert [t for t in repro.get_trials(states=(TrialState.COMPLETE,))
+            if t.user_attrs["replicates_trial"] == third.number]
