@@ -11,17 +11,19 @@ from rich.table import Table
 
 from sweeps.compose import ComposeSpec
 from sweeps.progress import console
-from sweeps.samplers import kwargs_of, make_sampler
+from sweeps.samplers import kwargs_of, make_sampler, worker_seed
 from sweeps.search_space import SearchSpace, suggest
 from sweeps.storage import mask_url
 
 N_SAMPLES = 5
 
 
-def sample_configs(conf: DictConfig, space: SearchSpace, n_objectives: int, n: int = N_SAMPLES) -> list[dict[str, Any]]:
-    """The first `n` configurations the sampler would propose (an in-memory study: no store touched)."""
-    sampler = make_sampler(conf.sampler, conf.sampler_seed, space, n_objectives, kwargs_of(conf.sampler_kwargs))
-    study = optuna.create_study(sampler=sampler, directions=["maximize"] * n_objectives)
+def sample_configs(conf: DictConfig, space: SearchSpace, directions: list[str], n: int = N_SAMPLES) -> list[dict[str, Any]]:
+    """The first `n` configurations worker 0 of a fresh sweep would propose (same sampler seed;
+    an in-memory study, so no store is touched)."""
+    seed = worker_seed(conf.sampler_seed, 0, 0)
+    sampler = make_sampler(conf.sampler, seed, space, len(directions), kwargs_of(conf.sampler_kwargs))
+    study = optuna.create_study(sampler=sampler, directions=directions)
     samples = []
     for _ in range(n):
         trial = study.ask()
@@ -47,7 +49,7 @@ def print_dry_run(conf: DictConfig, job: DictConfig, space: SearchSpace, compose
         table.add_row(key, space.grammar.get(key, ""), f"fixed = {value!r}")
     console.print(table)
 
-    samples = sample_configs(conf, space, len(objectives))
+    samples = sample_configs(conf, space, directions)
     table = Table(title=f"first {len(samples)} sampled configs")
     keys = list(space.distributions)
     for key in ["#", *keys]:

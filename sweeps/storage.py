@@ -9,13 +9,17 @@ sqlite:///...) selects Optuna's RDB storage, the choice for sweeps spanning mach
 from __future__ import annotations
 
 import os
+import random
+import time
 from pathlib import Path
+from typing import Callable, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 import optuna
 
 DEFAULT_JOURNAL = "optuna-journal.log"
 REPRODUCE_SUFFIX = "--reproduce"
+T = TypeVar("T")
 _JOURNAL_ENDINGS = (".log", ".journal", ".jsonl")
 
 
@@ -68,9 +72,37 @@ def open_storage(url: str | None, *, heartbeat_interval: int | None = None, grac
         engine_kwargs = {"connect_args": {"timeout": 300}}
     else:
         engine_kwargs = {"pool_pre_ping": True}
-    return optuna.storages.RDBStorage(
+    callback = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=1) if heartbeat_interval else None
+    return retry_first_open(lambda: optuna.storages.RDBStorage(
         url, engine_kwargs=engine_kwargs, heartbeat_interval=heartbeat_interval, grace_period=grace_period,
-    )
+        heartbeat_stale_trial_callback=callback,
+    ), "the Optuna storage")
+
+
+def retry_first_open(open_fn: Callable[[], T], what: str, attempts: int = 6) -> T:
+    """Open a database store, retrying while another process creates its schema.
+
+    Two sweeps started at once on a fresh database both run the schema migrations; the loser
+    gets a duplicate-table/-type error. Once the winner is done, opening simply works.
+    """
+    for attempt in range(attempts):
+        try:
+            return open_fn()
+        except Exception as exc:  # noqa: BLE001 - only the schema race is retried
+            if attempt == attempts - 1 or not _schema_race(exc):
+                raise
+            time.sleep(1.0 + 2.0 * random.random() * (attempt + 1))
+    raise RuntimeError(f"could not open {what}")
+
+
+def _schema_race(exc: BaseException | None) -> bool:
+    seen = 0
+    while exc is not None and seen < 10:
+        text = f"{type(exc).__name__} {exc}".lower()
+        if any(k in text for k in ("duplicate", "already exists", "uniqueviolation", "database is locked")):
+            return True
+        exc, seen = exc.__cause__ or exc.__context__, seen + 1
+    return False
 
 
 def latest_study_name(storage: optuna.storages.BaseStorage) -> str:

@@ -58,7 +58,10 @@ class RunBook:
     def __init__(self, uri: str, experiment_name: str, parent_run_id: str | None = None):
         self.client = MlflowClient(tracking_uri=uri)
         self.uri = uri
-        self.experiment_id = self._experiment(experiment_name, artifact_root(uri))
+        from sweeps.storage import retry_first_open
+
+        self.experiment_id = retry_first_open(lambda: self._experiment(experiment_name, artifact_root(uri)),
+                                              "the MLflow store")
         self.parent_run_id = parent_run_id
         self.open_runs: dict[str, str] = {}  # trial key -> run id, for runs not yet closed
 

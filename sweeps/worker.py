@@ -139,10 +139,16 @@ class Worker:
         self.fingerprint = trainer.environment_fingerprint()
 
     def loop(self) -> None:
+        import optuna
+
         from sweeps.study import owner_attrs
 
         parent = os.getppid()
         while os.getppid() == parent:  # the sweep process is still there
+            if self.spec.heartbeat_interval:
+                # RDB storages: trials of a machine that died silently (no heartbeat for
+                # 2 x interval) become FAIL and are re-queued once (Optuna's stale-trial callback).
+                optuna.storages.fail_stale_trials(self.study)
             if self.spec.replay_only:
                 trial = self.budget.next_trial(owner_attrs(self.spec.worker_id), waiting_only=True)
             else:
@@ -293,7 +299,7 @@ class _Heartbeat:
     def __init__(self, storage, trial_id: int, interval: int | None):
         self._stop = threading.Event()
         self._thread = None
-        if interval and hasattr(storage, "record_heartbeat") and storage.is_heartbeat_enabled():
+        if interval and hasattr(storage, "get_heartbeat_interval") and storage.get_heartbeat_interval():
             def beat():
                 while not self._stop.wait(interval):
                     storage.record_heartbeat(trial_id)
