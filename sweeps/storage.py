@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import random
 import time
+import warnings
 from pathlib import Path
 from typing import Callable, TypeVar
 from urllib.parse import urlsplit, urlunsplit
@@ -72,11 +73,13 @@ def open_storage(url: str | None, *, heartbeat_interval: int | None = None, grac
         engine_kwargs = {"connect_args": {"timeout": 300}}
     else:
         engine_kwargs = {"pool_pre_ping": True}
-    callback = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=1) if heartbeat_interval else None
-    return retry_first_open(lambda: optuna.storages.RDBStorage(
-        url, engine_kwargs=engine_kwargs, heartbeat_interval=heartbeat_interval, grace_period=grace_period,
-        heartbeat_stale_trial_callback=callback,
-    ), "the Optuna storage")
+    with warnings.catch_warnings():  # heartbeats are "experimental" in Optuna; we rely on them knowingly
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        callback = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=1) if heartbeat_interval else None
+        return retry_first_open(lambda: optuna.storages.RDBStorage(
+            url, engine_kwargs=engine_kwargs, heartbeat_interval=heartbeat_interval, grace_period=grace_period,
+            heartbeat_stale_trial_callback=callback,
+        ), "the Optuna storage")
 
 
 def retry_first_open(open_fn: Callable[[], T], what: str, attempts: int = 6) -> T:

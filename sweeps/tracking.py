@@ -56,10 +56,10 @@ class RunBook:
     """Creates, feeds and closes the MLflow runs of one sweep (or of one single run)."""
 
     def __init__(self, uri: str, experiment_name: str, parent_run_id: str | None = None):
-        self.client = MlflowClient(tracking_uri=uri)
-        self.uri = uri
         from sweeps.storage import retry_first_open
 
+        self.client = retry_first_open(lambda: MlflowClient(tracking_uri=uri), "the MLflow store")
+        self.uri = uri
         self.experiment_id = retry_first_open(lambda: self._experiment(experiment_name, artifact_root(uri)),
                                               "the MLflow store")
         self.parent_run_id = parent_run_id
