@@ -49,8 +49,11 @@ class WorkerSpec:
 
 def _pin(spec: WorkerSpec) -> None:
     """Device and thread pinning, quiet libraries; must happen before torch is imported here."""
+    # OMP_WAIT_POLICY=PASSIVE: idle OpenMP threads sleep instead of spinning, so a trial does not
+    # slow down several-fold when the cores are shared (other workers, other jobs).
     for var, value in (("TRANSFORMERS_VERBOSITY", "error"), ("HF_DATASETS_DISABLE_PROGRESS_BARS", "1"),
-                       ("HF_HUB_DISABLE_PROGRESS_BARS", "1"), ("TOKENIZERS_PARALLELISM", "false")):
+                       ("HF_HUB_DISABLE_PROGRESS_BARS", "1"), ("TOKENIZERS_PARALLELISM", "false"),
+                       ("OMP_WAIT_POLICY", "PASSIVE")):
         os.environ.setdefault(var, value)
     import warnings
 
