@@ -63,6 +63,8 @@ class Supervisor:
         self.events = self.ctx.Queue()
         self.procs: dict[int, mp.Process] = {}
         self.running: dict[int, _Running] = {}
+        self.replies: dict[int, Any] = {}   # worker id -> queue for the MLflow run id of its trial
+        self.run_ids: dict[str, str] = {}   # trial key -> MLflow run id
         self.outcome = Outcome()
         self._next_id = max(s.worker_id for s in specs) + 1
         self._spec_by_id: dict[int, WorkerSpec] = {}
@@ -96,7 +98,9 @@ class Supervisor:
         return self.outcome
 
     def _start(self, spec: WorkerSpec) -> None:
-        proc = self.ctx.Process(target=worker_main, args=(spec, self.events), name=f"lora-sweep-worker-{spec.worker_id}",
+        self.replies[spec.worker_id] = self.ctx.Queue()
+        proc = self.ctx.Process(target=worker_main, args=(spec, self.events, self.replies[spec.worker_id]),
+                                name=f"lora-sweep-worker-{spec.worker_id}",
                                 daemon=False)
         proc.start()
         self.procs[spec.worker_id] = proc
@@ -116,16 +120,15 @@ class Supervisor:
 
     def _handle(self, kind: str, worker_id: int | None, payload: Any) -> None:
         if kind == "call":
-            if self.runbook is None:
-                return
             method, kwargs = payload
+            result = None
             try:
-                result = getattr(self.runbook, method)(**kwargs)
+                if self.runbook is not None:
+                    result = getattr(self.runbook, method)(**kwargs)
             except Exception as exc:  # tracking trouble must not stop the sweep
                 log.warning("MLflow %s failed: %s", method, exc)
-                return
             if method == "open_trial":
-                self._link_run(kwargs["key"], result)
+                self._reply_run_id(worker_id, kwargs["key"], result)
         elif kind == "trial_started":
             self.running[worker_id] = _Running(**payload)
             self.outcome.started += 1
@@ -142,12 +145,13 @@ class Supervisor:
         elif kind == "worker_done":
             pass  # the process exit is handled in _reap
 
-    def _link_run(self, key: str, run_id: str) -> None:
-        """Record the MLflow run id on the Optuna trial (analysis and export follow this link)."""
-        for running in self.running.values():
-            if running.key == key:
-                self.study._storage.set_trial_user_attr(running.trial_id, "mlflow_run_id", run_id)
-                return
+    def _reply_run_id(self, worker_id: int | None, key: str, run_id: str | None) -> None:
+        """Send the worker its trial's MLflow run id: the worker records it on the Optuna trial
+        before it tells the result (a finished trial's attributes can no longer change)."""
+        if run_id:
+            self.run_ids[key] = run_id
+        if worker_id in self.replies:
+            self.replies[worker_id].put((key, run_id))
 
     # -- dead workers ---------------------------------------------------------------------------
     def _reap(self) -> None:
@@ -156,6 +160,7 @@ class Supervisor:
                 continue
             proc.join()
             del self.procs[worker_id]
+            self.replies.pop(worker_id, None)
             self._drain(timeout=0.5)  # what it sent before it ended
             running = self.running.pop(worker_id, None)
             if proc.exitcode == 0:  # budget used up, or stopped by us: it closed its own trial
@@ -172,6 +177,11 @@ class Supervisor:
 
     def _fail_dead_trial(self, running: _Running, reason: str) -> None:
         frozen = self.study._storage.get_trial(running.trial_id)  # the params it had sampled by then
+        if running.key in self.run_ids and "mlflow_run_id" not in frozen.user_attrs:
+            try:
+                self.study._storage.set_trial_user_attr(running.trial_id, "mlflow_run_id", self.run_ids[running.key])
+            except optuna.exceptions.UpdateFinishedTrialError:
+                return  # it finished after all
         if not fail_trial(self.study, running.trial_id, reason):
             return  # it finished after all
         self.runbook.close_trial(running.key, "FAILED", tags={"optuna.state": "FAIL", "error": reason})

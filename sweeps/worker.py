@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import hashlib
 import os
+import queue
 import signal
 import threading
+import time
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -79,25 +81,48 @@ def _die_with_parent() -> None:
         pass  # elsewhere the parent-pid check in the trial loop still catches it
 
 
-def worker_main(spec: WorkerSpec, events) -> None:
-    """Process entry point (spawn context)."""
+def worker_main(spec: WorkerSpec, events, replies) -> None:
+    """Process entry point (spawn context). `events` go to the sweep process; `replies` bring back
+    the MLflow run id of each trial this worker opens."""
     _pin(spec)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the sweep process decides; it sends SIGTERM
     signal.signal(signal.SIGTERM, _on_sigterm)
     _die_with_parent()
     try:
-        Worker(spec, events).loop()
+        Worker(spec, events, replies).loop()
     except Interrupted:
         pass
     finally:
         events.put(("worker_done", spec.worker_id, {}))
 
 
+class RunLink:
+    """Records a trial's MLflow run id (created by the sweep process) on the Optuna trial, which
+    analysis and export follow. It must land before the trial is told: Optuna freezes finished trials."""
+
+    def __init__(self, replies, key: str, trial):
+        self.replies, self.key, self.trial, self.linked = replies, key, trial, False
+
+    def wait(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while not self.linked:
+            try:
+                key, run_id = self.replies.get(timeout=max(0.0, deadline - time.monotonic()))
+            except queue.Empty:
+                return  # the sweep process is busy or MLflow is down: the trial goes on unlinked
+            if key != self.key:
+                continue  # a late reply for an earlier trial of this worker
+            if run_id:
+                self.trial.set_user_attr("mlflow_run_id", run_id)
+            self.linked = True
+
+
 class TrialReporter:
     """trainer → Optuna (intermediate values, pruning) and → MLflow (events to the sweep process)."""
 
-    def __init__(self, events, key: str, trial, objective: str, prune: bool):
+    def __init__(self, events, key: str, trial, objective: str, prune: bool, link: RunLink | None = None):
         self.events, self.key, self.trial, self.objective, self.prune = events, key, trial, objective, prune
+        self.link = link
         self.last_step = 0
         self.history: list[dict] = []  # kept here too, so a pruned trial still gets its curve PNG
 
@@ -110,6 +135,8 @@ class TrialReporter:
 
         self.last_step = step
         self.log_metrics(metrics, step)
+        if self.link is not None:
+            self.link.wait(timeout=0)
         if not self.prune or self.objective not in metrics:
             return
         self.trial.report(float(metrics[self.objective]), step)
@@ -118,7 +145,7 @@ class TrialReporter:
 
 
 class Worker:
-    def __init__(self, spec: WorkerSpec, events):
+    def __init__(self, spec: WorkerSpec, events, replies=None):
         import optuna
         import torch
 
@@ -129,7 +156,7 @@ class Worker:
 
         if spec.threads:
             torch.set_num_threads(spec.threads)
-        self.spec, self.events, self.trainer = spec, events, trainer
+        self.spec, self.events, self.replies, self.trainer = spec, events, replies, trainer
         storage = open_storage(spec.storage_url, heartbeat_interval=spec.heartbeat_interval)
         probe = optuna.load_study(study_name=spec.study_name, storage=storage)
         seed = worker_seed(spec.sampler_seed, spec.worker_id, len(probe.get_trials(deepcopy=False)))
@@ -183,7 +210,7 @@ class Worker:
         self.events.put(("trial_started", spec.worker_id, {"key": key, "trial_id": trial._trial_id, "number": number,
                                                           "params": dict(trial.params), "user_attrs": dict(trial.user_attrs)}))
         heartbeat = _Heartbeat(self.storage, trial._trial_id, spec.heartbeat_interval)
-        opened = False
+        opened, link = False, None
         try:
             params = self._params(trial)
             cfg = compose_job(spec.compose, params)
@@ -193,12 +220,13 @@ class Worker:
                     **{f"env.{k}": str(v) for k, v in self.fingerprint.items()},
                     **{f"trial.{k}": str(v) for k, v in trial.user_attrs.items() if k in
                        ("retry_of", "replicates_trial", "seed_kind")}}
-            self.events.put(("call", None, ("open_trial", {
+            self.events.put(("call", spec.worker_id, ("open_trial", {
                 "key": key, "run_name": f"{kind}-{number}", "config": config, "tags": tags,
                 "config_yaml": OmegaConf.to_yaml(cfg)})))
             opened = True
+            link = RunLink(self.replies, key, trial) if self.replies is not None else None
             reporter = TrialReporter(self.events, key, trial, spec.objectives[0],
-                                     prune=len(spec.objectives) == 1 and not spec.replay_only)
+                                     prune=len(spec.objectives) == 1 and not spec.replay_only, link=link)
             result = self._run_with_oom_retry(cfg, reporter, trial_dir, trial)
             values = [self._objective_value(name, result) for name in spec.objectives]
             sha = _adapter_sha256(result.adapter_dir)
@@ -210,6 +238,7 @@ class Worker:
             for name, value in attrs.items():
                 trial.set_user_attr(name, value)
             curves = plot_curves(result.history, trial_dir / "curves.png", f"{spec.study_name} #{number}")
+            _link(link)
             self.study.tell(trial, values)
             final = {**result.metrics, "trainable_params": result.trainable_params, "total_params": result.total_params,
                      "train_runtime_s": result.train_runtime_s, "samples_per_second": result.samples_per_second,
@@ -222,6 +251,7 @@ class Worker:
             self._finished(key, number, "COMPLETE", values[0])
         except optuna.TrialPruned as exc:
             trial.set_user_attr("pruned_at_step", reporter.last_step)
+            _link(link)
             self.study.tell(trial, state=optuna.trial.TrialState.PRUNED)
             curves = plot_curves(reporter.history, trial_dir / "curves.png", f"{spec.study_name} #{number} (pruned: {exc})")
             self._close(key, "KILLED", None, {"optuna.state": "PRUNED", "pruned": "true",
@@ -229,15 +259,15 @@ class Worker:
                         [(str(curves), None)] if curves else [])
             self._finished(key, number, "PRUNED", None)
         except Interrupted:
-            self._fail(trial, key, "interrupted: the sweep was stopped (Ctrl-C)", "KILLED", opened)
+            self._fail(trial, key, "interrupted: the sweep was stopped (Ctrl-C)", "KILLED", opened, link)
             raise
         except torch.OutOfMemoryError as exc:
-            self._fail(trial, key, f"out of memory: {exc}".splitlines()[0][:500], "FAILED", opened, oom=True)
+            self._fail(trial, key, f"out of memory: {exc}".splitlines()[0][:500], "FAILED", opened, link, oom=True)
         except self.trainer.NonFiniteLossError as exc:
-            self._fail(trial, key, f"non-finite loss: {exc}", "FAILED", opened)
+            self._fail(trial, key, f"non-finite loss: {exc}", "FAILED", opened, link)
         except Exception as exc:  # any other failure ends this trial only; the sweep goes on
             reason = f"{type(exc).__name__}: {exc}"
-            self._fail(trial, key, reason, "FAILED", opened, detail=traceback.format_exc())
+            self._fail(trial, key, reason, "FAILED", opened, link, detail=traceback.format_exc())
         finally:
             heartbeat.stop()
 
@@ -266,10 +296,12 @@ class Worker:
             return float(getattr(result, name))
         raise KeyError(f"hydra.sweeper.objectives: {name!r} is not a metric of this trial; have {sorted(result.metrics)}")
 
-    def _fail(self, trial, key: str, reason: str, run_status: str, opened: bool, oom: bool = False, detail: str = "") -> None:
+    def _fail(self, trial, key: str, reason: str, run_status: str, opened: bool, link: RunLink | None,
+              oom: bool = False, detail: str = "") -> None:
         import optuna
 
         trial.set_user_attr("fail_reason", reason[:2000])
+        _link(link, timeout=5.0 if run_status == "KILLED" else 60.0)
         self.study.tell(trial, state=optuna.trial.TrialState.FAIL)
         if opened:
             self._close(key, run_status, None, {"optuna.state": "FAIL", "error": reason[:4000], "oom": str(oom).lower(),
@@ -283,6 +315,11 @@ class Worker:
     def _finished(self, key, number, state, value, reason: str = "") -> None:
         self.events.put(("trial_finished", self.spec.worker_id, {"key": key, "number": number, "state": state,
                                                                  "value": value, "reason": reason}))
+
+
+def _link(link: RunLink | None, timeout: float = 60.0) -> None:
+    if link is not None:
+        link.wait(timeout)
 
 
 def _adapter_sha256(adapter_dir) -> str | None:

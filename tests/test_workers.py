@@ -37,6 +37,10 @@ def test_two_workers_run_asynchronously(tmp_path, tiny_bert_dir):
     trials = sorted(study.trials, key=lambda t: t.datetime_start)
     assert len(trials) == 6 and all(t.state == TrialState.COMPLETE for t in trials)
     assert {t.user_attrs["worker_id"] for t in trials} == {0, 1}
+    # Every trial links to its own MLflow run, short trials included (they can end before the
+    # sweep process has created the run).
+    _, _, children = runs(tmp_path)
+    assert sorted(t.user_attrs["mlflow_run_id"] for t in trials) == sorted(r.info.run_id for r in children)
     overlaps = sum(a.datetime_start < b.datetime_complete and b.datetime_start < a.datetime_complete
                    for i, a in enumerate(trials) for b in trials[i + 1:])
     assert overlaps > 0, "trials of the two workers never ran at the same time"
@@ -142,6 +146,7 @@ def postgres_url():
     url = os.environ.get("LORA_SWEEP_PG_URL")
     if not url:
         pytest.skip("LORA_SWEEP_PG_URL is not set (bash .ci/postgres.sh starts a server and prints it)")
+    assert url.startswith("postgresql://") and "\n" not in url, f"LORA_SWEEP_PG_URL is not one URL: {url!r}"
     return url
 
 
