@@ -31,4 +31,10 @@ def main(cfg: DictConfig) -> float:
 
 
 if __name__ == "__main__":
-    main()
+    from sweeps.fast_exit import exit_now
+
+    try:
+        main()
+    except SystemExit as exc:  # Hydra exits 1 after printing a config error
+        exit_now(exc.code)
+    exit_now(0)

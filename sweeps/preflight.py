@@ -30,7 +30,8 @@ def check_sweeper_settings(conf: DictConfig, space: SearchSpace, objectives: lis
     if int(conf.n_trials) < 1:
         raise SweeperConfigError(f"hydra.sweeper.n_trials: must be >= 1, got {conf.n_trials}")
     if conf.n_jobs is not None and int(conf.n_jobs) < 1:
-        raise SweeperConfigError(f"hydra.sweeper.n_jobs: must be >= 1 or null (one per GPU), got {conf.n_jobs}")
+        raise SweeperConfigError(
+            f"hydra.sweeper.n_jobs: must be >= 1 or null (one per GPU, else one per CPU core), got {conf.n_jobs}")
     if int(conf.max_retry) < 0:
         raise SweeperConfigError(f"hydra.sweeper.max_retry: must be >= 0, got {conf.max_retry}")
     if not 0.0 <= float(conf.max_failure_rate) <= 1.0:

@@ -30,8 +30,12 @@ class WorkerPlan:
     cuda_devices: list[str | None]
     threads: int | None
 
+    @property
+    def on_gpu(self) -> bool:
+        return any(device is not None for device in self.cuda_devices)
+
     @classmethod
-    def make(cls, n_jobs: int | None, devices: list[int] | None) -> "WorkerPlan":
+    def make(cls, n_jobs: int | None, devices: list[int] | None, n_trials: int | None = None) -> "WorkerPlan":
         import torch
 
         if devices is None:
@@ -39,8 +43,18 @@ class WorkerPlan:
         if devices:
             n = int(n_jobs or len(devices))
             return cls([str(devices[i % len(devices)]) for i in range(n)], None)
-        n = int(n_jobs or 1)
-        return cls([None] * n, max(1, (os.cpu_count() or 1) // n))
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        n = int(n_jobs or auto_cpu_workers(cores, n_trials))
+        return cls([None] * n, max(1, cores // n))
+
+
+def auto_cpu_workers(cores: int, n_trials: int | None, gib_per_worker: float = 3.0) -> int:
+    """CPU default: one single-threaded worker per core. Small models scale better across
+    processes than across the threads of one (BENCHMARKS.md, table 5: on 2 cores 2 x 1 runs about
+    1.5x the trials per hour of 1 x 2). Capped by the trials to run and by memory (a worker with
+    a small 4-bit model peaks near 1.4 GiB; 3 GiB leaves room). Set hydra.sweeper.n_jobs for big models."""
+    memory_gib = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    return max(1, min(cores, n_trials or cores, int(memory_gib // gib_per_worker)))
 
 
 class SweepSession:
@@ -102,7 +116,7 @@ class SweepSession:
     def worker_specs(self, study_name: str, n_trials: int, space: SearchSpace, objectives: list[str],
                      replay_only: bool = False) -> list[WorkerSpec]:
         conf = self.conf
-        plan = WorkerPlan.make(conf.n_jobs, list(conf.devices) if conf.devices is not None else None)
+        plan = self.plan(n_trials)
         return [WorkerSpec(worker_id=i, study_name=study_name, storage_url=self.url, n_trials=n_trials, space=space,
                            compose=self.compose, objectives=objectives, trial_root=self.trial_root,
                            sampler=str(conf.sampler), sampler_seed=conf.sampler_seed,
@@ -111,6 +125,10 @@ class SweepSession:
                            cuda_device=device, threads=plan.threads, oom_retry=bool(conf.oom_retry),
                            heartbeat_interval=self._heartbeat(), replay_only=replay_only)
                 for i, device in enumerate(plan.cuda_devices)]
+
+    def plan(self, n_trials: int | None = None) -> WorkerPlan:
+        conf = self.conf
+        return WorkerPlan.make(conf.n_jobs, list(conf.devices) if conf.devices is not None else None, n_trials)
 
     def supervisor(self, study: optuna.Study, runbook: RunBook | None, specs: list[WorkerSpec],
                    n_trials: int) -> Supervisor:

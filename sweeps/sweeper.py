@@ -43,6 +43,8 @@ class Sweep:
         space = parse_search_space(OmegaConf.to_container(conf.params, resolve=False) or {}, sweep_overrides)
         objectives, directions = resolve_objectives(conf, job)
         compose = ComposeSpec(self.config_dir(), str(self.config.hydra.job.config_name), tuple(plain))
+        if not conf.dry_run:
+            warm_up_workers(conf)
         validate_sweep(conf, job, space, compose, objectives, self.compose_variant(plain))
         url = storage_url(conf.storage)
         study_name = conf.study_name or default_name(self.job_config(resolve=False), space, objectives, directions)
@@ -68,14 +70,33 @@ class Sweep:
         return cfg
 
     def compose_variant(self, plain: list[str]):
-        """In-process composition of a trial config (Hydra's own loader, as launchers use it)."""
+        """Trial configs for the pre-flight, as Hydra composes them. Hydra composes once per
+        combination of config-group choices; other keys are set on a copy of that composition
+        (composing each of ~20 search-space extremes costs seconds before the first trial)."""
         from sweeps.search_space import override_line
 
-        def compose(params: dict[str, Any]) -> DictConfig:
+        groups = {p.name for p in Path(self.config_dir()).iterdir() if p.is_dir()}
+        bases: dict[tuple, DictConfig] = {}
+
+        def hydra_compose(params: dict[str, Any]) -> DictConfig:
             overrides = list(plain) + [override_line(k, v) for k, v in params.items()]
             cfg = self.config_loader.load_sweep_config(self.config, overrides)
             with open_dict(cfg):
                 del cfg["hydra"]
+            return cfg
+
+        def compose(params: dict[str, Any]) -> DictConfig:
+            chosen = {k: v for k, v in params.items() if k in groups}
+            key = tuple(sorted((k, repr(v)) for k, v in chosen.items()))
+            if key not in bases:
+                bases[key] = hydra_compose(chosen)
+            cfg = copy.deepcopy(bases[key])
+            try:
+                for k, v in params.items():
+                    if k not in chosen:
+                        OmegaConf.update(cfg, k, v, merge=False)
+            except Exception:  # a key the config lacks: let Hydra say so
+                cfg = hydra_compose(params)
             OmegaConf.resolve(cfg)
             return cfg
 
@@ -95,6 +116,16 @@ class Sweep:
     def trial_root(self) -> str:
         path = Path(str(self.config.hydra.sweep.dir))
         return str(path if path.is_absolute() else Path(os.getcwd()) / path)
+
+
+def warm_up_workers(conf: DictConfig) -> None:
+    """CPU sweeps: start the workers' fork server now, so its imports overlap the pre-flight."""
+    from sweeps.session import WorkerPlan
+    from sweeps.supervisor import start_fork_server
+
+    devices = list(conf.devices) if conf.devices is not None else None
+    if not WorkerPlan.make(conf.n_jobs, devices).on_gpu:
+        start_fork_server()
 
 
 def resolve_objectives(conf: DictConfig, job: DictConfig) -> tuple[list[str], list[str]]:

@@ -20,7 +20,7 @@ class ReproduceConf:
 class LoraOptunaSweeperConf:
     _target_: str = "hydra_plugins.lora_optuna_sweeper.lora_optuna_sweeper.LoraOptunaSweeper"
     n_trials: int = 10                  # finished (complete + pruned) trials, across all workers and machines
-    n_jobs: Optional[int] = None        # worker processes on this machine; null = one per GPU, else 1
+    n_jobs: Optional[int] = None        # worker processes on this machine; null = one per GPU, else one per CPU core
     devices: Optional[List[int]] = None # GPU indices, one worker each (CUDA_VISIBLE_DEVICES); null = all visible
     direction: Any = None               # maximize | minimize | a list for several objectives; null = task.direction
     objectives: Optional[List[str]] = None  # null = [eval_<task.metric>]; e.g. [eval_accuracy, trainable_params]

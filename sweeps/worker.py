@@ -49,14 +49,23 @@ class WorkerSpec:
     replay_only: bool = False        # reproduce mode: run only enqueued trials, sample nothing
 
 
+WORKER_ENV = {"TRANSFORMERS_VERBOSITY": "error", "HF_DATASETS_DISABLE_PROGRESS_BARS": "1",
+              "HF_HUB_DISABLE_PROGRESS_BARS": "1", "TOKENIZERS_PARALLELISM": "false", "OMP_WAIT_POLICY": "PASSIVE",
+              "MPLBACKEND": "Agg"}
+
+
+def quiet_environment() -> None:
+    """Worker environment defaults; read by the libraries when they load, so also set before the
+    fork server (see supervisor.worker_context) imports them."""
+    for var, value in WORKER_ENV.items():
+        os.environ.setdefault(var, value)
+
+
 def _pin(spec: WorkerSpec) -> None:
     """Device and thread pinning, quiet libraries; must happen before torch is imported here."""
     # OMP_WAIT_POLICY=PASSIVE: idle OpenMP threads sleep instead of spinning, so a trial does not
     # slow down several-fold when the cores are shared (other workers, other jobs).
-    for var, value in (("TRANSFORMERS_VERBOSITY", "error"), ("HF_DATASETS_DISABLE_PROGRESS_BARS", "1"),
-                       ("HF_HUB_DISABLE_PROGRESS_BARS", "1"), ("TOKENIZERS_PARALLELISM", "false"),
-                       ("OMP_WAIT_POLICY", "PASSIVE")):
-        os.environ.setdefault(var, value)
+    quiet_environment()
     import warnings
 
     warnings.filterwarnings("ignore", category=FutureWarning)
