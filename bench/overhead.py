@@ -90,7 +90,7 @@ def run_benchmark(ctx: Context) -> Section:
     for o in ours:
         add("Python start-up + exit", 1, o["wall"] - o["in_process_s"])
         for phase, seconds in o["phases"].items():
-            if phase == "LoRA removal (cache give-back)":
+            if phase == "LoRA removal (base back to the cache)":
                 phase = "LoRA setup"
             add(_SHARED_ROWS.get(phase, phase), 1, seconds)
     shared = ["Python start-up + exit", *_BARE_KEYS.values()]

@@ -17,41 +17,15 @@ import time
 T_START = time.perf_counter()
 
 import atexit  # noqa: E402
-import functools  # noqa: E402
 import json  # noqa: E402
 import os  # noqa: E402
 import runpy  # noqa: E402
 import sys  # noqa: E402
-from collections import defaultdict  # noqa: E402
 from pathlib import Path  # noqa: E402
-from typing import Any, Callable  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
-PHASES: dict[str, float] = defaultdict(float)
-_STACK: list[float] = []  # child seconds accumulated per open timed call
-
-
-def timed(phase: str, fn: Callable) -> Callable:
-    """fn, with its exclusive time (minus nested timed calls) added to PHASES[phase]."""
-
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        _STACK.append(0.0)
-        t0 = time.perf_counter()
-        try:
-            return fn(*args, **kwargs)
-        finally:
-            total = time.perf_counter() - t0
-            children = _STACK.pop()
-            PHASES[phase] += total - children
-            if _STACK:
-                _STACK[-1] += total
-
-    return wrapper
-
-
-def patch(owner: Any, name: str, phase: str) -> None:
-    setattr(owner, name, timed(phase, getattr(owner, name)))
+sys.path.insert(0, str(Path(__file__).resolve().parent / "probe"))
+from bench_stopwatch import PHASES, patch, patch_recipe, timed  # noqa: E402
 
 
 def import_group(phase: str, *modules: str) -> None:
@@ -82,16 +56,7 @@ def main() -> None:
     import trainer.recipe as recipe
     from sweeps import curves, single_run, tracking, worker
 
-    patch(recipe, "load_tokenizer", "tokenisation (tokenizer, data, encode)")
-    patch(recipe, "load_raw", "tokenisation (tokenizer, data, encode)")
-    patch(recipe, "encode", "tokenisation (tokenizer, data, encode)")
-    patch(recipe, "load_base_model", "model load + 4-bit quantisation")
-    for name in ("reset_head", "apply_lora", "resolve_target_modules"):
-        patch(recipe, name, "LoRA setup")
-    patch(recipe, "_give_back", "LoRA removal (cache give-back)")
-    patch(recipe, "train_loop", "train")
-    patch(recipe, "evaluate", "eval")
-    patch(recipe, "run_trial", "trainer other (seeding, validation, result)")
+    patch_recipe(recipe)
     patch(peft.PeftModel, "save_pretrained", "adapter save + sha256")
     patch(worker, "_adapter_sha256", "adapter save + sha256")
     trainer.preflight = timed("preflight (config checks, data, meta model)", trainer.preflight)

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import threading
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -57,6 +60,22 @@ def auto_cpu_workers(cores: int, n_trials: int | None, gib_per_worker: float = 3
     return max(1, min(cores, n_trials or cores, int(memory_gib // gib_per_worker)))
 
 
+@contextmanager
+def ctrl_c_deferred():
+    """Hold Ctrl-C back until the block is done, then raise it (KeyboardInterrupt)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: caught.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if caught:
+        raise KeyboardInterrupt
+
+
 class SweepSession:
     def __init__(self, conf: DictConfig, job: DictConfig, space: SearchSpace, compose: ComposeSpec, url: str,
                  study_name: str, objectives: list[str], directions: list[str], tracking_uri: str, trial_root: str):
@@ -78,14 +97,21 @@ class SweepSession:
                                             else f", {specs[0].threads} CPU thread(s) each")
         console.print(f"search: {n_trials} trials, {where}")
         supervisor = self.supervisor(study, None, specs, n_trials).start()
+        runbook = None
         try:
-            runbook = RunBook(self.tracking_uri, str(self.job.mlflow.experiment_name))
-            with TrialBudget(study, self.url, n_trials).locked():  # one parent even if machines start at once
-                parent = runbook.open_parent(self.study_name, study.user_attrs.get("mlflow_parent_run_id"),
-                                             params=self._parent_params(), tags=self._parent_tags())
-                study.set_user_attr("mlflow_parent_run_id", parent)
+            with ctrl_c_deferred():  # an interrupted schema migration would leave a broken MLflow store
+                runbook = RunBook(self.tracking_uri, str(self.job.mlflow.experiment_name))
+                with TrialBudget(study, self.url, n_trials).locked():  # one parent even if machines start at once
+                    parent = runbook.open_parent(self.study_name, study.user_attrs.get("mlflow_parent_run_id"),
+                                                 params=self._parent_params(), tags=self._parent_tags())
+                    study.set_user_attr("mlflow_parent_run_id", parent)
+        except KeyboardInterrupt:  # held back until the store was consistent
+            supervisor.runbook = runbook  # stop_all closes the trial runs opened so far
+            supervisor.stop_all("interrupted: the sweep was stopped (Ctrl-C)")
+            if runbook is not None and runbook.parent_run_id:
+                self._finish(study, runbook, "KILLED")
+            raise SystemExit("sweep interrupted; finished trials are kept. Rerun the same command to resume.") from None
         except BaseException:
-            supervisor.runbook = None
             supervisor.stop_all("the sweep process failed to open the MLflow store")
             raise
         supervisor.runbook = runbook

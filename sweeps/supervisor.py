@@ -94,6 +94,7 @@ class Supervisor:
         self.outcome = Outcome()
         self._next_id = max(s.worker_id for s in specs) + 1
         self._spec_by_id: dict[int, WorkerSpec] = {}
+        self._stopping = False
 
     # -- lifecycle ----------------------------------------------------------------------------
     def start(self) -> "Supervisor":
@@ -168,6 +169,8 @@ class Supervisor:
             else:
                 self.outcome.failed += 1
                 self.outcome.failures.append(f"trial {payload['number']}: {payload['reason']}")
+                if not self._stopping:
+                    self._check_failure_rate()  # at once: fast-failing workers must not run on
         elif kind == "worker_done":
             pass  # the process exit is handled in _reap
 
@@ -232,6 +235,7 @@ class Supervisor:
     # -- stopping -------------------------------------------------------------------------------
     def stop_all(self, reason: str, grace_s: float = 60.0) -> None:
         """SIGTERM every worker, keep applying their events while they wind down, then clean up."""
+        self._stopping = True
         for proc in self.procs.values():
             if proc.is_alive():
                 proc.terminate()

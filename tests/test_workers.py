@@ -114,7 +114,7 @@ def test_ctrl_c_stops_cleanly_and_a_rerun_resumes(tmp_path, tiny_bert_dir):
 
 def test_diverging_trials_fail_with_the_reason_and_too_many_abort(tmp_path, tiny_bert_dir):
     proc = run_sweep(tmp_path, *TINY, _model(tiny_bert_dir), "search_space=none", "seed=0,1,2,3",
-                     "train.learning_rate=1e12", "lora.lora_alpha=1024", "hydra.sweeper.n_trials=4",
+                     "train.learning_rate=1e12", "lora.lora_alpha=1024", "hydra.sweeper.n_trials=4", "hydra.sweeper.n_jobs=1",
                      "hydra.sweeper.max_failure_rate=0.5", check=False)
     assert proc.returncode != 0
     assert "max_failure_rate" in proc.stdout + proc.stderr

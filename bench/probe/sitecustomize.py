@@ -20,34 +20,13 @@ if _OUT:
     import json
     import sys
     import time
-    from collections import defaultdict
     from pathlib import Path
 
-    _PHASES: dict[str, float] = defaultdict(float)
-    _STACK: list[float] = []
+    from bench_stopwatch import PHASES as _PHASES, _STACK
+    from bench_stopwatch import patch as _patch, patch_recipe as _patch_recipe, timed as _timed
+
     _T0 = time.perf_counter()
     _STATE = {"first": None, "role": "sweep"}
-
-    def _timed(phase, fn):
-        @functools.wraps(fn)
-        def wrapper(*args, **kwargs):
-            _STACK.append(0.0)
-            t0 = time.perf_counter()
-            try:
-                return fn(*args, **kwargs)
-            finally:
-                total = time.perf_counter() - t0
-                children = _STACK.pop()
-                _PHASES[phase] += total - children
-                if _STACK:
-                    _STACK[-1] += total
-        wrapper.__bench_probe__ = True
-        return wrapper
-
-    def _patch(owner, name, phase):
-        fn = getattr(owner, name, None)
-        if fn is not None and not getattr(fn, "__bench_probe__", False):
-            setattr(owner, name, _timed(phase, fn))
 
     def _process_age():
         """Seconds since this process started (a forked worker did not run this module's start)."""
@@ -104,15 +83,7 @@ if _OUT:
         _patch(mod.TrialBudget, "next_trial", "between trials: ask (budget lock, journal)")
 
     def _recipe(mod):
-        for name in ("load_tokenizer", "load_raw", "encode"):
-            _patch(mod, name, "tokenisation (cached after the first trial)")
-        _patch(mod, "load_base_model", "model load + 4-bit quantisation (cached after the first trial)")
-        for name in ("reset_head", "apply_lora", "resolve_target_modules"):
-            _patch(mod, name, "LoRA setup")
-        _patch(mod, "_give_back", "LoRA removal (base back to the cache)")
-        _patch(mod, "train_loop", "train")
-        _patch(mod, "evaluate", "eval")
-        _patch(mod, "run_trial", "trainer other (seeding, validation, collator, result)")
+        _patch_recipe(mod, " (cached after the first trial)")
 
     def _compose(mod):
         _patch(mod, "compose_job", "compose trial config (Hydra)")
