@@ -43,7 +43,6 @@ def main() -> None:
     import_group("imports: torch, transformers, peft, bitsandbytes, datasets",
                  "torch", "transformers", "transformers.models.bert.modeling_bert", "peft", "bitsandbytes",
                  "datasets")
-    import_group("imports: scikit-learn (metrics)", "sklearn.metrics")
     import_group("imports: hydra, omegaconf", "hydra", "omegaconf", "hydra.core.hydra_config")
     import_group("imports: optuna, rich", "optuna", "rich")
     import_group("imports: mlflow", "mlflow", "mlflow.tracking", "mlflow.entities")

@@ -27,7 +27,7 @@ log = logging.getLogger(__name__)
 
 
 # What the fork server imports once for all CPU workers (about 8 s of CPU per process otherwise).
-WORKER_PRELOAD = ["torch", "transformers", "transformers.optimization", "peft", "bitsandbytes", "sklearn.metrics",
+WORKER_PRELOAD = ["torch", "transformers", "transformers.optimization", "peft", "bitsandbytes",
                   "matplotlib.pyplot", "sweeps.worker", "trainer"]
 
 

@@ -8,14 +8,20 @@ from typing import Any
 
 
 def classification_metrics(preds: Sequence[int], labels: Sequence[int], loss_sum: float, num_labels: int) -> dict[str, float]:
-    """eval_loss (mean over examples), eval_accuracy, eval_macro_f1 (F1 averaged over all classes)."""
-    from sklearn.metrics import accuracy_score, f1_score
-
+    """eval_loss (mean over examples), eval_accuracy, eval_macro_f1 (F1 averaged over all classes;
+    a class with no true and no predicted example scores 0, as scikit-learn's zero_division=0).
+    Computed here rather than with scikit-learn: importing it costs about a second per process
+    (BENCHMARKS.md, table 1), and tests/test_trainer_metrics.py checks these against it."""
     n = max(len(labels), 1)
+    f1s = []
+    for c in range(num_labels):
+        tp = sum(p == c and y == c for p, y in zip(preds, labels))
+        predicted, actual = sum(p == c for p in preds), sum(y == c for y in labels)
+        f1s.append(2 * tp / (predicted + actual) if predicted + actual else 0.0)
     return {
         "eval_loss": loss_sum / n,
-        "eval_accuracy": float(accuracy_score(labels, preds)),
-        "eval_macro_f1": float(f1_score(labels, preds, average="macro", labels=list(range(num_labels)), zero_division=0)),
+        "eval_accuracy": sum(int(p == y) for p, y in zip(preds, labels)) / n,
+        "eval_macro_f1": sum(f1s) / max(num_labels, 1),
     }
 
 
