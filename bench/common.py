@@ -66,7 +66,7 @@ MODES: dict[str, Sizes] = {
     "smoke": Sizes("smoke", ov_train=32, ov_eval=16, ov_epochs=1, ov_lr=3e-3, ov_repeats=1,
                    std_trials=3, std_train=32, std_eval=16, std_steps=2, std_eval_every=1, tpe_startup=2,
                    cold_trials=1, q_trials=2, q_seeds=(0,), batch_size=8, max_len=32),
-    "quick": Sizes("quick", ov_train=720, ov_eval=200, ov_epochs=2, ov_lr=3e-3, ov_repeats=1,
+    "quick": Sizes("quick", ov_train=640, ov_eval=200, ov_epochs=2, ov_lr=3e-3, ov_repeats=1,
                    std_trials=12, std_train=400, std_eval=32, std_steps=8, std_eval_every=4, tpe_startup=4,
                    cold_trials=2, q_trials=4, q_seeds=(0,)),
     "full": Sizes("full", ov_train=1000, ov_eval=872, ov_epochs=2, ov_lr=2e-3, ov_repeats=3,
