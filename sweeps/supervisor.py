@@ -114,6 +114,8 @@ class Supervisor:
                 self._reap()
                 self.on_progress(self.outcome)
                 self._check_failure_rate()
+            self._drain_all()  # the workers are gone; what they sent last must still reach MLflow
+            self._close_orphaned_runs()
         except KeyboardInterrupt:
             self.outcome.interrupted = True
             self.stop_all("interrupted: the sweep was stopped (Ctrl-C)")
@@ -144,6 +146,25 @@ class Supervisor:
             self._handle(kind, worker_id, payload)
             if time.monotonic() >= deadline:
                 return
+
+    def _drain_all(self, quiet_s: float = 0.2, cap_s: float | None = None) -> None:
+        """Apply every event already sent, however long MLflow takes over them. Used once senders
+        have ended: a slow store must not leave a run RUNNING because its close event was still
+        queued when the sweep ended. `cap_s` bounds it while other workers still send."""
+        deadline = None if cap_s is None else time.monotonic() + cap_s
+        while deadline is None or time.monotonic() < deadline:
+            try:
+                kind, worker_id, payload = self.events.get(timeout=quiet_s)
+            except queue.Empty:
+                return
+            self._handle(kind, worker_id, payload)
+
+    def _close_orphaned_runs(self) -> None:
+        """Every worker ended normally, yet a run is still open: its worker never sent the close
+        (a bug, or a process that died between tell and close). Close it rather than leave it RUNNING."""
+        if self.runbook is not None and self.runbook.open_runs:
+            keys = self.runbook.close_all("FAILED", "its worker ended without closing this run")
+            log.warning("closed %d MLflow run(s) their workers left open: %s", len(keys), keys)
 
     def _handle(self, kind: str, worker_id: int | None, payload: Any) -> None:
         if kind == "call":
@@ -190,7 +211,7 @@ class Supervisor:
             proc.join()
             del self.procs[worker_id]
             self.replies.pop(worker_id, None)
-            self._drain(timeout=0.5)  # what it sent before it ended
+            self._drain_all(cap_s=10.0)  # what it sent before it ended (its trial may have finished)
             running = self.running.pop(worker_id, None)
             if proc.exitcode == 0:  # budget used up, or stopped by us: it closed its own trial
                 continue
@@ -253,7 +274,7 @@ class Supervisor:
             proc.kill()
             proc.join()
         self.procs.clear()
-        self._drain(timeout=0.1)
+        self._drain_all()
         for running in self.running.values():
             fail_trial(self.study, running.trial_id, reason)
         self.running.clear()
