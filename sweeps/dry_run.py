@@ -11,17 +11,18 @@ from rich.table import Table
 
 from sweeps.compose import ComposeSpec
 from sweeps.progress import console
-from sweeps.samplers import kwargs_of, make_sampler, worker_seed
+from sweeps.samplers import kwargs_of, make_sampler, sampler_seed
 from sweeps.search_space import SearchSpace, suggest
 from sweeps.storage import mask_url
 
 N_SAMPLES = 5
 
 
-def sample_configs(conf: DictConfig, space: SearchSpace, directions: list[str], n: int = N_SAMPLES) -> list[dict[str, Any]]:
+def sample_configs(conf: DictConfig, space: SearchSpace, directions: list[str], study_name: str,
+                   n: int = N_SAMPLES) -> list[dict[str, Any]]:
     """The first `n` configurations worker 0 of a fresh sweep would propose (same sampler seed;
     an in-memory study, so no store is touched)."""
-    seed = worker_seed(conf.sampler_seed, 0, 0)
+    seed = sampler_seed(conf.sampler, conf.sampler_seed, study_name, 0, 0)
     sampler = make_sampler(conf.sampler, seed, space, len(directions), kwargs_of(conf.sampler_kwargs))
     study = optuna.create_study(sampler=sampler, directions=directions)
     samples = []
@@ -49,7 +50,7 @@ def print_dry_run(conf: DictConfig, job: DictConfig, space: SearchSpace, compose
         table.add_row(key, space.grammar.get(key, ""), f"fixed = {value!r}")
     console.print(table)
 
-    samples = sample_configs(conf, space, directions)
+    samples = sample_configs(conf, space, directions, study_name)
     table = Table(title=f"first {len(samples)} sampled configs")
     keys = list(space.distributions)
     for key in ["#", *keys]:

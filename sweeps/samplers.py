@@ -38,6 +38,19 @@ def worker_seed(base_seed: int | None, *salt: Any) -> int | None:
     return int.from_bytes(digest[:4], "little")
 
 
+# Samplers that split one sequence between the workers by trial number (Optuna's grid and QMC):
+# every worker must hold the same seed, else their shuffles disagree and points repeat or are skipped.
+SHARED_SEED_SAMPLERS = ("grid", "qmc")
+
+
+def sampler_seed(name: str, base_seed: int | None, study_name: str, worker_id: int, n_trials_before: int) -> int | None:
+    """The seed of one worker's sampler: distinct per worker and restart (`worker_seed`), except for
+    the samplers that must share one (`SHARED_SEED_SAMPLERS`; without a seed, one per study)."""
+    if str(name).lower() in SHARED_SEED_SAMPLERS:
+        return int(base_seed) if base_seed is not None else worker_seed(0, study_name)
+    return worker_seed(base_seed, worker_id, n_trials_before)
+
+
 def make_sampler(name: str, seed: int | None, space: SearchSpace, n_objectives: int,
                  kwargs: Mapping[str, Any] | None = None) -> optuna.samplers.BaseSampler:
     kwargs = dict(kwargs or {})

@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import threading
 from contextlib import contextmanager
-from dataclasses import dataclass
 from typing import Any
 
 import optuna
@@ -24,40 +22,7 @@ from sweeps.study import TrialBudget, fail_orphaned_trials, open_study
 from sweeps.supervisor import Outcome, Supervisor, SweepAborted
 from sweeps.tracking import RunBook, json_text
 from sweeps.worker import WorkerSpec
-
-
-@dataclass
-class WorkerPlan:
-    """Which worker gets which device and how many CPU threads."""
-
-    cuda_devices: list[str | None]
-    threads: int | None
-
-    @property
-    def on_gpu(self) -> bool:
-        return any(device is not None for device in self.cuda_devices)
-
-    @classmethod
-    def make(cls, n_jobs: int | None, devices: list[int] | None, n_trials: int | None = None) -> "WorkerPlan":
-        import torch
-
-        if devices is None:
-            devices = list(range(torch.cuda.device_count()))
-        if devices:
-            n = int(n_jobs or len(devices))
-            return cls([str(devices[i % len(devices)]) for i in range(n)], None)
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-        n = int(n_jobs or auto_cpu_workers(cores, n_trials))
-        return cls([None] * n, max(1, cores // n))
-
-
-def auto_cpu_workers(cores: int, n_trials: int | None, gib_per_worker: float = 3.0) -> int:
-    """CPU default: one single-threaded worker per core. Small models scale better across
-    processes than across the threads of one (BENCHMARKS.md, table 5: on 2 cores 2 x 1 runs about
-    1.5x the trials per hour of 1 x 2). Capped by the trials to run and by memory (a worker with
-    a small 4-bit model peaks near 1.4 GiB; 3 GiB leaves room). Set hydra.sweeper.n_jobs for big models."""
-    memory_gib = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-    return max(1, min(cores, n_trials or cores, int(memory_gib // gib_per_worker)))
+from sweeps.worker_plan import WorkerPlan, plan_for
 
 
 @contextmanager
@@ -153,8 +118,7 @@ class SweepSession:
                 for i, device in enumerate(plan.cuda_devices)]
 
     def plan(self, n_trials: int | None = None) -> WorkerPlan:
-        conf = self.conf
-        return WorkerPlan.make(conf.n_jobs, list(conf.devices) if conf.devices is not None else None, n_trials)
+        return plan_for(self.conf, n_trials)
 
     def supervisor(self, study: optuna.Study, runbook: RunBook | None, specs: list[WorkerSpec],
                    n_trials: int) -> Supervisor:

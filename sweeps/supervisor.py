@@ -21,35 +21,10 @@ import optuna
 
 from sweeps.study import count_finished, fail_trial
 from sweeps.tracking import RunBook
-from sweeps.worker import WorkerSpec, quiet_environment, worker_main
+from sweeps.worker import WorkerSpec, worker_main
+from sweeps.worker_plan import worker_context
 
 log = logging.getLogger(__name__)
-
-
-# What the fork server imports once for all CPU workers (about 8 s of CPU per process otherwise).
-WORKER_PRELOAD = ["torch", "transformers", "transformers.optimization", "peft", "bitsandbytes",
-                  "matplotlib.pyplot", "sweeps.worker", "trainer"]
-
-
-def worker_context(on_gpu: bool):
-    """How worker processes start. With GPUs: spawn (CUDA and fork do not mix). On CPU: forked
-    from a fork server that has imported torch, transformers, peft and bitsandbytes once, so each
-    worker starts warm instead of paying the imports itself; `start_fork_server` starts that
-    server early, so its imports overlap the sweep process's pre-flight."""
-    if on_gpu:
-        return mp.get_context("spawn")
-    ctx = mp.get_context("forkserver")
-    ctx.set_forkserver_preload(WORKER_PRELOAD)
-    return ctx
-
-
-def start_fork_server() -> None:
-    """Start the CPU workers' fork server now (it imports in the background; returns at once)."""
-    from multiprocessing import forkserver
-
-    quiet_environment()  # the libraries read these when the server imports them
-    worker_context(on_gpu=False)
-    forkserver.ensure_running()
 
 
 class SweepAborted(RuntimeError):

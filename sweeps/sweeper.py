@@ -120,11 +120,9 @@ class Sweep:
 
 def warm_up_workers(conf: DictConfig) -> None:
     """CPU sweeps: start the workers' fork server now, so its imports overlap the pre-flight."""
-    from sweeps.session import WorkerPlan
-    from sweeps.supervisor import start_fork_server
+    from sweeps.worker_plan import plan_for, start_fork_server
 
-    devices = list(conf.devices) if conf.devices is not None else None
-    if not WorkerPlan.make(conf.n_jobs, devices).on_gpu:
+    if not plan_for(conf).on_gpu:
         start_fork_server()
 
 

@@ -159,7 +159,7 @@ class Worker:
         import torch
 
         import trainer
-        from sweeps.samplers import make_pruner, make_sampler, worker_seed
+        from sweeps.samplers import make_pruner, make_sampler, sampler_seed
         from sweeps.storage import open_storage
         from sweeps.study import TrialBudget
 
@@ -168,7 +168,8 @@ class Worker:
         self.spec, self.events, self.replies, self.trainer = spec, events, replies, trainer
         storage = open_storage(spec.storage_url, heartbeat_interval=spec.heartbeat_interval)
         probe = optuna.load_study(study_name=spec.study_name, storage=storage)
-        seed = worker_seed(spec.sampler_seed, spec.worker_id, len(probe.get_trials(deepcopy=False)))
+        seed = sampler_seed(spec.sampler, spec.sampler_seed, spec.study_name, spec.worker_id,
+                            len(probe.get_trials(deepcopy=False)))
         sampler = make_sampler(spec.sampler, seed, spec.space, len(spec.objectives), spec.sampler_kwargs)
         self.study = optuna.load_study(study_name=spec.study_name, storage=storage, sampler=sampler,
                                        pruner=make_pruner(spec.pruner, spec.pruner_kwargs))

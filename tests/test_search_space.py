@@ -1,10 +1,13 @@
 """The Hydra override grammar → Optuna distributions (each form), and the sweeper settings checks."""
 
+import itertools
+
+import optuna
 import pytest
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
-from sweeps.samplers import SweeperConfigError, make_pruner, make_sampler
-from sweeps.search_space import SearchSpaceError, override_line, parse_search_space, split_overrides
+from sweeps.samplers import SweeperConfigError, make_pruner, make_sampler, sampler_seed
+from sweeps.search_space import SearchSpaceError, override_line, parse_search_space, split_overrides, suggest
 
 
 @pytest.mark.parametrize("text, expected", [
@@ -65,6 +68,36 @@ def test_grid_sampler_needs_finite_values():
     assert space.grid() == {"a": [1, 2], "b": [0, 1, 2]}
     with pytest.raises(ValueError, match="hydra.sweeper.params.c: the grid sampler needs finite values"):
         make_sampler("grid", 0, parse_search_space({"c": "interval(0, 1)"}), 1)
+
+
+def _asks_of_two_workers(sampler: str, space, n: int, sampler_seed_value: int | None, **kwargs) -> list[tuple]:
+    """Two workers' samplers (seeded as the workers seed them) asking in turn on one study, every
+    trial still running when the other asks: what a 2-worker sweep proposes."""
+    storage = optuna.storages.InMemoryStorage()
+    optuna.create_study(storage=storage, study_name="s", direction="maximize")
+    workers = [optuna.load_study(study_name="s", storage=storage, sampler=make_sampler(
+        sampler, sampler_seed(sampler, sampler_seed_value, "s", worker_id, 0), space, 1, kwargs)) for worker_id in (0, 1)]
+    asks = []
+    for i in range(n):
+        trial = workers[i % 2].ask()
+        asks.append(tuple(suggest(trial, k, d) for k, d in space.distributions.items()))
+    return asks
+
+
+@pytest.mark.parametrize("seed", [0, 7, None])
+def test_two_workers_of_a_grid_sweep_cover_the_grid_once(seed):
+    space = parse_search_space({"lora.r": "choice(4, 8, 16)", "seed": "range(0, 3)"})
+    asks = _asks_of_two_workers("grid", space, 9, seed)
+    assert sorted(asks) == sorted(itertools.product([4, 8, 16], [0, 1, 2]))
+
+
+def test_two_workers_of_a_scrambled_qmc_sweep_follow_one_sequence():
+    space = parse_search_space({"a": "interval(0.0, 1.0)", "b": "interval(0.0, 1.0)"})
+    single = optuna.create_study(sampler=make_sampler("qmc", sampler_seed("qmc", 3, "s", 0, 0), space, 1,
+                                                      {"scramble": True}))
+    expected = [tuple(suggest(t, k, d) for k, d in space.distributions.items())
+                for t in (single.ask() for _ in range(6))]
+    assert _asks_of_two_workers("qmc", space, 6, 3, scramble=True) == expected
 
 
 def test_unknown_sampler_and_pruner_list_the_choices():

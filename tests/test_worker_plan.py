@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 
-from sweeps.session import WorkerPlan, auto_cpu_workers
+from sweeps.worker_plan import WorkerPlan, auto_cpu_workers
 
 
 def _memory_gib() -> float:
