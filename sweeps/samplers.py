@@ -27,10 +27,12 @@ def kwargs_of(node: Any) -> dict[str, Any]:
 
 
 def worker_seed(base_seed: int | None, *salt: Any) -> int | None:
-    """A distinct, reproducible sampler seed per worker and per (re)start of a sweep.
+    """A distinct, reproducible sampler seed per worker and per sweep process on the study.
 
     Every worker holds its own sampler; the same seed everywhere would make all workers propose
-    the same startup configurations, and a resumed TPE would replay its first proposals.
+    the same startup configurations, and a resumed TPE would replay its first proposals. The salt
+    must not depend on timing (e.g. how many trials exist when a worker starts), or the same
+    command would propose different configurations from run to run.
     """
     if base_seed is None:
         return None
@@ -43,12 +45,13 @@ def worker_seed(base_seed: int | None, *salt: Any) -> int | None:
 SHARED_SEED_SAMPLERS = ("grid", "qmc")
 
 
-def sampler_seed(name: str, base_seed: int | None, study_name: str, worker_id: int, n_trials_before: int) -> int | None:
-    """The seed of one worker's sampler: distinct per worker and restart (`worker_seed`), except for
-    the samplers that must share one (`SHARED_SEED_SAMPLERS`; without a seed, one per study)."""
+def sampler_seed(name: str, base_seed: int | None, study_name: str, worker_id: int, session_index: int) -> int | None:
+    """The seed of one worker's sampler: distinct per worker and per sweep process on the study
+    (`session_index`: 0 for the first, 1 for a resume or a second machine, ...), except for the
+    samplers that must share one (`SHARED_SEED_SAMPLERS`; without a seed, one per study)."""
     if str(name).lower() in SHARED_SEED_SAMPLERS:
         return int(base_seed) if base_seed is not None else worker_seed(0, study_name)
-    return worker_seed(base_seed, worker_id, n_trials_before)
+    return worker_seed(base_seed, worker_id, session_index)
 
 
 def make_sampler(name: str, seed: int | None, space: SearchSpace, n_objectives: int,

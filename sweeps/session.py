@@ -57,7 +57,8 @@ class SweepSession:
             console.print(f"[yellow]marked {len(orphans)} orphaned RUNNING trial(s) of a dead sweep as FAIL: {orphans}")
         self._describe(study)
         n_trials = int(conf.n_trials)
-        specs = self.worker_specs(self.study_name, n_trials, self.space, self.objectives)
+        specs = self.worker_specs(self.study_name, n_trials, self.space, self.objectives,
+                                  session_index=self._register_session(study, n_trials))
         where = f"{len(specs)} worker(s)" + (f" on GPUs {[s.cuda_device for s in specs]}" if specs[0].cuda_device
                                             else f", {specs[0].threads} CPU thread(s) each")
         console.print(f"search: {n_trials} trials, {where}")
@@ -105,7 +106,7 @@ class SweepSession:
 
     # -- search ---------------------------------------------------------------------------------
     def worker_specs(self, study_name: str, n_trials: int, space: SearchSpace, objectives: list[str],
-                     replay_only: bool = False) -> list[WorkerSpec]:
+                     replay_only: bool = False, session_index: int = 0) -> list[WorkerSpec]:
         conf = self.conf
         plan = self.plan(n_trials)
         return [WorkerSpec(worker_id=i, study_name=study_name, storage_url=self.url, n_trials=n_trials, space=space,
@@ -114,8 +115,17 @@ class SweepSession:
                            sampler_kwargs=kwargs_of(conf.sampler_kwargs),
                            pruner=str(conf.pruner), pruner_kwargs=kwargs_of(conf.pruner_kwargs),
                            cuda_device=device, threads=plan.threads, oom_retry=bool(conf.oom_retry),
-                           heartbeat_interval=self._heartbeat(), replay_only=replay_only)
+                           heartbeat_interval=self._heartbeat(), replay_only=replay_only,
+                           session_index=session_index)
                 for i, device in enumerate(plan.cuda_devices)]
+
+    def _register_session(self, study: optuna.Study, n_trials: int) -> int:
+        """This sweep process's index on the study (0 on a fresh store; a resume or a second machine
+        gets the next), counted under the budget lock: it salts the workers' sampler seeds."""
+        with TrialBudget(study, self.url, n_trials).locked():
+            index = int(study.user_attrs.get("sweep_sessions", 0))
+            study.set_user_attr("sweep_sessions", index + 1)
+        return index
 
     def plan(self, n_trials: int | None = None) -> WorkerPlan:
         return plan_for(self.conf, n_trials)

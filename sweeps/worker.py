@@ -47,6 +47,7 @@ class WorkerSpec:
     oom_retry: bool = True
     heartbeat_interval: int | None = None
     replay_only: bool = False        # reproduce mode: run only enqueued trials, sample nothing
+    session_index: int = 0           # how many sweep processes ran on this study before this one
 
 
 WORKER_ENV = {"TRANSFORMERS_VERBOSITY": "error", "HF_DATASETS_DISABLE_PROGRESS_BARS": "1",
@@ -167,9 +168,7 @@ class Worker:
             torch.set_num_threads(spec.threads)
         self.spec, self.events, self.replies, self.trainer = spec, events, replies, trainer
         storage = open_storage(spec.storage_url, heartbeat_interval=spec.heartbeat_interval)
-        probe = optuna.load_study(study_name=spec.study_name, storage=storage)
-        seed = sampler_seed(spec.sampler, spec.sampler_seed, spec.study_name, spec.worker_id,
-                            len(probe.get_trials(deepcopy=False)))
+        seed = sampler_seed(spec.sampler, spec.sampler_seed, spec.study_name, spec.worker_id, spec.session_index)
         sampler = make_sampler(spec.sampler, seed, spec.space, len(spec.objectives), spec.sampler_kwargs)
         self.study = optuna.load_study(study_name=spec.study_name, storage=storage, sampler=sampler,
                                        pruner=make_pruner(spec.pruner, spec.pruner_kwargs))
