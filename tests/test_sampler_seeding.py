@@ -20,7 +20,8 @@ def _first_proposal(workdir, trials_already_there: int, session_index: int = 0) 
     for _ in range(trials_already_there):  # the other worker was quicker and has asked already
         study.enqueue_trial({"lora.r": 4, "train.learning_rate": 1e-3, "lora.lora_dropout": 0.1})
         trial = study.ask()
-        [suggest(trial, k, d) for k, d in SPACE.distributions.items()]
+        for key, dist in SPACE.distributions.items():
+            suggest(trial, key, dist)
     spec = WorkerSpec(worker_id=1, study_name="s", storage_url=url, n_trials=10, space=SPACE,
                       compose=ComposeSpec(str(workdir), "sweep"), objectives=["eval_accuracy"],
                       trial_root=str(workdir), sampler="tpe", sampler_seed=0, pruner="none",
