@@ -2,7 +2,7 @@
 gets, and how its process starts (spawn on GPUs, a warm fork server on CPU).
 
 Kept free of torch, MLflow and the supervisor on purpose: the sweep process calls it before it
-has imported anything heavy, so the CPU workers' fork server starts importing at once.
+imports torch or MLflow, so the CPU workers' fork server starts importing at once.
 """
 
 from __future__ import annotations
