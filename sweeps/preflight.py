@@ -29,6 +29,8 @@ def check_sweeper_settings(conf: DictConfig, space: SearchSpace, objectives: lis
         )
     if int(conf.n_trials) < 1:
         raise SweeperConfigError(f"hydra.sweeper.n_trials: must be >= 1, got {conf.n_trials}")
+    if conf.timeout is not None and not float(conf.timeout) > 0:
+        raise SweeperConfigError(f"hydra.sweeper.timeout: must be > 0 seconds or null (no time limit), got {conf.timeout}")
     if conf.n_jobs is not None and int(conf.n_jobs) < 1:
         raise SweeperConfigError(
             f"hydra.sweeper.n_jobs: must be >= 1 or null (one per GPU, else one per CPU core), got {conf.n_jobs}")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import signal
 import threading
+import time
 from contextlib import contextmanager
 from typing import Any
 
@@ -57,11 +58,13 @@ class SweepSession:
             console.print(f"[yellow]marked {len(orphans)} orphaned RUNNING trial(s) of a dead sweep as FAIL: {orphans}")
         self._describe(study)
         n_trials = int(conf.n_trials)
+        deadline = time.time() + float(conf.timeout) if conf.timeout is not None else None
         specs = self.worker_specs(self.study_name, n_trials, self.space, self.objectives,
-                                  session_index=self._register_session(study, n_trials))
+                                  session_index=self._register_session(study, n_trials), deadline=deadline)
         where = f"{len(specs)} worker(s)" + (f" on GPUs {[s.cuda_device for s in specs]}" if specs[0].cuda_device
                                             else f", {specs[0].threads} CPU thread(s) each")
-        console.print(f"search: {n_trials} trials, {where}")
+        limit = f", for at most {float(conf.timeout):g} s" if deadline else ""
+        console.print(f"search: {n_trials} trials{limit}, {where}")
         supervisor = self.supervisor(study, None, specs, n_trials).start()
         runbook = None
         try:
@@ -106,7 +109,8 @@ class SweepSession:
 
     # -- search ---------------------------------------------------------------------------------
     def worker_specs(self, study_name: str, n_trials: int, space: SearchSpace, objectives: list[str],
-                     replay_only: bool = False, session_index: int = 0) -> list[WorkerSpec]:
+                     replay_only: bool = False, session_index: int = 0,
+                     deadline: float | None = None) -> list[WorkerSpec]:
         conf = self.conf
         plan = self.plan(n_trials)
         return [WorkerSpec(worker_id=i, study_name=study_name, storage_url=self.url, n_trials=n_trials, space=space,
@@ -116,7 +120,7 @@ class SweepSession:
                            pruner=str(conf.pruner), pruner_kwargs=kwargs_of(conf.pruner_kwargs),
                            cuda_device=device, threads=plan.threads, oom_retry=bool(conf.oom_retry),
                            heartbeat_interval=self._heartbeat(), replay_only=replay_only,
-                           session_index=session_index)
+                           session_index=session_index, deadline=deadline)
                 for i, device in enumerate(plan.cuda_devices)]
 
     def _register_session(self, study: optuna.Study, n_trials: int) -> int:

@@ -20,6 +20,7 @@ class ReproduceConf:
 class LoraOptunaSweeperConf:
     _target_: str = "hydra_plugins.lora_optuna_sweeper.lora_optuna_sweeper.LoraOptunaSweeper"
     n_trials: int = 10                  # finished (complete + pruned) trials, across all workers and machines
+    timeout: Optional[float] = None     # seconds of wall clock for the search: no trial starts after it, running ones finish
     n_jobs: Optional[int] = None        # worker processes on this machine; null = one per GPU, else one per CPU core
     devices: Optional[List[int]] = None # GPU indices, one worker each (CUDA_VISIBLE_DEVICES); null = all visible
     direction: Any = None               # maximize | minimize | a list for several objectives; null = task.direction

@@ -48,6 +48,7 @@ class WorkerSpec:
     heartbeat_interval: int | None = None
     replay_only: bool = False        # reproduce mode: run only enqueued trials, sample nothing
     session_index: int = 0           # how many sweep processes ran on this study before this one
+    deadline: float | None = None    # epoch seconds (hydra.sweeper.timeout): ask for no trial after it
 
 
 WORKER_ENV = {"TRANSFORMERS_VERBOSITY": "error", "HF_DATASETS_DISABLE_PROGRESS_BARS": "1",
@@ -188,6 +189,8 @@ class Worker:
                 # RDB storages: trials of a machine that died silently (no heartbeat for
                 # 2 x interval) become FAIL and are re-queued once (Optuna's stale-trial callback).
                 optuna.storages.fail_stale_trials(self.study)
+            if self.spec.deadline is not None and time.time() >= self.spec.deadline:
+                return  # the sweep's time budget is spent; the trials already running have finished
             if self.spec.replay_only:
                 trial = self.budget.next_trial(owner_attrs(self.spec.worker_id), waiting_only=True)
             else:

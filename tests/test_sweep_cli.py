@@ -130,6 +130,7 @@ def _jsonl(folder: Path, rows: list[dict]) -> Path:
     ("train.learning_rate=0", "train.learning_rate", "> 0"),
     ("hydra.sweeper.sampler=bogus", "hydra.sweeper.sampler", "tpe"),
     ("hydra.sweeper.pruner=bogus", "hydra.sweeper.pruner", "hyperband"),
+    ("hydra.sweeper.timeout=0", "hydra.sweeper.timeout", "> 0 seconds or null"),
     ("search_space=none", "hydra.sweeper.params", "empty"),
     ("data.text_column=review", "data.text_column", "text"),
 ])

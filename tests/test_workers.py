@@ -52,6 +52,20 @@ def test_two_workers_run_asynchronously(tmp_path, tiny_bert_dir):
             assert (nxt.datetime_start - prev.datetime_complete).total_seconds() < 5.0
 
 
+def test_timeout_ends_the_search_on_time(tmp_path, tiny_bert_dir):
+    """hydra.sweeper.timeout: no trial starts after the time budget, the running ones finish, and
+    the sweep ends normally (the benchmarks compare pruning at equal wall-clock budgets with it)."""
+    timeout = 20
+    run_sweep(tmp_path, *LONGER, _model(tiny_bert_dir), "hydra.sweeper.n_jobs=2", "hydra.sweeper.n_trials=60",
+              "hydra.sweeper.pruner=none", f"hydra.sweeper.timeout={timeout}")
+    trials = only_study(tmp_path).trials
+    assert 0 < len(trials) < 60
+    assert all(t.state == TrialState.COMPLETE for t in trials), [t.state for t in trials]
+    starts = sorted(t.datetime_start.timestamp() for t in trials)
+    assert starts[-1] <= starts[0] + timeout  # the clock starts with the search, before the first trial
+    _no_run_left_running(tmp_path)
+
+
 def test_sigkill_of_a_worker_mid_trial_is_failed_retried_and_closed(tmp_path, tiny_bert_dir):
     proc = start_sweep(tmp_path, *LONGER, _model(tiny_bert_dir), "hydra.sweeper.n_jobs=2",
                        "hydra.sweeper.n_trials=4", "hydra.sweeper.pruner=none", "hydra.sweeper.max_retry=1")
