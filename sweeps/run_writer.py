@@ -1,0 +1,126 @@
+"""The MLflow writer of a single run (`python sweep.py` without -m), in a process of its own.
+
+Why a process: a single run spends its first seconds importing torch on one core. Meanwhile this
+writer imports MLflow and matplotlib on the other core, and later opens the store, logs the step
+metrics and draws the curve PNG off the training process: the split a sweep already has between
+its workers and the sweep process, where the RunBook lives. Commands are `(method, kwargs)` pairs,
+pickled on stdin; replies (the run id, or the error that stopped the writer) are pickled on stdout.
+
+If the training process dies without closing the run (SIGKILL, a crash), stdin reaches EOF and the
+run is closed FAILED: nothing is left RUNNING. Ctrl-C is the training process's to handle (it
+closes the run KILLED), so the writer ignores SIGINT.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import signal
+import subprocess
+import sys
+import threading
+from pathlib import Path
+from typing import Any, Callable
+
+KEY = "single"
+_REPO = Path(__file__).resolve().parents[1]
+
+
+class RunWriter:
+    """The training process's handle on the writer process."""
+
+    def __init__(self, on_reply: Callable[[str, Any], None]):
+        """Start the writer; `on_reply(kind, value)` hears ("run", (run_id, uri)) and ("error", message)."""
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in (str(_REPO), os.environ.get("PYTHONPATH")) if p),
+                   MPLBACKEND="Agg")
+        self.proc = subprocess.Popen([sys.executable, "-m", "sweeps.run_writer"], stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, env=env)
+        self.error: str | None = None
+        self.run_id: str | None = None
+        self._on_reply = on_reply
+        self._reader = threading.Thread(target=self._read, name="run-writer-replies", daemon=True)
+        self._reader.start()
+
+    def send(self, method: str, **kwargs: Any) -> None:
+        """Queue a RunBook call in the writer; raises once the writer has stopped on an error."""
+        if self.error:
+            raise RuntimeError(f"the MLflow writer stopped: {self.error}")
+        try:
+            pickle.dump((method, kwargs), self.proc.stdin)
+            self.proc.stdin.flush()
+        except (BrokenPipeError, OSError):
+            self._reader.join(timeout=10)
+            raise RuntimeError(f"the MLflow writer stopped: {self.error or 'it exited'}") from None
+
+    def finish(self, timeout: float = 600) -> None:
+        """Close stdin and wait until the writer has written everything it was sent."""
+        try:
+            self.proc.stdin.close()
+        except OSError:
+            pass
+        self.proc.wait(timeout=timeout)
+        self._reader.join(timeout=10)
+        if self.error:
+            raise RuntimeError(f"the MLflow writer stopped: {self.error}")
+
+    def _read(self) -> None:
+        while True:
+            try:
+                kind, value = pickle.load(self.proc.stdout)
+            except (EOFError, OSError, pickle.UnpicklingError):
+                return
+            if kind == "error":
+                self.error = value
+            elif kind == "run":
+                self.run_id = value[0]
+            self._on_reply(kind, value)
+
+
+def _serve(stdin: Any, stdout: Any) -> None:
+    from sweeps.curves import plot_curves
+    from sweeps.tracking import RunBook, tracking_uri
+
+    def reply(kind: str, value: Any) -> None:
+        pickle.dump((kind, value), stdout)
+        stdout.flush()
+
+    runbook: RunBook | None = None
+    try:
+        while True:
+            try:
+                method, kwargs = pickle.load(stdin)
+            except EOFError:
+                break
+            if method == "open":
+                uri = tracking_uri(kwargs.pop("uri"), kwargs.pop("cwd"))
+                runbook = RunBook(uri, kwargs.pop("experiment"))
+                reply("run", (runbook.open_trial(KEY, **kwargs), uri))
+            elif method == "close":
+                curves = kwargs.pop("curves", None)
+                if curves:
+                    drawn = plot_curves(curves["history"], Path(curves["path"]), curves["title"])
+                    kwargs["artifacts"] = ([(str(drawn), None)] if drawn else []) + list(kwargs.get("artifacts", ()))
+                runbook.close_trial(KEY, **kwargs)
+            else:
+                getattr(runbook, method)(KEY, **kwargs)
+    except BaseException as exc:
+        reply("error", f"{type(exc).__name__}: {exc}")
+        raise
+    finally:
+        if runbook is not None and runbook.open_runs:  # the training process ended without closing it
+            runbook.close_all("FAILED", "the training process ended without closing its MLflow run")
+
+
+def main() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    stdin, stdout = sys.stdin.buffer, sys.stdout.buffer
+    sys.stdout = sys.stderr  # library prints must not corrupt the reply stream
+    import matplotlib.backends.backend_agg  # noqa: F401  (imported now, while the trainer imports torch)
+    import matplotlib.figure  # noqa: F401
+
+    import sweeps.tracking  # noqa: F401
+    _serve(stdin, stdout)
+
+
+if __name__ == "__main__":
+    main()
