@@ -60,6 +60,8 @@ class Sizes:
     q_seeds: tuple[int, ...]
     batch_size: int = 16
     max_len: int = 64
+    # 3. Hyperband's first rung: the first eval checkpoint at or after this fraction of the steps
+    prune_first_rung: float = 0.4
 
 
 MODES: dict[str, Sizes] = {
@@ -68,7 +70,7 @@ MODES: dict[str, Sizes] = {
                    cold_trials=1, q_trials=2, q_seeds=(0,), batch_size=8, max_len=32),
     "quick": Sizes("quick", ov_train=640, ov_eval=200, ov_epochs=2, ov_lr=3e-3, ov_repeats=1,
                    std_trials=12, std_train=400, std_eval=32, std_steps=8, std_eval_every=4, tpe_startup=4,
-                   cold_trials=2, q_trials=4, q_seeds=(0,)),
+                   cold_trials=1, q_trials=4, q_seeds=(0,)),
     "full": Sizes("full", ov_train=1000, ov_eval=872, ov_epochs=2, ov_lr=2e-3, ov_repeats=3,
                   std_trials=12, std_train=2000, std_eval=300, std_steps=30, std_eval_every=6, tpe_startup=6,
                   cold_trials=12, q_trials=12, q_seeds=(0, 1, 2)),

@@ -30,9 +30,9 @@ TRIAL_CAP = 4      # the Hyperband arm may run up to this many times the no-prun
 
 
 def hyperband_kwargs(s: Sizes) -> str:
-    """First rung at the first eval checkpoint at or after 40% of the steps (earlier checkpoints rank
-    the final accuracy poorly on trials this short), halving at each rung."""
-    first = math.ceil(0.4 * s.std_steps / s.std_eval_every) * s.std_eval_every
+    """First rung at the first eval checkpoint at or after `prune_first_rung` of the steps (40%:
+    earlier checkpoints ranked the final accuracy poorly on 30-step trials), halving at each rung."""
+    first = math.ceil(s.prune_first_rung * s.std_steps / s.std_eval_every) * s.std_eval_every
     return f"{{min_resource:{first},max_resource:{s.std_steps},reduction_factor:2}}"
 
 

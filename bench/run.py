@@ -44,6 +44,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     mode.add_argument("--smoke", action="store_true", help="tiniest sizes: all six tables, no meaningful numbers")
     p.add_argument("--out", type=Path, default=None, help="folder for BENCHMARKS.md and results.json")
     p.add_argument("--only", default=None, help="comma list of benchmarks to run (1-6), for development")
+    p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                   help="change one size of the mode (bench/common.py Sizes), e.g. --set std_steps=90 "
+                        "--set q_seeds=0; repeatable")
     p.add_argument("--omp-active", action="store_true",
                    help="keep OpenMP's default spin-waiting (default: OMP_WAIT_POLICY=PASSIVE for every arm)")
     p.add_argument("--keep-work", action="store_true", help="keep bench/work/<run>/ (scratch stores and logs)")
@@ -53,7 +56,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     mode = "smoke" if args.smoke else "quick" if args.quick else "full"
-    sizes = MODES[mode]
+    sizes = with_changes(MODES[mode], args.set)
     common.OMP_PASSIVE = not args.omp_active
     out_md = (args.out / "BENCHMARKS.md") if args.out else REPO / "BENCHMARKS.md"
     out_json = (args.out / "results.json") if args.out else REPO / "bench" / "results.json"
@@ -125,6 +128,22 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(ws.root, ignore_errors=True)
     failed = [n for n, s in sections.items() if s.error]
     return 1 if failed else 0
+
+
+def with_changes(sizes: common.Sizes, changes: list[str]) -> common.Sizes:
+    """`FIELD=VALUE` changes to a mode's sizes (a comma list for a tuple field)."""
+    import dataclasses
+
+    fields = {f.name: f for f in dataclasses.fields(sizes)}
+    out = {}
+    for change in changes:
+        name, _, value = change.partition("=")
+        if name not in fields:
+            raise SystemExit(f"--set {change}: unknown size {name!r}; allowed: {', '.join(fields)}")
+        current = getattr(sizes, name)
+        out[name] = (tuple(int(v) for v in value.split(",")) if isinstance(current, tuple)
+                     else type(current)(value))
+    return dataclasses.replace(sizes, **out)
 
 
 def _clean(value: Any) -> Any:

@@ -19,6 +19,7 @@ import signal
 import subprocess
 import sys
 import threading
+import traceback
 from pathlib import Path
 from typing import Any, Callable
 
@@ -29,8 +30,9 @@ _REPO = Path(__file__).resolve().parents[1]
 class RunWriter:
     """The training process's handle on the writer process."""
 
-    def __init__(self, on_reply: Callable[[str, Any], None]):
-        """Start the writer; `on_reply(kind, value)` hears ("run", (run_id, uri)) and ("error", message)."""
+    def __init__(self, uri: str | None, on_reply: Callable[[str, Any], None]):
+        """Start the writer for the store at `uri` (the config's, unresolved); `on_reply(kind, value)`
+        hears ("run", (run_id, uri)) and ("error", message)."""
         env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in (str(_REPO), os.environ.get("PYTHONPATH")) if p),
                    MPLBACKEND="Agg")
         self.proc = subprocess.Popen([sys.executable, "-m", "sweeps.run_writer"], stdin=subprocess.PIPE,
@@ -40,6 +42,7 @@ class RunWriter:
         self._on_reply = on_reply
         self._reader = threading.Thread(target=self._read, name="run-writer-replies", daemon=True)
         self._reader.start()
+        self.send("warm", uri=uri, cwd=os.getcwd())
 
     def send(self, method: str, **kwargs: Any) -> None:
         """Queue a RunBook call in the writer; raises once the writer has stopped on an error."""
@@ -91,8 +94,10 @@ def _serve(stdin: Any, stdout: Any) -> None:
                 method, kwargs = pickle.load(stdin)
             except EOFError:
                 break
-            if method == "open":
-                uri = tracking_uri(kwargs.pop("uri"), kwargs.pop("cwd"))
+            if method == "warm":
+                uri = tracking_uri(kwargs["uri"], kwargs["cwd"])
+                _warm_up(uri)
+            elif method == "open":
                 runbook = RunBook(uri, kwargs.pop("experiment"))
                 reply("run", (runbook.open_trial(KEY, **kwargs), uri))
             elif method == "close":
@@ -111,15 +116,34 @@ def _serve(stdin: Any, stdout: Any) -> None:
             runbook.close_all("FAILED", "the training process ended without closing its MLflow run")
 
 
+def _warm_up(uri: str) -> None:
+    """While the trainer imports torch: render one empty figure (fonts, PNG writer) and open the
+    store if that writes nothing (an existing SQLite file or a tracking server). A new store is
+    created only when the run is, after the config has passed the pre-flight checks."""
+    import io
+
+    from matplotlib.figure import Figure
+
+    Figure(figsize=(1, 1)).savefig(io.BytesIO(), format="png")
+    if (uri.startswith("sqlite:///") and Path(uri[len("sqlite:///"):]).is_file()) or uri.startswith(("http://", "https://")):
+        from mlflow.tracking import MlflowClient
+
+        try:
+            MlflowClient(tracking_uri=uri)  # builds and caches the store (schema check) for the RunBook
+        except Exception:  # best effort: the RunBook opens it again, with retries and a clear error
+            pass
+
+
 def main() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     stdin, stdout = sys.stdin.buffer, sys.stdout.buffer
     sys.stdout = sys.stderr  # library prints must not corrupt the reply stream
-    import matplotlib.backends.backend_agg  # noqa: F401  (imported now, while the trainer imports torch)
-    import matplotlib.figure  # noqa: F401
-
-    import sweeps.tracking  # noqa: F401
-    _serve(stdin, stdout)
+    try:
+        _serve(stdin, stdout)
+    except BaseException:
+        traceback.print_exc()
+        os._exit(1)
+    os._exit(0)  # everything is committed; skip the interpreter's teardown of MLflow and SQLAlchemy
 
 
 if __name__ == "__main__":

@@ -38,7 +38,7 @@ def _announce(kind: str, value) -> None:
 
 
 def run_single(cfg: DictConfig) -> float:
-    writer = RunWriter(on_reply=_announce)  # first: its imports overlap ours
+    writer = RunWriter(cfg.mlflow.tracking_uri, on_reply=_announce)  # first: its start-up overlaps ours
     try:
         return _train_and_log(cfg, writer)
     finally:
@@ -56,7 +56,7 @@ def _train_and_log(cfg: DictConfig, writer: RunWriter) -> float:
     trainer.preflight(cfg)
     output_dir = Path(HydraConfig.get().runtime.output_dir)
     tags = {"sweep.kind": "single", **{f"env.{k}": str(v) for k, v in trainer.environment_fingerprint().items()}}
-    writer.send("open", uri=cfg.mlflow.tracking_uri, cwd=os.getcwd(), experiment=str(cfg.mlflow.experiment_name),
+    writer.send("open", experiment=str(cfg.mlflow.experiment_name),
                 run_name="single-run", config=OmegaConf.to_container(cfg, resolve=True), tags=tags,
                 config_yaml=OmegaConf.to_yaml(cfg))
     try:
