@@ -1,9 +1,9 @@
 """The MLflow writer of a single run (`python sweep.py` without -m), in a process of its own.
 
 Why a process: a single run spends its first seconds importing torch on one core. Meanwhile this
-writer imports MLflow and matplotlib on the other core, and later opens the store, logs the step
-metrics and draws the curve PNG off the training process: the split a sweep already has between
-its workers and the sweep process, where the RunBook lives. Commands are `(method, kwargs)` pairs,
+writer imports MLflow and matplotlib on the other core and opens the store if it already exists;
+later it creates the run, logs the step metrics and draws the curve PNG off the training process:
+the split a sweep already has between its workers and the sweep process, where the RunBook lives. Commands are `(method, kwargs)` pairs,
 pickled on stdin; replies (the run id, or the error that stopped the writer) are pickled on stdout.
 
 If the training process dies without closing the run (SIGKILL, a crash), stdin reaches EOF and the
