@@ -13,7 +13,6 @@ closes the run KILLED), so the writer ignores SIGINT.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import pickle
 import signal
@@ -22,7 +21,7 @@ import sys
 import threading
 import traceback
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 KEY = "single"
 _REPO = Path(__file__).resolve().parents[1]
@@ -49,13 +48,9 @@ class RunWriter:
         """Queue a RunBook call in the writer; raises once the writer has stopped on an error."""
         if self.error:
             raise RuntimeError(f"the MLflow writer stopped: {self.error}")
-        data = pickle.dumps((method, kwargs))
         try:
-            # whole or not at all: a Ctrl-C mid-write would leave half a message in the pipe and the
-            # writer could not read the KILLED that follows; SIGINT waits until the write is done
-            with _sigint_deferred():
-                self.proc.stdin.write(data)
-                self.proc.stdin.flush()
+            pickle.dump((method, kwargs), self.proc.stdin)
+            self.proc.stdin.flush()
         except (BrokenPipeError, OSError):
             self._reader.join(timeout=10)
             raise RuntimeError(f"the MLflow writer stopped: {self.error or 'it exited'}") from None
@@ -82,19 +77,6 @@ class RunWriter:
             elif kind == "run":
                 self.run_id = value[0]
             self._on_reply(kind, value)
-
-
-@contextlib.contextmanager
-def _sigint_deferred() -> Iterator[None]:
-    """Block SIGINT in this thread for the duration (it is delivered, and raises, right after)."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
-    try:
-        yield
-    finally:
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
 
 
 def _serve(stdin: Any, stdout: Any) -> None:

@@ -14,10 +14,10 @@ from sweep_helpers import SWEEP, TINY, env, interrupt, mlflow_client, wait_for
 
 pytestmark = pytest.mark.timeout(600)
 
-# far longer than the test waits (it stops the run at its first logged steps), with a step metric
-# logged every step; the writer may lag the trainer by seconds (it creates the store meanwhile)
-LONG = [o for o in TINY if not o.startswith(("train.max_steps", "train.eval_every_steps"))] + [
-    "train.max_steps=50000", "train.eval_every_steps=25000", "data.max_train_samples=96"]
+# far longer than the test waits (it stops the run at its first logged steps); the writer may lag
+# the trainer by seconds (it creates the store meanwhile)
+LONG = [o for o in TINY if not o.startswith(("train.max_steps", "train.eval_every_steps", "train.log_every_steps"))] + [
+    "train.max_steps=50000", "train.eval_every_steps=25000", "train.log_every_steps=10", "data.max_train_samples=96"]
 
 
 def _start(cwd, model_dir) -> subprocess.Popen:
