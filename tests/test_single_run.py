@@ -22,8 +22,11 @@ LONG = [o for o in TINY if not o.startswith(("train.max_steps", "train.eval_ever
 
 def _start(cwd, model_dir) -> subprocess.Popen:
     log = open(cwd / "single.log", "w")
+    # a terminal's foreground job: SIGINT at its default even when the test itself was started in the
+    # background (`cmd &` makes children ignore SIGINT, and Python then raises no KeyboardInterrupt)
     return subprocess.Popen([sys.executable, str(SWEEP), *LONG, f"model.name_or_path={model_dir}"], cwd=cwd,
-                            env=env(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+                            env=env(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
 def _the_run(cwd):
