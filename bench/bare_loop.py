@@ -2,8 +2,9 @@
 
 Only what any PEFT tutorial does: tokenizer, 4-bit model (bitsandbytes), LoRA (peft), tokenize
 once, then forward / backward / clip / AdamW step / scheduler step, and one final evaluation
-(accuracy). No config system, no tracking, no checkpoints. It mirrors our trial's config (same
-data subset, steps, schedule, LoRA shape, data order generator) so the two times are comparable.
+(accuracy, batched shortest first as ours is). No config system, no tracking, no checkpoints. It
+mirrors our trial's config (same data subset, steps, schedule, LoRA shape, data order generator)
+so the two times are comparable.
 
     python bench/bare_loop.py --data-dir ../shared/data/sst2 --max-train 2000 --max-eval 872 --epochs 2
 
@@ -54,6 +55,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--deterministic", action="store_true",
                    help="torch.use_deterministic_algorithms(True), as our trainer does (to price that switch)")
     return p.parse_args(argv)
+
+
+def keep_4bit_layout(model) -> None:
+    """The one workaround any 4-bit CPU loop needs on AVX512-BF16 CPUs, as ours has it
+    (`trainer.model.keep_4bit_layout_on_cpu`): bitsandbytes would repack the weights for its bf16
+    kernel at the first eval and training after that eval fails; both sides use the same kernels."""
+    from bitsandbytes.nn import Linear4bit
+
+    for layer in model.modules():
+        if isinstance(layer, Linear4bit):
+            layer.support_avx512bf16_for_cpu = False
 
 
 def load_splits(args: argparse.Namespace) -> tuple[list[str], list[int], list[str], list[int]]:
@@ -118,6 +130,7 @@ def main(argv: list[str] | None = None) -> dict:
     model = AutoModelForSequenceClassification.from_pretrained(model_dir, num_labels=2, quantization_config=bnb,
                                                                device_map={"": "cpu"}, dtype=torch.float32)
     model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+    keep_4bit_layout(model)
     t["model_load_s"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
@@ -161,11 +174,13 @@ def main(argv: list[str] | None = None) -> dict:
     t0 = time.perf_counter()
     model.eval()
     correct = 0
+    by_length = sorted(range(len(eval_ids)), key=lambda i: len(eval_ids[i]))  # batched as ours: shortest first
     with torch.inference_mode():
-        for i in range(0, len(eval_ids), args.batch_size):
-            input_ids, mask = batch(eval_ids[i : i + args.batch_size])
+        for i in range(0, len(by_length), args.batch_size):
+            idx = by_length[i : i + args.batch_size]
+            input_ids, mask = batch([eval_ids[j] for j in idx])
             pred = model(input_ids=input_ids, attention_mask=mask).logits.argmax(-1)
-            correct += int((pred == torch.tensor(eval_y[i : i + args.batch_size])).sum())
+            correct += int((pred == torch.tensor([eval_y[j] for j in idx])).sum())
     t["eval_s"] = time.perf_counter() - t0
 
     t["in_process_s"] = time.perf_counter() - T_START

@@ -60,8 +60,15 @@ class Sizes:
     q_seeds: tuple[int, ...]
     batch_size: int = 16
     max_len: int = 64
-    # 3. Hyperband's first rung: the first eval checkpoint at or after this fraction of the steps
+    # 3. pruning: its own trial length and sampler when set (None: the standard sweep's, whose
+    # unpruned TPE runs are then shared); Hyperband's first rung is the first eval checkpoint at or
+    # after `prune_first_rung` of the steps, and it keeps 1 / `prune_rf` of the trials at each rung
+    prune_sampler: str = "tpe"
+    prune_trials: int | None = None
+    prune_steps: int | None = None
+    prune_eval_every: int | None = None
     prune_first_rung: float = 0.4
+    prune_rf: int = 2
 
 
 MODES: dict[str, Sizes] = {
@@ -73,7 +80,8 @@ MODES: dict[str, Sizes] = {
                    cold_trials=1, q_trials=4, q_seeds=(0,)),
     "full": Sizes("full", ov_train=1000, ov_eval=872, ov_epochs=2, ov_lr=2e-3, ov_repeats=3,
                   std_trials=12, std_train=2000, std_eval=300, std_steps=30, std_eval_every=6, tpe_startup=6,
-                  cold_trials=12, q_trials=12, q_seeds=(0, 1, 2)),
+                  cold_trials=12, q_trials=12, q_seeds=(0, 1, 2),
+                  prune_sampler="random", prune_trials=12, prune_steps=60, prune_eval_every=12),
 }
 
 

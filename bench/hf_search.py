@@ -27,7 +27,7 @@ from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bare_loop import SUBSET_SEED, TARGETS  # noqa: E402
+from bare_loop import SUBSET_SEED, TARGETS, keep_4bit_layout  # noqa: E402
 
 
 def space(trial: Any) -> dict[str, Any]:
@@ -113,6 +113,7 @@ def main() -> None:
         model = AutoModelForSequenceClassification.from_pretrained(model_dir, num_labels=2, quantization_config=bnb,
                                                                    device_map={"": "cpu"}, dtype=torch.float32)
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+        keep_4bit_layout(model)
         torch.manual_seed(int(p["seed"]))
         config = LoraConfig(r=p["lora.r"], lora_alpha=p["lora.lora_alpha"], lora_dropout=p["lora.lora_dropout"],
                             target_modules=TARGETS[p["lora.target_modules"]], task_type=TaskType.SEQ_CLS,

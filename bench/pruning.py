@@ -1,6 +1,5 @@
-"""3. Pruning pays: the standard sweep (TPE, no pruning) against the same sweep with Hyperband
-pruning, same sampler seed and the same wall-clock budget, for each sampler seed of the mode (full:
-0, 1, 2).
+"""3. Pruning pays: a sweep without pruning against the same sweep with Hyperband pruning, same
+sampler seed and the same wall-clock budget, for each sampler seed of the mode (full: 0, 1, 2).
 
 The budget is time, which is what pruning saves: the Hyperband arm gets `hydra.sweeper.timeout`
 equal to the no-pruning arm's search time (and a trial cap it never reaches), so the time its
@@ -10,15 +9,22 @@ pruned trials free buys it more trials. Only trials that ended within the no-pru
 Measured per seed: the time from the first trial's start until the sweep first holds a completed
 trial within 0.5 accuracy points of the no-pruning sweep's final best (time to target), and the
 Hyperband arm's best within the budget (no loss of best accuracy means it is not lower). One seed
-is a lottery: when the sampler draws its best config among the first, random trials, both arms
-reach it at the same moment; so the speed-up is the ratio of the mean times over the seeds.
+is a lottery: when the sampler draws its best config among the first trials, both arms reach it at
+the same moment; so the speed-up is the ratio of the mean times over the seeds.
 
-The unpruned TPE sweeps are shared with benchmark 4 (`ctx.shared["tpe"]`); they run one at a time
-here because their timing is read.
+The sampler and trial length are sizes of the mode. With the random sampler (Hyperband as Li et
+al. define it) both arms draw the same configs in the same order, so the difference is pruning
+alone; with TPE the arms diverge after the first pruned trial. Beside the race, the report says
+how well each eval checkpoint ranks the trials (rank correlation with the final accuracy, from the
+no-pruning arm): pruning can only pay where an early checkpoint predicts the end.
+
+With the standard sweep's sizes and TPE, the unpruned sweeps are shared with benchmark 4
+(`ctx.shared["tpe"]`); they run one at a time here because their timing is read.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import statistics
 
@@ -27,13 +33,26 @@ from common import Context, Section, Sizes, SweepRun, fmt, md_table, run_sweep, 
 TARGET = 2.0
 TOLERANCE = 0.005  # 0.5 accuracy points
 TRIAL_CAP = 4      # the Hyperband arm may run up to this many times the no-pruning arm's trials
+RANKS_WELL = 0.8   # a checkpoint whose rank correlation with the final accuracy reaches this ranks trials well
+
+
+def arm_sizes(s: Sizes) -> Sizes:
+    """The standard sweep's sizes with this benchmark's own trial length and count, where set."""
+    return dataclasses.replace(s, std_steps=s.prune_steps or s.std_steps,
+                               std_eval_every=s.prune_eval_every or s.std_eval_every,
+                               std_trials=s.prune_trials or s.std_trials)
+
+
+def shares_standard_sweep(s: Sizes) -> bool:
+    return s.prune_sampler == "tpe" and arm_sizes(s) == s
 
 
 def hyperband_kwargs(s: Sizes) -> str:
-    """First rung at the first eval checkpoint at or after `prune_first_rung` of the steps (40%:
-    earlier checkpoints ranked the final accuracy poorly on 30-step trials), halving at each rung."""
-    first = math.ceil(s.prune_first_rung * s.std_steps / s.std_eval_every) * s.std_eval_every
-    return f"{{min_resource:{first},max_resource:{s.std_steps},reduction_factor:2}}"
+    """First rung at the first eval checkpoint at or after `prune_first_rung` of the steps (earlier
+    checkpoints rank the final accuracy poorly: see `rank_correlations`), keeping 1 / `prune_rf`."""
+    a = arm_sizes(s)
+    first = math.ceil(s.prune_first_rung * a.std_steps / a.std_eval_every) * a.std_eval_every
+    return f"{{min_resource:{first},max_resource:{a.std_steps},reduction_factor:{s.prune_rf}}}"
 
 
 def span(run: SweepRun) -> float:
@@ -56,19 +75,47 @@ def best_within(run: SweepRun, budget_s: float) -> float | None:
     return max(values) if values else None
 
 
-def unpruned_tpe_runs(ctx: Context) -> dict[int, SweepRun]:
-    """The no-pruning arm per sampler seed: seed 0 is the standard sweep, the others run here."""
+def rank_correlations(runs: list[SweepRun]) -> dict[int, float]:
+    """Per eval step: Spearman's rank correlation between the completed trials' accuracy at that
+    step and their final accuracy, averaged over the sweeps. It is how well a pruning rung at that
+    step would rank the trials (1: it keeps exactly the ones that end best)."""
+    from scipy.stats import spearmanr
+
+    per_step: dict[int, list[float]] = {}
+    for run in runs:
+        done = [r for r in run.complete if r.intermediate]
+        if len(done) < 3:
+            continue
+        finals = [r.value for r in done]
+        for step in sorted(set.intersection(*(set(r.intermediate) for r in done))):
+            at_step = [r.intermediate[step] for r in done]
+            if len(set(at_step)) > 1 and len(set(finals)) > 1:
+                per_step.setdefault(step, []).append(float(spearmanr(at_step, finals).statistic))
+    return {step: statistics.fmean(rhos) for step, rhos in sorted(per_step.items())}
+
+
+def speedup_ceiling(fraction: float, keep: int) -> float:
+    """The most a single rung at `fraction` of the trial can speed a sweep up when it keeps 1 /
+    `keep` of the trials: the others still cost `fraction` of a full trial each."""
+    return 1.0 / (1.0 / keep + (1.0 - 1.0 / keep) * fraction)
+
+
+def unpruned_runs(ctx: Context) -> dict[int, SweepRun]:
+    """The no-pruning arm per sampler seed (seed 0 of the shared TPE runs is the standard sweep)."""
     s = ctx.sizes
-    runs = ctx.shared.setdefault("tpe", {0: ctx.shared["std"]})
-    for seed in s.q_seeds:
-        if seed not in runs:
-            runs[seed] = run_sweep(ctx, f"tpe_s{seed}", std_overrides(s, seed=seed))
-    return runs
+    if shares_standard_sweep(s):
+        runs = ctx.shared.setdefault("tpe", {0: ctx.shared["std"]})
+        for seed in s.q_seeds:
+            if seed not in runs:
+                runs[seed] = run_sweep(ctx, f"tpe_s{seed}", std_overrides(s, seed=seed))
+        return runs
+    return {seed: run_sweep(ctx, f"prune_none_s{seed}", std_overrides(arm_sizes(s), sampler=s.prune_sampler, seed=seed))
+            for seed in s.q_seeds}
 
 
 def run_benchmark(ctx: Context) -> Section:
-    s = ctx.sizes
-    none_runs = unpruned_tpe_runs(ctx)
+    s, a = ctx.sizes, arm_sizes(ctx.sizes)
+    none_runs = unpruned_runs(ctx)
     kwargs = hyperband_kwargs(s)
     rows, per_seed = [], {}
     for seed in s.q_seeds:
@@ -77,7 +124,8 @@ def run_benchmark(ctx: Context) -> Section:
         # the search clock starts a few seconds before the first trial (worker start-up): the trials
         # that end inside `budget` after the first start are the ones compared
         hb = run_sweep(ctx, f"prune_hyperband_s{seed}",
-                       std_overrides(s, n_trials=TRIAL_CAP * s.std_trials, seed=seed, pruner="hyperband")
+                       std_overrides(a, n_trials=TRIAL_CAP * a.std_trials, sampler=s.prune_sampler, seed=seed,
+                                     pruner="hyperband")
                        + [f"hydra.sweeper.pruner_kwargs={kwargs}", f"hydra.sweeper.timeout={math.ceil(budget) + 5}"])
         target = none.best() - TOLERANCE
         cells = {}
@@ -118,13 +166,28 @@ def run_benchmark(ctx: Context) -> Section:
     finished_none, finished_hb = mean("none", "finished"), mean("hyperband", "finished")
     table = md_table(["sampler seed", "arm", "trials in budget: complete / pruned", "best eval acc in budget",
                       "s to target (trial)", "s to within 0.5 pt of its own best (trial)", "speed-up"], rows)
+
+    rhos = rank_correlations(list(none_runs[x] for x in s.q_seeds))
+    rho_table = md_table(["eval step", *(f"{step} ({step / a.std_steps:.0%})" for step in rhos)],
+                         [["rank correlation with the final accuracy", *(fmt(r) for r in rhos.values())]])
+    good = next((step for step, r in rhos.items() if r >= RANKS_WELL and step < a.std_steps), None)
+    ceiling = speedup_ceiling(good / a.std_steps, s.prune_rf) if good else None
+    rho_reading = (f"The first checkpoint that ranks the trials well (correlation >= {RANKS_WELL}) is step {good}, "
+                   f"{good / a.std_steps:.0%} of the trial: a rung there that keeps 1/{s.prune_rf} of the trials "
+                   f"still spends {good / a.std_steps:.0%} of a trial on each pruned one, which caps the speed-up "
+                   f"at {fmt(ceiling)}x." if good else
+                   f"No checkpoint before the last ranks the trials well (correlation >= {RANKS_WELL}): any rung "
+                   f"prunes on noise.")
+
     seeds = ", ".join(str(x) for x in s.q_seeds)
-    body = (f"TPE (n_startup_trials={s.tpe_startup}), sampler seed(s) {seeds}; trials of {s.std_steps} steps with an "
-            f"eval (= pruning checkpoint) every {s.std_eval_every} steps on {s.std_eval} rows. No-pruning arm: "
-            f"{s.std_trials} trials. Hyperband arm: `{kwargs}`, the same sampler seed, and the same wall-clock budget "
-            f"(`hydra.sweeper.timeout` = the no-pruning arm's time; only trials that ended within it count). Target: "
-            f"0.5 points below the no-pruning sweep's final best. Times count from each sweep's first trial start "
-            f"(start-up is the same for both arms).\n\n{table}\n\n"
+    sampler = (f"TPE (n_startup_trials={s.tpe_startup})" if s.prune_sampler == "tpe" else
+               f"{s.prune_sampler} sampler (both arms draw the same configs in the same order)")
+    body = (f"{sampler}, sampler seed(s) {seeds}; trials of {a.std_steps} steps with an eval (= pruning checkpoint) "
+            f"every {a.std_eval_every} steps on {a.std_eval} rows. No-pruning arm: {a.std_trials} trials. Hyperband "
+            f"arm: `{kwargs}`, the same sampler seed, and the same wall-clock budget (`hydra.sweeper.timeout` = the "
+            f"no-pruning arm's time; only trials that ended within it count). Target: 0.5 points below the "
+            f"no-pruning sweep's final best. Times count from each sweep's first trial start (start-up is the same "
+            f"for both arms).\n\n{table}\n\n"
             f"**Pruning speed-up: {fmt(speedup)}x** (mean time to target over the seeds: no pruning {fmt(t_none, 1)}s, "
             f"Hyperband {fmt(t_hb, 1)}s; {'meets' if ok_speed else 'misses'} >= {TARGET}x)"
             + (f"; Hyperband did not reach the target within the budget for seed(s) {', '.join(missed)} (counted "
@@ -132,10 +195,15 @@ def run_benchmark(ctx: Context) -> Section:
             + f". Best accuracy within the budget {'kept' if ok_acc else 'lost'} (mean over seeds: no pruning "
             f"{fmt(best_none, 4)}, Hyperband {fmt(best_hb, 4)}). In the same time Hyperband finished "
             f"{fmt(finished_hb, 1)} trials per seed against {fmt(finished_none, 1)}.\n\n"
+            f"How well each checkpoint predicts the end (Spearman rank correlation over the no-pruning arm's "
+            f"completed trials, mean over the seeds):\n\n{rho_table}\n\n{rho_reading}\n\n"
             f"Reading: Hyperband stops trials that trail their bracket at a checkpoint, so the time a bad config would "
-            f"have taken goes to new configs. It cannot speed up finding a config drawn among the first, random "
-            f"trials (nothing to compare them with yet, and both arms draw the same ones).")
+            f"have taken goes to new configs. It cannot speed up finding a config drawn among the first trials "
+            f"(nothing to compare them with yet), and it prunes on noise where the checkpoint does not rank trials "
+            f"as their final accuracy does.")
     return Section("3. Pruning pays (Hyperband vs none)", body,
                    {"pruning_speedup": speedup, "pruning_best_kept": ok_acc, "pruning_best_none": best_none,
                     "pruning_best_hyperband": best_hb, "pruning_time_none_s": t_none, "pruning_time_hyperband_s": t_hb,
-                    "pruning_hyperband_kwargs": kwargs, "pruning_per_seed": per_seed})
+                    "pruning_hyperband_kwargs": kwargs, "pruning_sampler": s.prune_sampler,
+                    "pruning_trial_steps": a.std_steps, "pruning_rank_correlation": rhos,
+                    "pruning_speedup_ceiling": ceiling, "pruning_per_seed": per_seed})

@@ -91,14 +91,16 @@ def main(argv: list[str] | None = None) -> int:
         log(f"benchmark {number} done in {time.perf_counter() - t:.0f}s")
 
     attempt(1, overhead.run_benchmark)
-    if only & {2, 3, 4, 5, 6}:
+    # the standard sweep serves 2 and 5, 3 when it runs the standard sizes, and 4 and 6 when present
+    needs_std = {2, 5} | ({3} if pruning.shares_standard_sweep(sizes) else set())
+    if only & (needs_std | {4, 6}):
         try:
             ctx.shared["std"] = run_sweep(ctx, "std", std_overrides(sizes))
         except Exception as exc:
             traceback.print_exc()
             ctx.shared["std_error"] = f"{type(exc).__name__}: {exc}"
     for number, module in ((2, throughput), (5, scaling), (3, pruning), (4, quality), (6, memory)):
-        if number in (2, 3, 5) and "std" not in ctx.shared:
+        if number in needs_std and "std" not in ctx.shared:
             if number in only:
                 sections[number] = Section(TITLES[number - 1], f"**Failed:** the standard sweep failed: "
                                            f"`{ctx.shared.get('std_error', '?')[:1500]}`", error="standard sweep failed")
@@ -141,8 +143,12 @@ def with_changes(sizes: common.Sizes, changes: list[str]) -> common.Sizes:
         if name not in fields:
             raise SystemExit(f"--set {change}: unknown size {name!r}; allowed: {', '.join(fields)}")
         current = getattr(sizes, name)
-        out[name] = (tuple(int(v) for v in value.split(",")) if isinstance(current, tuple)
-                     else type(current)(value))
+        if isinstance(current, tuple):
+            out[name] = tuple(int(v) for v in value.split(","))
+        elif current is None:  # an unset optional size is a number
+            out[name] = float(value) if "." in value else int(value)
+        else:
+            out[name] = type(current)(value)
     return dataclasses.replace(sizes, **out)
 
 

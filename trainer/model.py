@@ -92,7 +92,30 @@ def load_base_model(model: dict[str, Any], quant: dict[str, Any], task_type: str
     if hasattr(base.config, "use_cache"):
         base.config.use_cache = False  # no KV cache in training/eval forward passes
     base.requires_grad_(False)
+    keep_4bit_layout_on_cpu(base)
     return base
+
+
+def keep_4bit_layout_on_cpu(model: Any) -> int:
+    """Stop bitsandbytes from repacking 4-bit weights for its AVX512-BF16 CPU kernel; returns how
+    many layers it changed.
+
+    On CPUs with AVX512-BF16, bitsandbytes 0.50 converts a Linear4bit's weight in place to a
+    bf16-packed layout on its first forward in eval mode, and never converts it back. A trial
+    evaluates between training steps, and training on the packed layout fails ("a view of a leaf
+    Variable that requires grad is being used in an in-place operation"); layers narrower than
+    the quantization block (tiny test models) fail at the conversion itself; and the bf16 eval
+    numerics would differ from machines without that instruction set. So every machine keeps
+    the layout it trained with.
+    """
+    try:
+        from bitsandbytes.nn import Linear4bit
+    except ImportError:
+        return 0
+    layers = [m for m in model.modules() if isinstance(m, Linear4bit)]
+    for layer in layers:
+        layer.support_avx512bf16_for_cpu = False
+    return len(layers)
 
 
 def reset_head(base: Any, task_type: str) -> None:
