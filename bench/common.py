@@ -81,7 +81,8 @@ MODES: dict[str, Sizes] = {
     "full": Sizes("full", ov_train=1000, ov_eval=872, ov_epochs=2, ov_lr=2e-3, ov_repeats=3,
                   std_trials=12, std_train=2000, std_eval=300, std_steps=30, std_eval_every=6, tpe_startup=6,
                   cold_trials=12, q_trials=12, q_seeds=(0, 1, 2),
-                  prune_sampler="random", prune_trials=12, prune_steps=60, prune_eval_every=12),
+                  prune_sampler="random", prune_trials=12, prune_steps=60, prune_eval_every=12, prune_first_rung=0.2,
+                  prune_rf=3),
 }
 
 

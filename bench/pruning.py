@@ -16,7 +16,9 @@ The sampler and trial length are sizes of the mode. With the random sampler (Hyp
 al. define it) both arms draw the same configs in the same order, so the difference is pruning
 alone; with TPE the arms diverge after the first pruned trial. Beside the race, the report says
 how well each eval checkpoint ranks the trials (rank correlation with the final accuracy, from the
-no-pruning arm): pruning can only pay where an early checkpoint predicts the end.
+no-pruning arm): pruning can only pay where an early checkpoint predicts the end; and the most this
+Hyperband can speed a sweep up at all (`hyperband_ceiling`, from the measured cost of a trial per
+step): pruning only pays as much as a pruned trial is cheaper than a full one.
 
 With the standard sweep's sizes and TPE, the unpruned sweeps are shared with benchmark 4
 (`ctx.shared["tpe"]`); they run one at a time here because their timing is read.
@@ -47,12 +49,16 @@ def shares_standard_sweep(s: Sizes) -> bool:
     return s.prune_sampler == "tpe" and arm_sizes(s) == s
 
 
-def hyperband_kwargs(s: Sizes) -> str:
-    """First rung at the first eval checkpoint at or after `prune_first_rung` of the steps (earlier
-    checkpoints rank the final accuracy poorly: see `rank_correlations`), keeping 1 / `prune_rf`."""
+def first_rung(s: Sizes) -> int:
+    """The first eval checkpoint at or after `prune_first_rung` of the steps (earlier checkpoints rank
+    the final accuracy poorly: see `rank_correlations`)."""
     a = arm_sizes(s)
-    first = math.ceil(s.prune_first_rung * a.std_steps / a.std_eval_every) * a.std_eval_every
-    return f"{{min_resource:{first},max_resource:{a.std_steps},reduction_factor:{s.prune_rf}}}"
+    return math.ceil(s.prune_first_rung * a.std_steps / a.std_eval_every) * a.std_eval_every
+
+
+def hyperband_kwargs(s: Sizes) -> str:
+    """Hyperband from the first rung to the last step, keeping 1 / `prune_rf` at each rung."""
+    return f"{{min_resource:{first_rung(s)},max_resource:{arm_sizes(s).std_steps},reduction_factor:{s.prune_rf}}}"
 
 
 def span(run: SweepRun) -> float:
@@ -94,10 +100,39 @@ def rank_correlations(runs: list[SweepRun]) -> dict[int, float]:
     return {step: statistics.fmean(rhos) for step, rhos in sorted(per_step.items())}
 
 
-def speedup_ceiling(fraction: float, keep: int) -> float:
-    """The most a single rung at `fraction` of the trial can speed a sweep up when it keeps 1 /
-    `keep` of the trials: the others still cost `fraction` of a full trial each."""
-    return 1.0 / (1.0 / keep + (1.0 - 1.0 / keep) * fraction)
+def trial_cost_fit(runs: list[SweepRun]) -> tuple[float, float] | None:
+    """Seconds a trial costs as `fixed + per_step * last step`, fitted over the finished trials of
+    `runs` (pruned ones end at their rung, complete ones at the last step); None without two
+    different end steps to fit."""
+    points = [(max(r.intermediate), r.duration) for run in runs for r in run.finished if r.intermediate]
+    if len({x for x, _ in points}) < 2:
+        return None
+    slope, intercept = statistics.linear_regression([x for x, _ in points], [y for _, y in points])
+    return intercept, slope
+
+
+def hyperband_ceiling(first: int, max_steps: int, rf: int, eval_every: int, cost: tuple[float, float]) -> float:
+    """Trials per hour of Optuna's Hyperband (min_resource=first, reduction_factor=rf) over those of
+    no pruning, when every rung keeps exactly 1/rf of its trials: the most it can speed a sweep up.
+
+    Brackets and their shares of the trials are Optuna's (`HyperbandPruner`); bracket b's rungs are
+    at first * rf**(b + i); a rung is decided at the first eval at or after it, and one at or past
+    the last step prunes nothing. The first trials of a bracket, promoted while it has nothing to
+    compare them with, and the winner's place in the sequence only lower the speed-up further."""
+    n_brackets = math.floor(math.log(max_steps / first, rf)) + 1
+    shares = [math.ceil(n_brackets * rf ** (n_brackets - 1 - b) / (n_brackets - b)) for b in range(n_brackets)]
+
+    def seconds(step: int) -> float:
+        return cost[0] + cost[1] * step
+
+    spent = 0.0
+    for bracket, share in enumerate(shares):
+        alive, expected, rung = 1.0, 0.0, first * rf ** bracket
+        while (step := math.ceil(rung / eval_every) * eval_every) < max_steps:
+            expected += alive * (1 - 1 / rf) * seconds(step)
+            alive, rung = alive / rf, rung * rf
+        spent += share * (expected + alive * seconds(max_steps))
+    return seconds(max_steps) * sum(shares) / spent
 
 
 def unpruned_runs(ctx: Context) -> dict[int, SweepRun]:
@@ -117,7 +152,7 @@ def run_benchmark(ctx: Context) -> Section:
     s, a = ctx.sizes, arm_sizes(ctx.sizes)
     none_runs = unpruned_runs(ctx)
     kwargs = hyperband_kwargs(s)
-    rows, per_seed = [], {}
+    rows, per_seed, hb_runs = [], {}, {}
     for seed in s.q_seeds:
         none = none_runs[seed]
         budget = span(none)
@@ -127,6 +162,7 @@ def run_benchmark(ctx: Context) -> Section:
                        std_overrides(a, n_trials=TRIAL_CAP * a.std_trials, sampler=s.prune_sampler, seed=seed,
                                      pruner="hyperband")
                        + [f"hydra.sweeper.pruner_kwargs={kwargs}", f"hydra.sweeper.timeout={math.ceil(budget) + 5}"])
+        hb_runs[seed] = hb
         target = none.best() - TOLERANCE
         cells = {}
         for arm, run in (("none", none), ("hyperband", hb)):
@@ -171,13 +207,18 @@ def run_benchmark(ctx: Context) -> Section:
     rho_table = md_table(["eval step", *(f"{step} ({step / a.std_steps:.0%})" for step in rhos)],
                          [["rank correlation with the final accuracy", *(fmt(r) for r in rhos.values())]])
     good = next((step for step, r in rhos.items() if r >= RANKS_WELL and step < a.std_steps), None)
-    ceiling = speedup_ceiling(good / a.std_steps, s.prune_rf) if good else None
     rho_reading = (f"The first checkpoint that ranks the trials well (correlation >= {RANKS_WELL}) is step {good}, "
-                   f"{good / a.std_steps:.0%} of the trial: a rung there that keeps 1/{s.prune_rf} of the trials "
-                   f"still spends {good / a.std_steps:.0%} of a trial on each pruned one, which caps the speed-up "
-                   f"at {fmt(ceiling)}x." if good else
-                   f"No checkpoint before the last ranks the trials well (correlation >= {RANKS_WELL}): any rung "
-                   f"prunes on noise.")
+                   f"{good / a.std_steps:.0%} of the trial." if good else
+                   f"No checkpoint before the last ranks the trials well (correlation >= {RANKS_WELL}): a rung "
+                   f"there prunes partly on noise.")
+    cost = trial_cost_fit(list(hb_runs.values()))
+    ceiling = hyperband_ceiling(first_rung(s), a.std_steps, s.prune_rf, a.std_eval_every, cost) if cost else None
+    ceiling_reading = "" if cost is None else (f"Ceiling: a trial cost {fmt(cost[0], 1)} s + {fmt(cost[1], 2)} s per step here (fitted over "
+                       f"the Hyperband arms' finished trials: pruned ones stop at their rung). With every rung keeping "
+                       f"exactly 1/{s.prune_rf}, this Hyperband runs at most **{fmt(ceiling)}x** the trials per hour "
+                       f"of no pruning, which bounds its speed-up to the target; the first trials of each bracket "
+                       f"(promoted while there is nothing to compare them with) and the winner's place in the "
+                       f"sequence lower it further.")
 
     seeds = ", ".join(str(x) for x in s.q_seeds)
     sampler = (f"TPE (n_startup_trials={s.tpe_startup})" if s.prune_sampler == "tpe" else
@@ -196,7 +237,7 @@ def run_benchmark(ctx: Context) -> Section:
             f"{fmt(best_none, 4)}, Hyperband {fmt(best_hb, 4)}). In the same time Hyperband finished "
             f"{fmt(finished_hb, 1)} trials per seed against {fmt(finished_none, 1)}.\n\n"
             f"How well each checkpoint predicts the end (Spearman rank correlation over the no-pruning arm's "
-            f"completed trials, mean over the seeds):\n\n{rho_table}\n\n{rho_reading}\n\n"
+            f"completed trials, mean over the seeds):\n\n{rho_table}\n\n{rho_reading}\n\n{ceiling_reading}\n\n"
             f"Reading: Hyperband stops trials that trail their bracket at a checkpoint, so the time a bad config would "
             f"have taken goes to new configs. It cannot speed up finding a config drawn among the first trials "
             f"(nothing to compare them with yet), and it prunes on noise where the checkpoint does not rank trials "
@@ -206,4 +247,5 @@ def run_benchmark(ctx: Context) -> Section:
                     "pruning_best_hyperband": best_hb, "pruning_time_none_s": t_none, "pruning_time_hyperband_s": t_hb,
                     "pruning_hyperband_kwargs": kwargs, "pruning_sampler": s.prune_sampler,
                     "pruning_trial_steps": a.std_steps, "pruning_rank_correlation": rhos,
-                    "pruning_speedup_ceiling": ceiling, "pruning_per_seed": per_seed})
+                    "pruning_speedup_ceiling": ceiling, "pruning_trial_cost_s": cost and {"fixed": cost[0], "per_step": cost[1]},
+                    "pruning_per_seed": per_seed})

@@ -5,8 +5,8 @@ Writes BENCHMARKS.md (one table per benchmark, the machine, versions, date) and 
 Default output: BENCHMARKS.md at the repo root and bench/results.json; `--out DIR` puts both in DIR
 (CI's smoke run uses it so the committed results stay untouched).
 
-Modes: full (default; about 1.5 hours on 2 cores, estimated: tables 3 and 4 alone take 46
-minutes), --quick (small sizes, the must-have numbers), --smoke (tiniest sizes, every table,
+Modes: full (default; about 2 hours on 2 cores, estimated from its parts: table 3 alone takes
+about 40 minutes and table 4 about 50), --quick (small sizes, the must-have numbers), --smoke (tiniest sizes, every table,
 seconds per part: checks the machinery, not the numbers).
 All of ours runs through the real CLI in scratch dirs under bench/work/ (gitignored).
 """
