@@ -15,8 +15,9 @@ from dataclasses import dataclass
 from omegaconf import DictConfig
 
 # What the fork server imports once for all CPU workers (about 8 s of CPU per process otherwise).
-WORKER_PRELOAD = ["torch", "transformers", "transformers.optimization", "peft", "bitsandbytes", "datasets",
-                  "matplotlib.figure", "matplotlib.backends.backend_agg", "sweeps.worker", "trainer", "trainer.recipe"]
+# `trainer` first: it quiets a bitsandbytes import-time warning (see trainer/__init__.py).
+WORKER_PRELOAD = ["trainer", "torch", "transformers", "transformers.optimization", "peft", "bitsandbytes", "datasets",
+                  "matplotlib.figure", "matplotlib.backends.backend_agg", "sweeps.worker", "trainer.recipe"]
 
 # Device nodes of the GPU drivers torch.cuda can use on Linux (NVIDIA, ROCm, WSL2).
 _GPU_DEVICE_NODES = ("/dev/nvidiactl", "/dev/kfd", "/dev/dxg")

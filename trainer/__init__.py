@@ -7,12 +7,18 @@ startup): torch/transformers are only imported when an attribute that needs them
 from __future__ import annotations
 
 import importlib
+import logging
 from typing import TYPE_CHECKING, Any
 
 from trainer.errors import ConfigError, NonFiniteLossError
 from trainer.resolvers import register_resolvers
 
 register_resolvers()
+
+# On AVX512-BF16 CPUs, importing bitsandbytes tries to fetch a kernel for its packed 4-bit layout
+# from the hub and warns that it failed. The trainer keeps the training layout instead
+# (trainer.model.keep_4bit_layout_on_cpu), so that kernel is never used and the warning is noise.
+logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
 
 # public name -> submodule defining it (imported on first access)
 _LAZY = {
