@@ -6,8 +6,8 @@ Default output: BENCHMARKS.md at the repo root and bench/results.json; `--out DI
 (CI's smoke run uses it so the committed results stay untouched).
 
 Modes: full (default; about 2 hours on 2 cores, estimated from its parts: table 3 alone takes
-about 40 minutes and table 4 about 50), --quick (small sizes, the must-have numbers), --smoke (tiniest sizes, every table,
-seconds per part: checks the machinery, not the numbers).
+about 40 minutes and table 4 about 50), --quick (small sizes, the must-have numbers), --smoke
+(tiniest sizes, every table, seconds per part: checks the machinery, not the numbers).
 All of ours runs through the real CLI in scratch dirs under bench/work/ (gitignored).
 """
 

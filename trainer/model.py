@@ -96,9 +96,8 @@ def load_base_model(model: dict[str, Any], quant: dict[str, Any], task_type: str
     return base
 
 
-def keep_4bit_layout_on_cpu(model: Any) -> int:
-    """Stop bitsandbytes from repacking 4-bit weights for its AVX512-BF16 CPU kernel; returns how
-    many layers it changed.
+def keep_4bit_layout_on_cpu(model: Any) -> None:
+    """Stop bitsandbytes from repacking 4-bit weights for its AVX512-BF16 CPU kernel.
 
     On CPUs with AVX512-BF16, bitsandbytes 0.50 converts a Linear4bit's weight in place to a
     bf16-packed layout on its first forward in eval mode, and never converts it back. A trial
@@ -111,11 +110,10 @@ def keep_4bit_layout_on_cpu(model: Any) -> int:
     try:
         from bitsandbytes.nn import Linear4bit
     except ImportError:
-        return 0
-    layers = [m for m in model.modules() if isinstance(m, Linear4bit)]
-    for layer in layers:
-        layer.support_avx512bf16_for_cpu = False
-    return len(layers)
+        return
+    for layer in model.modules():
+        if isinstance(layer, Linear4bit):
+            layer.support_avx512bf16_for_cpu = False
 
 
 def reset_head(base: Any, task_type: str) -> None:
