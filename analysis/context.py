@@ -52,10 +52,44 @@ class ReportData:
         return any(c in self.frame.columns for c in ("param.seed", "param.data_seed"))
 
     @property
+    def tuned_seeds(self) -> frozenset[str]:
+        """The seeds the search selected (in its search space): a replicate that keeps one of them
+        is not fresh evidence, it carries the selection's luck."""
+        space = self.attrs.get("search_space") or {}
+        keys = set(space) | {c[len("param."):] for c in self.frame.columns if c.startswith("param.")}
+        return frozenset(k for k in ("seed", "data_seed") if k in keys)
+
+    @property
     def points_scale(self) -> float:
         """×100 for fractional metrics (accuracy, F1) so differences read as points; else 1."""
         v = self.done["value"].to_numpy(dtype=float) if not self.done.empty else np.array([])
         return 100.0 if v.size and np.all((v >= 0) & (v <= 1)) else 1.0
+
+    def expected_max_sample(self) -> tuple[np.ndarray, str]:
+        """The trial scores the expected-max estimator (Dodge et al. 2019) may treat as i.i.d. draws
+        of the search space, and a label saying which they are.
+
+        Completed trials alone are a biased sample (the pruner removed the worst), so pruned trials
+        count at their last reported value. TPE's proposals after its random start-up depend on
+        earlier results, so with TPE only the start-up trials are used when there are enough of them.
+        """
+        finished = self.frame[self.frame["state"].isin(["COMPLETE", "PRUNED"])]
+        values = np.where(finished["state"] == "COMPLETE", finished["value"], finished["last_intermediate"])
+        ok = np.isfinite(values.astype(float))
+        finished, values = finished[ok], values[ok].astype(float)
+        pruned = int((finished["state"] == "PRUNED").sum())
+        with_pruned = f", {pruned} pruned at their last reported value" if pruned else ""
+        sampler = str(self.attrs.get("sampler") or "").lower()
+        if sampler == "random":
+            return values, f"all {len(values)} finished random-search trials (i.i.d. draws{with_pruned})"
+        if sampler == "tpe":
+            startup = int((self.attrs.get("sampler_kwargs") or {}).get("n_startup_trials", 10))
+            first = (finished["number"] < startup).to_numpy()
+            if first.sum() >= 2:
+                return values[first], (f"the {int(first.sum())} finished trials of TPE's random start-up (the first "
+                                       f"{startup}; later proposals depend on earlier results, so are not i.i.d.)")
+        return values, (f"all {len(values)} finished trials{with_pruned}; the {sampler or 'sampler'}'s proposals "
+                        "depend on earlier results, so they are not i.i.d. draws and the curve is indicative only")
 
     def best(self) -> pd.Series | None:
         """Best completed trial by the (first) objective; ties go to the earliest trial."""

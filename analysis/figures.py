@@ -8,6 +8,7 @@ frames so they work on any study shape.
 
 from __future__ import annotations
 
+import textwrap
 import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -74,12 +75,13 @@ def optimization_history(frame: pd.DataFrame, path: Path, metric: str, maximize:
     return _save(fig, path)
 
 
-def expected_max_curve(values: Sequence[float], path: Path, metric: str, maximize: bool) -> Path:
-    """Dodge et al. 2019 expected best score vs number of trials, ± one std band."""
+def expected_max_curve(values: Sequence[float], path: Path, metric: str, maximize: bool, sample: str = "") -> Path:
+    """Dodge et al. 2019 expected best score vs number of trials, ± one std band; `sample` says
+    which trials were treated as the draws (shown under the title)."""
     v = np.asarray(values, dtype=float)
     v = v[np.isfinite(v)]
     if v.size < 2:
-        raise NotEnoughData(f"needs at least 2 completed trials, have {v.size}")
+        raise NotEnoughData(f"needs at least 2 finished trials, have {v.size}")
     mean = expected_max(v, maximize=maximize)
     std = expected_max_std(v, maximize=maximize)
     n = np.arange(1, v.size + 1)
@@ -88,7 +90,8 @@ def expected_max_curve(values: Sequence[float], path: Path, metric: str, maximiz
     ax.fill_between(n, mean - std, mean + std, alpha=0.25, color="tab:blue", label="± 1 std")
     ax.set(xlabel="number of trials (budget n)", ylabel=f"expected best {metric}",
            title="Expected best validation score vs budget")
-    ax.legend(loc="best", fontsize=8)
+    ax.legend(loc="best", fontsize=8, title_fontsize=6,
+              title="\n".join(textwrap.wrap(f"draws: {sample}", 60)) if sample else None)
     return _save(fig, path)
 
 

@@ -19,7 +19,7 @@ from sweeps.storage import REPRODUCE_SUFFIX
 TRIAL_ATTRS = ("mlflow_run_id", "trainable_params", "total_params", "train_runtime_s", "fail_reason",
                "retry_of", "adapter_sha256")
 REPLICATE_ATTRS = ("replicates_trial", "seed", "data_seed", "seed_kind", "mlflow_run_id", "adapter_sha256",
-                   "deterministic_algorithms")
+                   "deterministic", "deterministic_algorithms")
 
 
 def _scalar(value: Any) -> bool:
@@ -91,7 +91,8 @@ def reproduce_frame(storage: optuna.storages.BaseStorage, study_name: str) -> pd
     """One row per replicate in `<study_name>--reproduce`, or None when that study does not exist.
 
     Columns: number, state, value, replicates_trial, seed, data_seed, seed_kind, mlflow_run_id,
-    adapter_sha256, deterministic_algorithms, metric.*, env.*.
+    adapter_sha256, deterministic (strict | warn_only | off; older studies: the boolean
+    deterministic_algorithms), metric.*, env.*.
     """
     name = reproduce_study_name(study_name)
     if name not in optuna.get_all_study_names(storage):

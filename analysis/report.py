@@ -69,7 +69,8 @@ def _draw(draw: Callable[[Path], Path], path: Path) -> sections.FigureResult:
 
 def render_figures(d: ReportData, importance_table: pd.DataFrame, out: Path) -> dict[str, sections.FigureResult]:
     """Write every figure into `out`; returns key → PNG path or skip reason."""
-    m, mx, done_values = d.metric, d.maximize, d.done["value"].to_numpy(dtype=float)
+    m, mx = d.metric, d.maximize
+    draws_values, draws_label = d.expected_max_sample()
     draws: dict[str, Callable[[Path], Path]] = {
         "history": lambda p: figures.optimization_history(d.frame, p, m, mx),
         "slices": lambda p: figures.slices(d.study, d.frame, p, m),
@@ -78,7 +79,7 @@ def render_figures(d: ReportData, importance_table: pd.DataFrame, out: Path) -> 
         "target_modules": lambda p: figures.target_modules(d.frame, p, m),
         "pareto": lambda p: figures.pareto_plot(d.frame, p, m, d.directions[0]),
         "importance": lambda p: figures.importance_bars(importance_table, p),
-        "expected_max": lambda p: figures.expected_max_curve(done_values, p, m, mx),
+        "expected_max": lambda p: figures.expected_max_curve(draws_values, p, m, mx, draws_label),
         "replicates": lambda p: figures.replicate_scores(d.reps, p, m, mx),
     }
     names = {**{k: v[0] for k, v in SEARCH_FIGURES.items()}, **OTHER_FIGURES}

@@ -24,9 +24,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--storage", default=None, help="Optuna storage URL (default: ./optuna-journal.log)")
     parser.add_argument("--study", default=None, help="study name (default: the latest)")
     parser.add_argument("--top-k", type=int, required=True, help="how many of the best configs to re-run")
-    parser.add_argument("--n-seeds", type=int, required=True, help="fresh seeds per config and seed kind")
+    parser.add_argument("--n-seeds", type=int, required=True,
+                        help="crossed: S init x S data-order seeds per config; one_at_a_time: S per seed kind")
+    parser.add_argument("--design", default="crossed", choices=["crossed", "one_at_a_time"],
+                        help="crossed (default; separates init from data-order variance) or one_at_a_time")
     parser.add_argument("--seed-kinds", default="seed,data_seed,both",
-                        help="which seeds vary: seed (init+dropout), data_seed (data order), both")
+                        help="one_at_a_time only: which seeds vary: seed (init+dropout), data_seed (data order), both")
     parser.add_argument("--no-determinism-check", action="store_true", help="skip re-running the winner twice")
     parser.add_argument("--n-jobs", type=int, default=None, help="worker processes (default: one per GPU, else 1)")
     parser.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default: the study's)")
@@ -57,6 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     kinds = [k.strip() for k in args.seed_kinds.split(",") if k.strip()]
     conf = OmegaConf.structured(LoraOptunaSweeperConf(
         n_jobs=args.n_jobs, reproduce=ReproduceConf(top_k=args.top_k, n_seeds=args.n_seeds, seed_kinds=kinds,
+                                                    design=args.design,
                                                     determinism_check=not args.no_determinism_check)))
     uri = args.tracking_uri or attrs.get("mlflow_tracking_uri", "")
     if not uri or "***" in uri:

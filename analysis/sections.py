@@ -11,9 +11,11 @@ import pandas as pd
 from analysis.context import ReportData
 from analysis.document import Block, Bullets, Callout, Heading, Image, Paragraph, Table, fmt
 from analysis.frames import param_columns
-from analysis.reproducibility import (determinism_check, environment_table, lead_significance, per_config_summary,
-                                      sampled)
-from analysis.stats import dominant_seed_kind, expected_max, expected_max_std, rank_stability, variance_by_seed_kind
+from analysis.reproducibility import (crossed_grids, determinism_check, determinism_of, environment_table, fresh,
+                                      lead_significance, per_config_summary, sampled)
+from analysis.stats import (expected_max, expected_max_std, rank_stability, seed_variance_components,
+                            variance_by_seed_kind)
+from sweeps.redact import scrub_text
 
 LEADERBOARD_SIZE = 10
 FigureResult = Path | str  # the PNG written, or why it was skipped
@@ -59,12 +61,13 @@ def _seed_callout(d: ReportData) -> Block | None:
         return Callout("The seed is part of the search space, so any best trial will be optimistically biased.")
     text = (f"The seed was tuned as a hyperparameter, so the sweep-time best ({d.metric} = {fmt(best['value'])}, "
             f"trial #{int(best['number'])}) is optimistically biased: part of its lead is a lucky seed.")
-    reproduced = sampled(d.reps)
+    reproduced = fresh(d.reps, d.tuned_seeds)
     mine = reproduced[reproduced["config"] == int(best["number"])]["value"]
     if len(mine):
         sd = mine.std(ddof=1) if len(mine) > 1 else float("nan")
-        text += (f" Reproduced mean over {len(mine)} new seed(s): **{fmt(mine.mean())}** ± {fmt(sd)} "
-                 f"(sweep-time {fmt(best['value'])}).")
+        text += (f" Reproduced mean over {len(mine)} replicate(s) that re-drew every tuned seed: "
+                 f"**{fmt(mine.mean())}** ± {fmt(sd)} (sweep-time {fmt(best['value'])}; replicates that kept a "
+                 "tuned seed are left out, they carry the selection's luck).")
     else:
         text += " No reproduced runs of this trial exist yet: re-run it on at least 5 new seeds before quoting it."
     return Callout(text)
@@ -102,7 +105,8 @@ def summary(d: ReportData, storage_label: str) -> list[Block]:
         blocks.append(callout)
     failed = d.frame[d.frame["state"] == "FAIL"] if not d.frame.empty else d.frame
     if not failed.empty:
-        reasons = failed["fail_reason"].fillna("(no reason recorded)").value_counts()
+        # reasons from older sweeps were stored unmasked: mask here too, before counting
+        reasons = failed["fail_reason"].fillna("(no reason recorded)").map(lambda r: scrub_text(str(r))).value_counts()
         blocks.append(Table(reasons.rename_axis("fail_reason").reset_index(name="trials"), "Failed trials by reason"))
     space = d.attrs.get("search_space")
     if isinstance(space, Mapping) and space:
@@ -159,13 +163,13 @@ def _noise(d: ReportData) -> tuple[float, str] | None:
 
 def more_trials(d: ReportData, figure: FigureResult | None) -> list[Block]:
     """Expected max vs budget (Dodge et al. 2019) and whether the last half of the budget paid off."""
+    values, sample = d.expected_max_sample()
     blocks: list[Block] = [Heading(MORE_TRIALS), _figure(figure, "Expected best score vs number of trials"), Paragraph(
-        "Expected best validation score of n trials drawn from the completed ones (Dodge et al. 2019, plug-in "
-        "estimator on the empirical CDF; the band is ± the std of that best).")]
-    values = d.done["value"].to_numpy(dtype=float)
+        f"Expected best validation score of n trials drawn from {sample} (Dodge et al. 2019, plug-in estimator on "
+        "the empirical CDF; the band is ± the std of that best).")]
     n = values.size
     if n < 2:
-        return blocks + [Paragraph(f"Needs at least 2 completed trials (have {n}).")]
+        return blocks + [Paragraph(f"Needs at least 2 finished trials (have {n}).")]
     mean = expected_max(values, maximize=d.maximize)
     std = expected_max_std(values, maximize=d.maximize)
     half = max(1, n // 2)
@@ -207,7 +211,7 @@ def _winners_curse(d: ReportData, table: pd.DataFrame) -> list[Block]:
 
 
 def _rank_stability(d: ReportData) -> tuple[list[Block], dict[str, object]]:
-    rs = rank_stability(sampled(d.reps), maximize=d.maximize)
+    rs = rank_stability(fresh(d.reps, d.tuned_seeds), maximize=d.maximize)
     blocks: list[Block] = [Heading(RANK_STABILITY, 3)]
     if rs["n_configs"] < 2:
         blocks.append(Paragraph(f"Only {rs['n_configs']} config was reproduced; rank stability needs at least 2."))
@@ -227,35 +231,55 @@ def _significance(d: ReportData, rs: Mapping[str, object]) -> list[Block]:
     if rs["runner_up"] is None:
         return blocks + [Paragraph("Needs replicates of at least two configs.")]
     winner, runner = int(rs["sweep_winner"]), int(rs["runner_up"])
-    sig = lead_significance(d.reps, winner, runner, d.maximize)
-    verdict = ("significant at the 5% level" if sig["p_value"] < 0.05 else "not significant at the 5% level"
-               if math.isfinite(sig["p_value"]) else "not testable (each side needs ≥ 2 replicates with variance)")
+    sig = lead_significance(d.reps, winner, runner, d.maximize, tuned_seeds=d.tuned_seeds)
+    if not math.isfinite(sig["p_a_better"]):
+        verdict = "not testable (each side needs ≥ 2 replicates with variance)"
+    elif sig["leader"] == "runner-up":
+        verdict = ("the runner-up is better on replicates"
+                   + (f" (two-sided p = {fmt(sig['p_value'], 3)})" if sig["p_value"] < 0.05 else
+                      ", though not significantly (two-sided p = " + fmt(sig["p_value"], 3) + ")"))
+    else:
+        verdict = ("the winner's lead is significant at the 5% level" if sig["p_a_better"] < 0.05 else
+                   "the winner's lead is not significant at the 5% level")
     blocks.append(Paragraph(
         f"Winner #{winner} (n = {sig['n_a']}) vs runner-up #{runner} (n = {sig['n_b']}): mean difference "
-        f"{_pts(sig['diff'], d.points_scale)}, "
-        f"95% bootstrap CI [{fmt(sig['boot_ci_low'])}, {fmt(sig['boot_ci_high'])}]. "
-        f"Welch's t = {fmt(sig['t'], 3)} (df {fmt(sig['df'], 3)}), p = {fmt(sig['p_value'], 3)}: {verdict}. "
+        f"{_pts(sig['diff'], d.points_scale)}, 95% Welch t-interval [{fmt(sig['ci_low'])}, {fmt(sig['ci_high'])}] "
+        f"(BCa bootstrap [{fmt(sig['boot_ci_low'])}, {fmt(sig['boot_ci_high'])}], too narrow at a few replicates). "
+        f"One-sided Welch test of the winner's lead: t = {fmt(sig['t'], 3)} (df {fmt(sig['df'], 3)}), "
+        f"p = {fmt(sig['p_a_better'], 3)}: {verdict}. "
         f"Cohen's d = {fmt(sig['cohens_d'], 3)}, Hedges' g = {fmt(sig['hedges_g'], 3)}. "
         f"P(winner outperforms runner-up on a fresh seed) = {fmt(sig['p_outperform'], 3)} (Bouthillier et al. 2021)."))
     return blocks
 
 
 def _seed_kinds(d: ReportData) -> list[Block]:
+    """Crossed design: variance components with intervals and a verdict only when they separate.
+    One-at-a-time replicates (older studies): the per-kind spread, without a verdict."""
     blocks: list[Block] = [Heading(SEED_KINDS_HEADING, 3)]
+    grids = crossed_grids(d.reps)
+    if grids:
+        result = seed_variance_components([g.to_numpy() for g in grids.values()])
+        table = result["table"].rename(columns={"ci_low": "95% CI low", "ci_high": "95% CI high"})
+        shapes = ", ".join(f"#{c}: {g.shape[0]} × {g.shape[1]}" for c, g in grids.items())
+        caption = (f"Two-way random-effects variance components (ANOVA estimators, averaged over "
+                   f"{result['n_configs']} config(s); n = {result['runs']} runs: {shapes} init × data-order seeds); "
+                   f"intervals from a two-way cluster bootstrap ({result['n_boot']} resamples of seeds)")
+        verdict = result["verdict"]
+        sentence = {
+            "init seed": "The initialisation seed contributes more variance than data order: their intervals "
+                         "do not overlap.",
+            "data order": "Data order (data_seed) contributes more variance than the initialisation seed: their "
+                          "intervals do not overlap.",
+        }.get(verdict, "Cannot tell at this n which of init seed and data order contributes more: their intervals "
+                       "overlap. More seeds on each axis narrow them.")
+        return blocks + [Table(table, caption), Paragraph(sentence)]
     table = variance_by_seed_kind(d.reps)
     if table.empty:
-        return blocks + [Paragraph("No seed / data_seed / both replicates.")]
-    dom = dominant_seed_kind(table)
-    vs, vd = dom["var_seed"], dom["var_data_seed"]
-    sentence = {
-        "seed": f"The initialisation seed dominates: mean variance {fmt(vs)} vs {fmt(vd)} for data order.",
-        "data_seed": f"Data order (data_seed) dominates: mean variance {fmt(vd)} vs {fmt(vs)} for the init seed.",
-        "comparable": (f"Init seed and data order contribute comparably (mean variance {fmt(vs)} vs {fmt(vd)}), "
-                       "as Dodge et al. 2020 found for BERT."),
-    }.get(dom["dominant"], "Both `seed` and `data_seed` replicates (≥ 2 per config) are needed to say which "
-                           "source of randomness dominates.")
+        return blocks + [Paragraph("No crossed or seed / data_seed / both replicates.")]
     shown = table.rename(columns={"config": "trial"})
-    return blocks + [Table(shown, "Per config and seed kind (std/var with ddof = 1)"), Paragraph(sentence)]
+    return blocks + [Table(shown, "Per config and seed kind (std/var with ddof = 1)"), Paragraph(
+        "These replicates vary one seed at a time, which cannot say which source dominates at a handful of runs; "
+        "the crossed design (hydra.sweeper.reproduce.design=crossed, the default) can.")]
 
 
 def _determinism(d: ReportData) -> list[Block]:
@@ -278,11 +302,18 @@ def _determinism(d: ReportData) -> list[Block]:
         if len(env) > 1:
             blocks.append(Paragraph("Replicates ran in more than one environment; bitwise equality is not expected "
                                     "across library versions or devices."))
-    if d.repro is not None and "deterministic_algorithms" in d.repro.columns:
-        flags = d.repro["deterministic_algorithms"].dropna()
-        if len(flags):
-            on = int(flags.astype(bool).sum())
-            blocks.append(Paragraph(f"Deterministic algorithms were on in {on} of {len(flags)} replicate runs."))
+    if d.repro is not None and d.repro.columns.intersection(["deterministic", "deterministic_algorithms"]).size:
+        modes = d.repro.apply(determinism_of, axis=1).dropna()
+        if len(modes):
+            counts = modes.value_counts()
+            text = "Determinism enforced in the replicate runs: " + ", ".join(
+                f"{mode} in {int(n)} of {len(modes)}" for mode, n in counts.items()) + "."
+            if "warn_only" in counts:
+                text += (" warn_only means a non-deterministic kernel (on CUDA some have no deterministic version) "
+                         "only warned instead of failing, so bitwise equality of re-runs is not guaranteed there.")
+            if "off" in counts:
+                text += " off means deterministic algorithms were not enforced at all."
+            blocks.append(Paragraph(text))
     return blocks
 
 
@@ -299,14 +330,18 @@ def reproducibility(d: ReportData, figure: FigureResult | None) -> list[Block]:
         f"Reproduce study `{d.reproduce_name}`: {int(states.get('COMPLETE', 0))} completed replicate(s) "
         f"({', '.join(f'{k}: {v}' for k, v in kinds.items()) or 'none'}), {int(states.get('FAIL', 0))} failed, "
         f"{int(states.get('RUNNING', 0)) + int(states.get('WAITING', 0))} pending."))
-    table = per_config_summary(d.reps, d.maximize)
+    table = per_config_summary(d.reps, d.maximize, d.tuned_seeds)
     if table.empty:
         return blocks + [Paragraph("No completed seed replicates yet."), *_determinism(d)]
     shown = table.rename(columns={"config": "trial", "sweep_value": "sweep-time", "ci_low": "95% CI low",
                                   "ci_high": "95% CI high", "cv": "CV", "optimism": "sweep − mean"})
     if not d.maximize:
         shown = shown.rename(columns={"sweep − mean": "mean − sweep"})
-    caption = "Per reproduced config (seed, data_seed and both replicates; determinism re-runs excluded)"
+    left_out = {"seed": "data_seed", "data_seed": "seed"}
+    dropped = sorted(left_out[k] for k in d.tuned_seeds)
+    caption = ("Per reproduced config: replicates that re-drew every seed the search tuned"
+               + (f" ({', '.join(dropped)} replicates left out: they keep a tuned seed)" if dropped else "")
+               + "; determinism re-runs excluded; the 95% CI is a t-interval over n replicates")
     blocks += [Table(shown, caption),
                _figure(figure, "Replicate scores per config; red star = sweep-time score")]
     blocks += _winners_curse(d, table)

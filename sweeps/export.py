@@ -45,15 +45,21 @@ class BadInput(Exception):
 
 
 @dataclass
-class Selection:
-    """The validated command line: what to export, from where, to where."""
+class TrialSource:
+    """A complete trial and where its adapter and config can be read from."""
 
     study: optuna.Study
     trial: FrozenTrial
-    out: Path
     tracking_uri: str | None  # None: unusable here (masked password, database file missing)
     local_adapter: Path | None
-    shard_bytes: int
+
+
+@dataclass
+class Selection(TrialSource):
+    """The validated command line: what to export, from where, to where."""
+
+    out: Path = Path(".")
+    shard_bytes: int = 0
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -94,48 +100,57 @@ def select(args: argparse.Namespace) -> Selection:
             raise BadInput("--out", f"{out} exists and is not empty; use a new folder or pass --force to replace it")
         if out == cwd or out in cwd.parents:
             raise BadInput("--out", f"{out} holds the current directory; --force will not delete it")
-    url = storage_url(args.storage)
-    store = journal_path(url) or (Path(url[len("sqlite:///"):]) if url.startswith("sqlite:///") else None)
-    if store is not None and not store.is_file():
-        raise BadInput("--storage", f"no Optuna store at {store}; run from the sweep's folder or pass --storage")
-    storage = open_storage(url)
-    names = sorted(s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False))
+    source = find_trial(args.storage, args.study, args.trial, args.tracking_uri, writes_mlflow=bool(args.register))
+    return Selection(source.study, source.trial, source.tracking_uri, source.local_adapter, out,
+                     int(size.group(1)) * _UNITS[(size.group(2) or "B").upper()])
+
+
+def find_trial(storage: str | None, study_name: str | None, number: int | None, tracking_uri: str | None,
+               writes_mlflow: bool = False) -> TrialSource:
+    """The trial named on a command line (default: the study's best), checked against the stores;
+    reads only (opening a missing store creates it)."""
+    url = storage_url(storage)
+    path = journal_path(url) or (Path(url[len("sqlite:///"):]) if url.startswith("sqlite:///") else None)
+    if path is not None and not path.is_file():
+        raise BadInput("--storage", f"no Optuna store at {path}; run from the sweep's folder or pass --storage")
+    store = open_storage(url)
+    names = sorted(s.study_name for s in optuna.get_all_study_summaries(store, include_best_trial=False))
     try:
-        name = args.study or latest_study_name(storage)
+        name = study_name or latest_study_name(store)
     except LookupError as exc:
         raise BadInput("--study", str(exc)) from None
     if name not in names:
         raise BadInput("--study", f"no study {name!r} in {mask_url(url)}; existing: {', '.join(names) or 'none'}")
-    study = optuna.load_study(study_name=name, storage=storage)
+    study = optuna.load_study(study_name=name, storage=store)
     trials = {t.number: t for t in study.get_trials(deepcopy=False)}
-    if args.trial is None and len(study.directions) > 1:
+    if number is None and len(study.directions) > 1:
         raise BadInput("--trial", f"study {name!r} has {len(study.directions)} objectives, so no single best trial; "
                        f"pick one ({_hint(study)})")
-    if args.trial is None and not any(t.state == TrialState.COMPLETE for t in trials.values()):
+    if number is None and not any(t.state == TrialState.COMPLETE for t in trials.values()):
         raise BadInput("--trial", f"study {name!r} has no complete trial to export")
-    if args.trial is not None and args.trial not in trials:
-        raise BadInput("--trial", f"study {name!r} has no trial {args.trial}; allowed: 0..{max(trials, default=-1)}")
-    trial = trials[study.best_trial.number if args.trial is None else args.trial]
+    if number is not None and number not in trials:
+        raise BadInput("--trial", f"study {name!r} has no trial {number}; allowed: 0..{max(trials, default=-1)}")
+    trial = trials[study.best_trial.number if number is None else number]
     if trial.state != TrialState.COMPLETE:
         raise BadInput("--trial", f"trial {trial.number} is {trial.state.name}; only COMPLETE trials have a trained "
                        f"adapter ({_hint(study)})")
-    given = args.tracking_uri or study.user_attrs.get("mlflow_tracking_uri")
+    given = tracking_uri or study.user_attrs.get("mlflow_tracking_uri")
     uri = given if given and "***" not in given and not (
         given.startswith("sqlite:///") and not Path(given[len("sqlite:///"):]).is_file()) else None
     kind = "reproduce" if name.endswith("--reproduce") else "trial"
     root = study.user_attrs.get("trial_root")
     local = Path(root) / f"{kind}_{trial.number:04d}" / "adapter" if root else None
     local = local if local is not None and local.is_dir() else None
-    if uri is None and (local is None or args.register):
+    if uri is None and (local is None or writes_mlflow):
         why = "the trial's adapter is not on this machine" if local is None else "--register writes to it"
         raise BadInput("--tracking-uri", f"{why}, and the MLflow store {given!r} cannot be opened here; pass a "
                        "reachable tracking URI (with its password)")
     if local is None and not trial.user_attrs.get("mlflow_run_id"):
         raise BadInput("--trial", f"trial {trial.number} has neither a local adapter nor an MLflow run")
-    return Selection(study, trial, out, uri, local, int(size.group(1)) * _UNITS[(size.group(2) or "B").upper()])
+    return TrialSource(study, trial, uri, local)
 
 
-def fetch(sel: Selection, scratch: Path) -> tuple[Path, Any, str]:
+def fetch(sel: TrialSource, scratch: Path) -> tuple[Path, Any, str]:
     """The sha-checked adapter folder and the resolved trial config (the run's config.yaml, else recomposed)."""
     import mlflow
     from omegaconf import OmegaConf
@@ -357,6 +372,15 @@ def register(sel: Selection, name: str, models: Models, dtype: str) -> None:
     print(f"registered {name} version {info.registered_model_version} (run {run.info.run_id})")
 
 
+def quiet_libraries() -> None:
+    """A command-line tool's output is its own: no library progress bars or chatter."""
+    for var, value in (("TRANSFORMERS_VERBOSITY", "error"), ("HF_HUB_DISABLE_PROGRESS_BARS", "1"),
+                       ("HF_DATASETS_DISABLE_PROGRESS_BARS", "1"), ("TOKENIZERS_PARALLELISM", "false"),
+                       ("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")):
+        os.environ.setdefault(var, value)
+    warnings.filterwarnings("ignore", category=FutureWarning)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
@@ -364,11 +388,7 @@ def main(argv: list[str] | None = None) -> int:
     except BadInput as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    for var, value in (("TRANSFORMERS_VERBOSITY", "error"), ("HF_HUB_DISABLE_PROGRESS_BARS", "1"),
-                       ("HF_DATASETS_DISABLE_PROGRESS_BARS", "1"), ("TOKENIZERS_PARALLELISM", "false"),
-                       ("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")):
-        os.environ.setdefault(var, value)
-    warnings.filterwarnings("ignore", category=FutureWarning)
+    quiet_libraries()
     return export(sel, args)
 
 

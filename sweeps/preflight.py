@@ -10,6 +10,7 @@ from omegaconf import DictConfig
 from sweeps.compose import ComposeSpec
 from sweeps.samplers import kwargs_of, SweeperConfigError, make_pruner, make_sampler
 from sweeps.search_space import SearchSpace
+from sweeps.worker_plan import DeviceError, plan_for
 
 Composer = Callable[[dict[str, Any]], DictConfig]
 
@@ -36,6 +37,10 @@ def check_sweeper_settings(conf: DictConfig, space: SearchSpace, objectives: lis
             f"hydra.sweeper.n_jobs: must be >= 1 or null (one per GPU, else one per CPU core), got {conf.n_jobs}")
     if int(conf.max_retry) < 0:
         raise SweeperConfigError(f"hydra.sweeper.max_retry: must be >= 0, got {conf.max_retry}")
+    retry_s = conf.get("store_retry_s", 120.0)
+    if isinstance(retry_s, bool) or not isinstance(retry_s, (int, float)) or not 0 <= float(retry_s) < float("inf"):
+        raise SweeperConfigError(
+            f"hydra.sweeper.store_retry_s: must be a number of seconds >= 0 (0 = fail on the first store error), got {retry_s!r}")
     if not 0.0 <= float(conf.max_failure_rate) <= 1.0:
         raise SweeperConfigError(f"hydra.sweeper.max_failure_rate: must be in [0, 1], got {conf.max_failure_rate}")
     for name in objectives:
@@ -44,11 +49,22 @@ def check_sweeper_settings(conf: DictConfig, space: SearchSpace, objectives: lis
                 f"hydra.sweeper.objectives: {name!r} is not a trial metric; allowed: eval_<metric> "
                 f"(eval_accuracy, eval_macro_f1, eval_loss, eval_perplexity) or {', '.join(_NON_METRIC_OBJECTIVES)}"
             )
+    try:
+        plan_for(conf)
+    except DeviceError as exc:
+        raise SweeperConfigError(str(exc)) from None
     make_sampler(conf.sampler, 0, space, len(objectives), kwargs_of(conf.sampler_kwargs))
     make_pruner(conf.pruner, kwargs_of(conf.pruner_kwargs))
     reproduce = conf.reproduce
     if int(reproduce.top_k) < 0 or int(reproduce.n_seeds) < 0:
         raise SweeperConfigError("hydra.sweeper.reproduce.top_k / n_seeds: must be >= 0")
+    if reproduce.get("design", "crossed") not in ("crossed", "one_at_a_time"):
+        raise SweeperConfigError(
+            f"hydra.sweeper.reproduce.design: {reproduce.design!r} is not allowed; allowed: crossed (every config on "
+            "S init seeds x S data-order seeds), one_at_a_time (S seeds per kind in seed_kinds)")
+    if reproduce.get("design", "crossed") == "crossed" and int(reproduce.top_k) > 0 and int(reproduce.n_seeds) == 1:
+        raise SweeperConfigError("hydra.sweeper.reproduce.n_seeds: the crossed design needs at least 2 (a 2 x 2 grid "
+                                 "of init and data-order seeds) to separate the two sources; got 1")
     for kind in reproduce.seed_kinds:
         if kind not in ("seed", "data_seed", "both"):
             raise SweeperConfigError(

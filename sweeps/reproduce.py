@@ -2,9 +2,12 @@
 
 Replicates live in a companion study `<study>--reproduce` on the same storage, so they never feed
 the search sampler nor count against `n_trials`. Each replicate keeps the config of the trial it
-replicates and changes only `seed` (init + dropout), only `data_seed` (data order), or both
-(Dodge et al. 2020). The winner is also re-run with its own seeds, twice, to check bitwise
-determinism. Enqueuing is idempotent, so an interrupted reproduction resumes where it stopped.
+replicates and draws fresh seeds. The default design is crossed (Dodge et al. 2020): every config
+runs on a grid of S fresh init seeds x S fresh data-order seeds, which separates the variance of
+the two sources (and their interaction) and never reuses a seed the search selected, so the
+reproduced mean carries none of the selection's luck. The older one-at-a-time design changes only
+`seed`, only `data_seed`, or both. The winner is also re-run with its own seeds, twice, to check
+bitwise determinism. Enqueuing is idempotent, so an interrupted reproduction resumes where it stopped.
 """
 
 from __future__ import annotations
@@ -28,14 +31,28 @@ def top_trials(study: optuna.Study, k: int) -> list[optuna.trial.FrozenTrial]:
     return sorted(complete, key=lambda t: t.values[0], reverse=reverse)[:k]
 
 
+DESIGNS = ("crossed", "one_at_a_time")
+
+
 def plan_replicates(study: optuna.Study, top_k: int, n_seeds: int, seed_kinds: list[str],
-                    determinism_check: bool) -> list[dict[str, Any]]:
-    """One entry per replicate run: its overrides and the user attrs the report reads."""
+                    determinism_check: bool, design: str = "crossed") -> list[dict[str, Any]]:
+    """One entry per replicate run: its overrides and the user attrs the report reads.
+
+    crossed: n_seeds fresh init seeds x n_seeds fresh data seeds per config (n_seeds² runs);
+    one_at_a_time: n_seeds runs per kind in `seed_kinds`."""
+    if design not in DESIGNS:
+        raise ValueError(f"hydra.sweeper.reproduce.design: {design!r}; allowed: {', '.join(DESIGNS)}")
     plan = []
     for rank, trial in enumerate(top_trials(study, top_k)):
         seed, data_seed = int(trial.user_attrs["seed"]), int(trial.user_attrs["data_seed"])
         base = {k: v for k, v in trial.params.items() if k not in ("seed", "data_seed")}
-        for kind in seed_kinds:
+        if design == "crossed":
+            for i in range(n_seeds):
+                for j in range(n_seeds):
+                    entry = _entry(trial, rank, "crossed", i * n_seeds + j, base, FRESH_SEED_BASE + i,
+                                   FRESH_SEED_BASE + j)
+                    plan.append(entry)
+        for kind in (seed_kinds if design == "one_at_a_time" else []):
             for i in range(n_seeds):
                 fresh = FRESH_SEED_BASE + i
                 new_seed = fresh if kind in ("seed", "both") else seed
@@ -70,12 +87,20 @@ def run_reproduction(study: optuna.Study, storage, session, runbook) -> optuna.S
     """Plan, enqueue and run the replicates with the sweep's own workers and MLflow parent."""
     conf = session.conf.reproduce
     repro = open_study(storage, study.study_name + REPRODUCE_SUFFIX, [study.directions[0].name.lower()])
+    # Resume after the sweep process died mid-reproduction: its RUNNING replicates become FAIL
+    # (enqueue_plan below queues them again) and their MLflow runs are closed.
+    session.fail_orphans(repro, max_retry=None)
+    session.close_dead_runs(repro, runbook)
     for key in ("objective_metric", "mlflow_parent_run_id", "mlflow_tracking_uri", "mlflow_experiment_name"):
         if key in study.user_attrs:
             repro.set_user_attr(key, study.user_attrs[key])
-    plan = plan_replicates(study, int(conf.top_k), int(conf.n_seeds), list(conf.seed_kinds), bool(conf.determinism_check))
+    design = str(conf.get("design", "crossed"))
+    plan = plan_replicates(study, int(conf.top_k), int(conf.n_seeds), list(conf.seed_kinds), bool(conf.determinism_check),
+                           design)
     n = enqueue_plan(repro, plan)
-    console.print(f"reproduce: top {conf.top_k} config(s) × {conf.n_seeds} seed(s) × {list(conf.seed_kinds)}"
+    grid = (f"{conf.n_seeds} init × {conf.n_seeds} data-order seeds (crossed)" if design == "crossed"
+            else f"{conf.n_seeds} seed(s) × {list(conf.seed_kinds)}")
+    console.print(f"reproduce: top {conf.top_k} config(s) × {grid}"
                   f"{' + determinism check' if conf.determinism_check else ''} = {len(plan)} runs")
     fixed = SearchSpace(fixed=dict(session.space.fixed))
     specs = session.worker_specs(repro.study_name, n, fixed, session.objectives[:1], replay_only=True)

@@ -109,7 +109,9 @@ def _serve(stdin: Any, stdout: Any) -> None:
             else:
                 getattr(runbook, method)(KEY, **kwargs)
     except BaseException as exc:
-        reply("error", f"{type(exc).__name__}: {exc}")
+        from sweeps.redact import scrub_text
+
+        reply("error", scrub_text(f"{type(exc).__name__}: {exc}"))  # a store error can quote its URL
         raise
     finally:
         if runbook is not None and runbook.open_runs:  # the training process ended without closing it
@@ -141,7 +143,10 @@ def main() -> None:
     try:
         _serve(stdin, stdout)
     except BaseException:
-        traceback.print_exc()
+        from sweeps.redact import scrub_text
+
+        sys.stderr.write(scrub_text(traceback.format_exc()))
+        sys.stderr.flush()
         os._exit(1)
     os._exit(0)  # everything is committed; skip the interpreter's teardown of MLflow and SQLAlchemy
 

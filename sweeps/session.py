@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
+import socket
 import threading
 import time
 from contextlib import contextmanager
@@ -15,11 +17,11 @@ from optuna.trial import TrialState
 
 from sweeps.compose import ComposeSpec
 from sweeps.progress import SweepProgress, console, top_trials_table
-from sweeps.redact import redact
+from sweeps.redact import redact, redact_override
 from sweeps.samplers import kwargs_of
 from sweeps.search_space import SearchSpace
-from sweeps.storage import mask_url, open_storage
-from sweeps.study import TrialBudget, fail_orphaned_trials, open_study
+from sweeps.storage import STORE_RETRY_S, mask_url, open_storage
+from sweeps.study import TrialBudget, fail_orphaned_trials, open_study, process_started
 from sweeps.supervisor import Outcome, Supervisor, SweepAborted
 from sweeps.tracking import RunBook, json_text
 from sweeps.worker import WorkerSpec
@@ -51,13 +53,11 @@ class SweepSession:
 
     def run(self) -> None:
         conf = self.conf
-        storage = open_storage(self.url, heartbeat_interval=self._heartbeat())
-        study = open_study(storage, self.study_name, self.directions)
-        orphans = fail_orphaned_trials(study)
-        if orphans:
-            console.print(f"[yellow]marked {len(orphans)} orphaned RUNNING trial(s) of a dead sweep as FAIL: {orphans}")
-        self._describe(study)
         n_trials = int(conf.n_trials)
+        storage = open_storage(self.url, heartbeat_interval=self._heartbeat(), retry_s=self.store_retry_s)
+        study = open_study(storage, self.study_name, self.directions)
+        self.fail_orphans(study, max_retry=int(conf.max_retry))
+        self._describe(study)
         deadline = time.time() + float(conf.timeout) if conf.timeout is not None else None
         specs = self.worker_specs(self.study_name, n_trials, self.space, self.objectives,
                                   session_index=self._register_session(study, n_trials), deadline=deadline)
@@ -69,7 +69,7 @@ class SweepSession:
         runbook = None
         try:
             with ctrl_c_deferred():  # an interrupted schema migration would leave a broken MLflow store
-                runbook = RunBook(self.tracking_uri, str(self.job.mlflow.experiment_name))
+                runbook = RunBook(self.tracking_uri, str(self.job.mlflow.experiment_name), retry_s=self.store_retry_s)
                 with TrialBudget(study, self.url, n_trials).locked():  # one parent even if machines start at once
                     parent = runbook.open_parent(self.study_name, study.user_attrs.get("mlflow_parent_run_id"),
                                                  params=self._parent_params(), tags=self._parent_tags())
@@ -85,6 +85,10 @@ class SweepSession:
             raise
         supervisor.runbook = runbook
         console.print(f"[bold]MLflow parent run[/] {parent} (experiment {self.job.mlflow.experiment_name!r})")
+        try:
+            self.close_dead_runs(study, runbook)
+        except Exception as exc:  # the workers are running: tidying up old runs must not orphan them
+            console.print(f"[yellow]could not close the MLflow runs a dead sweep left RUNNING: {exc}")
         status = "FINISHED"
         try:
             outcome = self.watch(supervisor, study, n_trials, "search")
@@ -120,8 +124,65 @@ class SweepSession:
                            pruner=str(conf.pruner), pruner_kwargs=kwargs_of(conf.pruner_kwargs),
                            cuda_device=device, threads=plan.threads, oom_retry=bool(conf.oom_retry),
                            heartbeat_interval=self._heartbeat(), replay_only=replay_only,
-                           session_index=session_index, deadline=deadline)
+                           session_index=session_index, deadline=deadline, sweep_pid=os.getpid(),
+                           sweep_started=process_started(os.getpid()), store_retry_s=self.store_retry_s)
                 for i, device in enumerate(plan.cuda_devices)]
+
+    @property
+    def store_retry_s(self) -> float:
+        return float(self.conf.get("store_retry_s", STORE_RETRY_S))
+
+    # -- resuming after the sweep process itself died ----------------------------------------------
+    def fail_orphans(self, study: optuna.Study, max_retry: int | None) -> list[int]:
+        """A resume after a kill -9 / OOM kill / reboot of the sweep process: its RUNNING trials
+        become FAIL and (search only, `max_retry`) are re-enqueued with the same params; the
+        reproduction re-enqueues its failed replicates itself. Under the budget lock, so two
+        machines resuming at once enqueue each trial once."""
+        with TrialBudget(study, self.url, 0, retry_s=self.store_retry_s).locked():
+            orphans = fail_orphaned_trials(study, max_retry=max_retry)
+        if orphans:
+            console.print(f"[yellow]{study.study_name}: {len(orphans)} RUNNING trial(s) of a dead sweep process "
+                          f"marked FAIL{' and queued again' if max_retry else ''}: {orphans}")
+        return orphans
+
+    def close_dead_runs(self, study: optuna.Study, runbook: RunBook, other_host_grace_s: float = 600.0) -> list[str]:
+        """MLflow runs of `study`'s trials left RUNNING by a sweep process that died: closed with
+        the state Optuna has for the trial (FINISHED with its final metrics, KILLED if pruned,
+        FAILED with the reason). A run whose trial is still RUNNING, or whose owner is alive on
+        this host, is left alone; another host's, only once its trial ended `other_host_grace_s`
+        ago (its own sweep would have closed it by then)."""
+        from sweeps.study import owner_gone
+
+        runs = [r for r in runbook.running_children() if r.data.tags.get("optuna.study_name") == study.study_name]
+        if not runs:
+            return []
+        trials = {t.number: t for t in study.get_trials(deepcopy=False)}
+        closed = []
+        for run in runs:
+            trial = trials.get(int(run.data.tags.get("optuna.trial_number", -1)))
+            if trial is None or trial.state in (TrialState.RUNNING, TrialState.WAITING):
+                continue
+            attrs = trial.user_attrs
+            if attrs.get("host") == socket.gethostname():
+                if not owner_gone(attrs):
+                    continue
+            elif trial.datetime_complete is None or time.time() - trial.datetime_complete.timestamp() < other_host_grace_s:
+                continue
+            reason = "closed on resume: the sweep process that ran this trial died before closing its run"
+            tags = {"optuna.state": trial.state.name, "sweep.end_reason": reason}
+            metrics = None
+            if trial.state == TrialState.COMPLETE:
+                status = "FINISHED"
+                metrics = {k: float(v) for k, v in (attrs.get("metrics") or {}).items() if isinstance(v, (int, float))}
+            elif trial.state == TrialState.PRUNED:
+                status, tags["pruned"] = "KILLED", "true"
+            else:
+                status, tags["error"] = "FAILED", str(attrs.get("fail_reason", reason))[:4000]
+            runbook.close_run(run.info.run_id, status, metrics, tags)
+            closed.append(run.info.run_id)
+        if closed:
+            console.print(f"[yellow]{study.study_name}: closed {len(closed)} MLflow run(s) a dead sweep left RUNNING")
+        return closed
 
     def _register_session(self, study: optuna.Study, n_trials: int) -> int:
         """This sweep process's index on the study (0 on a fresh store; a resume or a second machine
@@ -149,18 +210,20 @@ class SweepSession:
         return int(self.conf.heartbeat_interval) if "://" in self.url and not self.url.startswith("journal") else None
 
     def _describe(self, study: optuna.Study) -> None:
-        """Study attributes the analysis, export and reproduce tools read back."""
+        """Study attributes the analysis, export and reproduce tools read back (optuna-dashboard
+        shows them too, so secrets are masked: by key name, override lines included, and by shape)."""
         attrs = {
             "objective_metric": self.objectives[0], "objectives": self.objectives, "directions": self.directions,
             "search_space": self.space.grammar, "fixed_params": dict(self.space.fixed),
             "seed_tuned": any(k in self.space.distributions for k in ("seed", "data_seed")),
+            "sampler": str(self.conf.sampler), "sampler_kwargs": kwargs_of(self.conf.sampler_kwargs),
             "mlflow_tracking_uri": mask_url(self.tracking_uri), "mlflow_experiment_name": str(self.job.mlflow.experiment_name),
             "compose": {"config_dir": self.compose.config_dir, "config_name": self.compose.config_name,
-                        "overrides": [str(redact(o)) for o in self.compose.overrides]},
+                        "overrides": [redact_override(o) for o in self.compose.overrides]},
             "trial_root": self.trial_root,
             "base_config": json.loads(json_text(OmegaConf.to_container(self.job, resolve=True))),
         }
-        for key, value in attrs.items():
+        for key, value in redact(attrs).items():
             if study.user_attrs.get(key) != value:
                 study.set_user_attr(key, value)
 

@@ -31,19 +31,42 @@ class _WriterReporter:
 
 
 def _announce(kind: str, value) -> None:
+    from sweeps.redact import scrub_text
+
     if kind == "run":
-        console.print(f"MLflow run {value[0]} in {value[1]}")
+        console.print(f"MLflow run {value[0]} in {scrub_text(value[1])}")
     elif kind == "error":
-        console.print(f"[red]MLflow: {value}")
+        console.print(f"[red]MLflow: {scrub_text(str(value))}")
 
 
 def run_single(cfg: DictConfig) -> float:
+    from hydra.core.hydra_config import HydraConfig
+
     writer = RunWriter(cfg.mlflow.tracking_uri, on_reply=_announce)  # first: its start-up overlaps ours
     try:
+        hydra_cfg = HydraConfig.get()
+        _redact_hydra_outputs(Path(hydra_cfg.runtime.output_dir), hydra_cfg.output_subdir)
         return _train_and_log(cfg, writer)
     finally:
         if writer.proc.poll() is None and not writer.proc.stdin.closed:
             writer.proc.stdin.close()  # on an error before the run was opened: nothing to write
+
+
+def _redact_hydra_outputs(output_dir: Path, subdir: str | None) -> None:
+    """Hydra has already written the composed config and the command-line overrides into
+    `<output_dir>/.hydra/` and opened `<job>.log` there: mask the secrets in those files and in
+    every later log line, as the MLflow run has them."""
+    from sweeps.redact import install_log_scrubbing, redact_yaml
+
+    install_log_scrubbing()
+    folder = output_dir / subdir if subdir else None  # hydra.output_subdir=null: Hydra wrote none
+    if folder is None or not folder.is_dir():
+        return
+    for path in sorted(folder.glob("*.yaml")):
+        text = path.read_text()
+        clean = redact_yaml(text)
+        if clean != text:
+            path.write_text(clean)
 
 
 def _train_and_log(cfg: DictConfig, writer: RunWriter) -> float:
@@ -58,7 +81,7 @@ def _train_and_log(cfg: DictConfig, writer: RunWriter) -> float:
     tags = {"sweep.kind": "single", **{f"env.{k}": str(v) for k, v in trainer.environment_fingerprint().items()}}
     writer.send("open", experiment=str(cfg.mlflow.experiment_name),
                 run_name="single-run", config=OmegaConf.to_container(cfg, resolve=True), tags=tags,
-                config_yaml=OmegaConf.to_yaml(cfg))
+                config_yaml=OmegaConf.to_yaml(cfg, resolve=True))  # what ran, as a sweep trial's
     try:
         result = trainer.run_trial(cfg, reporter=_WriterReporter(writer), output_dir=output_dir)
     except BaseException as exc:
@@ -70,10 +93,7 @@ def _train_and_log(cfg: DictConfig, writer: RunWriter) -> float:
             console.print(f"[red]{writer_error}")
         raise
     artifacts = [(str(result.adapter_dir), "adapter")] if result.adapter_dir else []
-    writer.send("close", status="FINISHED", metrics={**result.metrics, "trainable_params": result.trainable_params,
-                                                     "train_runtime_s": result.train_runtime_s,
-                                                     "samples_per_second": result.samples_per_second,
-                                                     "peak_memory_mb": result.peak_memory_mb},
+    writer.send("close", status="FINISHED", metrics=result.summary_metrics(),
                 tags={"adapter_sha256": _adapter_sha256(result.adapter_dir) or ""}, artifacts=artifacts,
                 step=result.steps,
                 curves={"history": result.history, "path": str(output_dir / "curves.png"), "title": "single run"})

@@ -8,19 +8,26 @@ sqlite:///...) selects Optuna's RDB storage, the choice for sweeps spanning mach
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import logging
 import os
 import random
 import time
 import warnings
 from pathlib import Path
-from typing import Callable, TypeVar
+from typing import Any, Callable, Iterator, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 import optuna
+from optuna.storages import BaseStorage
+from optuna.storages._heartbeat import BaseHeartbeat
 
 DEFAULT_JOURNAL = "optuna-journal.log"
 REPRODUCE_SUFFIX = "--reproduce"
+STORE_RETRY_S = 120.0  # default of hydra.sweeper.store_retry_s
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 _JOURNAL_ENDINGS = (".log", ".journal", ".jsonl")
 
 
@@ -59,8 +66,14 @@ def journal_path(url: str) -> Path | None:
 
 
 def open_storage(url: str | None, *, heartbeat_interval: int | None = None, grace_period: int | None = None,
-                 cwd: str | os.PathLike | None = None) -> optuna.storages.BaseStorage:
-    """Open (creating if needed) the storage named by `url` (see `storage_url`)."""
+                 cwd: str | os.PathLike | None = None, retry_s: float | None = None) -> optuna.storages.BaseStorage:
+    """Open (creating if needed) the storage named by `url` (see `storage_url`).
+
+    `retry_s`: wrap it in a `RetryingStorage`, so a database blip (a restart, a dropped
+    connection) stalls the caller for up to that many seconds instead of failing it."""
+    if retry_s is not None:
+        inner = open_storage(url, heartbeat_interval=heartbeat_interval, grace_period=grace_period, cwd=cwd)
+        return RetryingStorage(inner, retry_s)
     url = storage_url(url, cwd)
     path = journal_path(url)
     if path is not None:
@@ -102,10 +115,166 @@ def _schema_race(exc: BaseException | None) -> bool:
     seen = 0
     while exc is not None and seen < 10:
         text = f"{type(exc).__name__} {exc}".lower()
-        if any(k in text for k in ("duplicate", "already exists", "uniqueviolation", "database is locked")):
+        # the last: alembic's version row moved under a concurrent migration
+        if any(k in text for k in ("duplicate", "already exists", "uniqueviolation", "database is locked",
+                                   "expected to match one row")):
             return True
         exc, seen = exc.__cause__ or exc.__context__, seen + 1
     return False
+
+
+# -- riding out a database blip ----------------------------------------------------------------
+
+class StoreUnavailable(RuntimeError):
+    """A store stayed unreachable for the whole retry budget (hydra.sweeper.store_retry_s)."""
+
+
+_TRANSIENT_TEXT = (
+    "connection refused", "could not connect", "server closed the connection", "connection reset",
+    "connection timed out", "terminating connection", "connection is closed", "connection already closed",
+    "the database system is starting up", "the database system is shutting down", "the database system is in recovery",
+    "cannot connect now", "broken pipe", "connection aborted", "max retries exceeded", "temporarily unavailable",
+    "ssl syscall error", "consuming input failed", "no connection to the server", "connection to server",
+    "database is locked", "bad gateway", "service unavailable", "gateway timeout",
+)
+
+
+def is_transient(exc: BaseException | None) -> bool:
+    """True for errors a retry can cure: a dropped or refused database connection, a restarting
+    server, an MLflow server answering 5xx. Follows the cause chain (Optuna and MLflow wrap the
+    driver's error), so a real bug (a bad query, a missing run) is never retried."""
+    import sqlalchemy.exc
+
+    seen = 0
+    while exc is not None and seen < 10:
+        if isinstance(exc, optuna.exceptions.UpdateFinishedTrialError):
+            return False
+        if isinstance(exc, (ConnectionError, TimeoutError)):
+            return True
+        if isinstance(exc, sqlalchemy.exc.DBAPIError) and exc.connection_invalidated:
+            return True
+        if isinstance(exc, (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError)):
+            return True
+        code = getattr(exc, "error_code", None)
+        if code in ("TEMPORARILY_UNAVAILABLE", "REQUEST_LIMIT_EXCEEDED"):
+            return True
+        status = getattr(exc, "get_http_status_code", None)
+        if callable(status):
+            try:
+                if int(status()) >= 500 and code != "INTERNAL_ERROR" or int(status()) in (502, 503, 504):
+                    return True
+            except (TypeError, ValueError):
+                pass
+        text = str(exc).lower()
+        if any(marker in text for marker in _TRANSIENT_TEXT):
+            return True
+        exc, seen = exc.__cause__ or exc.__context__, seen + 1
+    return False
+
+
+def retry_call(fn: Callable[[], T], what: str, budget_s: float | None = None) -> T:
+    """Call `fn`, retrying transient store errors with exponential back-off and full jitter for
+    up to `budget_s` seconds (default STORE_RETRY_S); then raise `StoreUnavailable`.
+
+    The one retry policy of the sweep: the progress bar, the supervisor, the MLflow run book,
+    the workers' Optuna calls and their heartbeats all come through here."""
+    budget = STORE_RETRY_S if budget_s is None else float(budget_s)
+    if _budget_cap:
+        budget = min(budget, _budget_cap[-1])
+    deadline = time.monotonic() + budget
+    delay, attempt = 0.25, 0
+    while True:
+        try:
+            return fn()
+        except Exception as exc:  # noqa: BLE001 - only transient errors are retried, see is_transient
+            if not is_transient(exc):
+                raise
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise StoreUnavailable(
+                    f"{what}: the store stayed unreachable for {budget:g} s (hydra.sweeper.store_retry_s); "
+                    f"last error: {type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''}"
+                ) from exc
+            attempt += 1
+            if attempt == 1 or attempt % 10 == 0:
+                log.warning("%s failed (%s); retrying for up to %.0f s more", what,
+                            str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__, left)
+            time.sleep(min(left, random.uniform(0.5, 1.0) * delay))
+            delay = min(delay * 2, 5.0)
+
+
+_budget_cap: list[float] = []
+
+
+@contextlib.contextmanager
+def retry_budget_cap(seconds: float) -> Iterator[None]:
+    """Retry for at most `seconds` inside the block, whatever the callers' budgets: once the sweep
+    has given up on a store, its clean-up must not wait the full budget again for every call."""
+    _budget_cap.append(float(seconds))
+    try:
+        yield
+    finally:
+        _budget_cap.pop()
+
+
+class Retrying:
+    """Any client object whose method calls should ride out a blip (MlflowClient, a storage)."""
+
+    def __init__(self, inner: Any, budget_s: float | None = None, what: str = "store"):
+        self.inner, self.budget_s, self.what = inner, budget_s, what
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self.inner, name)
+        if not callable(attr):
+            return attr
+
+        @functools.wraps(attr)
+        def call(*args: Any, **kwargs: Any) -> Any:
+            return retry_call(lambda: attr(*args, **kwargs), f"{self.what}.{name}", self.budget_s)
+        return call
+
+
+class RetryingStorage(BaseStorage, BaseHeartbeat):
+    """An Optuna storage whose every call retries transient errors (see `retry_call`).
+
+    Heartbeats pass through when the wrapped storage has them (RDB), so Optuna's stale-trial
+    detection keeps working; for a journal storage `get_heartbeat_interval` is None."""
+
+    def __init__(self, inner: BaseStorage, budget_s: float | None = None):
+        self.inner, self.budget_s = inner, budget_s
+
+    def _call(self, name: str, *args: Any, **kwargs: Any) -> Any:
+        method = getattr(self.inner, name)
+        return retry_call(lambda: method(*args, **kwargs), f"Optuna storage {name}", self.budget_s)
+
+    def get_heartbeat_interval(self) -> int | None:
+        if not isinstance(self.inner, BaseHeartbeat):
+            return None
+        return self.inner.get_heartbeat_interval()
+
+    def get_heartbeat_stale_trial_callback(self):
+        return self.inner.get_heartbeat_stale_trial_callback() if isinstance(self.inner, BaseHeartbeat) else None
+
+    def get_failed_trial_callback(self):
+        return self.get_heartbeat_stale_trial_callback()
+
+    def __getattr__(self, name: str) -> Any:  # anything else of the wrapped storage (e.g. its engine)
+        if name == "inner":
+            raise AttributeError(name)
+        return getattr(self.inner, name)
+
+
+def _delegate(name: str) -> Callable[..., Any]:
+    def method(self: RetryingStorage, *args: Any, **kwargs: Any) -> Any:
+        return self._call(name, *args, **kwargs)
+    method.__name__ = name
+    return method
+
+
+# Every storage method (and the heartbeat ones Optuna's fail_stale_trials calls) goes through `_call`.
+for _name in sorted({n for n in dir(BaseStorage) if not n.startswith("_")} | {"record_heartbeat", "_get_stale_trial_ids"}):
+    setattr(RetryingStorage, _name, _delegate(_name))
+RetryingStorage.__abstractmethods__ = frozenset()
 
 
 def latest_study_name(storage: optuna.storages.BaseStorage) -> str:

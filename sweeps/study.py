@@ -12,6 +12,7 @@ import contextlib
 import fcntl
 import hashlib
 import json
+import logging
 import os
 import socket
 import zlib
@@ -21,9 +22,10 @@ from typing import Any, Iterator
 import optuna
 from optuna.trial import TrialState
 
-from sweeps.storage import journal_path
+from sweeps.storage import is_transient, journal_path, retry_call
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+log = logging.getLogger(__name__)
 
 
 def default_study_name(experiment_name: str, problem: dict[str, Any]) -> str:
@@ -54,10 +56,11 @@ def count_finished(study: optuna.Study) -> int:
 class TrialBudget:
     """Hands out trials until `n_trials` have finished, atomically across processes and machines."""
 
-    def __init__(self, study: optuna.Study, storage_url: str, n_trials: int):
+    def __init__(self, study: optuna.Study, storage_url: str, n_trials: int, retry_s: float | None = None):
         self.study = study
         self.storage_url = storage_url
         self.n_trials = n_trials
+        self.retry_s = retry_s
         self._engine = None
 
     @contextlib.contextmanager
@@ -80,12 +83,27 @@ class TrialBudget:
             if self._engine is None:
                 self._engine = sqlalchemy.create_engine(self.storage_url, poolclass=sqlalchemy.pool.NullPool)
             key = zlib.crc32(f"lora-sweep:{self.study.study_name}".encode()) & 0x7FFFFFFF
-            with self._engine.connect() as conn:
-                conn.exec_driver_sql(f"SELECT pg_advisory_lock({key})")
+
+            def acquire():
+                conn = self._engine.connect()
                 try:
-                    yield
-                finally:
+                    conn.exec_driver_sql(f"SELECT pg_advisory_lock({key})")
+                except BaseException:
+                    conn.close()
+                    raise
+                return conn
+
+            conn = retry_call(acquire, "the trial-budget lock", self.retry_s)
+            try:
+                yield
+            finally:
+                try:
                     conn.exec_driver_sql(f"SELECT pg_advisory_unlock({key})")
+                except Exception as exc:  # the server dropped the session, and the lock with it
+                    if not is_transient(exc):
+                        raise
+                finally:
+                    conn.close()
             return
         yield  # other RDBs: best effort (may overshoot by up to n_jobs - 1)
 
@@ -112,37 +130,99 @@ class TrialBudget:
             return trial
 
 
-def owner_attrs(worker_id: int) -> dict[str, Any]:
-    """Who runs a trial: lets a later sweep on this host recognise trials orphaned by a crash."""
-    return {"host": socket.gethostname(), "supervisor_pid": os.getppid(), "worker_pid": os.getpid(),
-            "worker_id": worker_id}
+def process_started(pid: int) -> float | None:
+    """When process `pid` started (epoch seconds), or None when there is no such process.
+    Recorded beside a pid, it tells a live owner from a new process that reuses a dead one's pid."""
+    import psutil
 
-
-def _alive(pid: int) -> bool:
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        return psutil.Process(pid).create_time()
+    except (psutil.NoSuchProcess, psutil.ZombieProcess):
+        return None
+    except psutil.AccessDenied:
+        return 0.0  # alive, start time unknown
+
+
+def process_alive(pid: int, started: float | None = None) -> bool:
+    """`pid` runs and, when `started` is given, is the same process that started then."""
+    now = process_started(pid)
+    if now is None:
         return False
-    except PermissionError:
-        return True
+    return started is None or now == 0.0 or abs(now - float(started)) < 1.0
+
+
+def owner_attrs(worker_id: int, sweep_pid: int | None = None, sweep_started: float | None = None) -> dict[str, Any]:
+    """Who runs a trial: the host, the sweep process (pid and start time: the pid alone may be
+    reused after a reboot or a long time) and the worker. A later sweep on this host uses them to
+    recognise trials whose owner is gone (`fail_orphaned_trials`)."""
+    sweep_pid = os.getppid() if sweep_pid is None else sweep_pid
+    if sweep_started is None:
+        sweep_started = process_started(sweep_pid)
+    return {"host": socket.gethostname(), "supervisor_pid": sweep_pid, "supervisor_started": sweep_started,
+            "worker_pid": os.getpid(), "worker_started": process_started(os.getpid()), "worker_id": worker_id}
+
+
+def owner_gone(attrs: dict[str, Any]) -> bool:
+    """True when a trial's sweep process is known to be gone: it ran on this host and that pid is
+    dead or now belongs to another process. Trials of other hosts are never judged here (RDB
+    storages have heartbeats for them: Optuna's stale-trial check)."""
+    if attrs.get("host") != socket.gethostname() or "supervisor_pid" not in attrs:
+        return False
+    return not process_alive(int(attrs["supervisor_pid"]), attrs.get("supervisor_started"))
+
+
+RETRY_OWNER_KEYS = ("host", "supervisor_pid", "supervisor_started", "worker_pid", "worker_started", "worker_id",
+                    "retry_of", "retry_count", "requeued_from", "mlflow_run_id", "fail_reason", "orphaned")
+
+
+def requeue(study: optuna.Study, failed: optuna.trial.FrozenTrial, max_retry: int) -> bool:
+    """Enqueue the params of a failed trial again (same config, `retry_of` the original trial),
+    unless it has been retried `max_retry` times already. Used for trials whose worker died and
+    for trials orphaned by a dead sweep process."""
+    retries = int(failed.user_attrs.get("retry_count", 0))
+    if retries >= max_retry:
+        return False
+    attrs = {k: v for k, v in failed.user_attrs.items() if k not in RETRY_OWNER_KEYS}
+    attrs.update(retry_of=int(failed.user_attrs.get("retry_of", failed.number)), retry_count=retries + 1,
+                 requeued_from=failed.number)
+    study.enqueue_trial(failed.params, user_attrs=attrs)
     return True
 
 
-def fail_orphaned_trials(study: optuna.Study) -> list[int]:
-    """RUNNING trials of this host whose sweep process is gone (a crash, a kill -9 of the sweep)
-    become FAIL, so a rerun does not count them as in flight forever."""
+def fail_orphaned_trials(study: optuna.Study, max_retry: int | None = None) -> list[int]:
+    """Resume after the sweep process itself died (kill -9, OOM killer, reboot): its RUNNING
+    trials on this host become FAIL, so they no longer count as in flight, and with `max_retry`
+    they are re-enqueued with the same params, as the trials of a dead worker are. Trials its
+    workers failed themselves when they saw the sweep process die (`orphaned`) are re-enqueued
+    too. Idempotent: a trial already re-enqueued (`requeued_from`) is not enqueued again.
+    Call it under the study's budget lock when other sweeps may resume the same study."""
     failed = []
-    host = socket.gethostname()
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         attrs = trial.user_attrs
-        if attrs.get("host") == host and not _alive(int(attrs.get("supervisor_pid", -1))):
-            if fail_trial(study, trial._trial_id, "orphaned: its sweep process died"):
+        if owner_gone(attrs):
+            reason = (f"orphaned: the sweep process died (pid {attrs.get('supervisor_pid')} on {attrs.get('host')}) "
+                      "while the trial ran")
+            try:
+                optuna.trial.Trial(study, trial._trial_id).set_user_attr("orphaned", True)
+            except optuna.exceptions.UpdateFinishedTrialError:
+                continue
+            if fail_trial(study, trial._trial_id, reason):
                 failed.append(trial.number)
+    if max_retry is not None:
+        trials = study.get_trials(deepcopy=False)
+        done = {t.user_attrs.get("requeued_from") for t in trials}
+        for trial in trials:
+            if trial.state == TrialState.FAIL and trial.user_attrs.get("orphaned") and trial.number not in done:
+                requeue(study, trial, max_retry)
     return failed
 
 
 def fail_trial(study: optuna.Study, trial_id: int, reason: str) -> bool:
-    """Mark a RUNNING trial FAIL from outside its worker (dead worker, Ctrl-C)."""
+    """Mark a RUNNING trial FAIL from outside its worker (dead worker, Ctrl-C); the reason is
+    stored with secrets masked."""
+    from sweeps.redact import scrub_text
+
+    reason = scrub_text(reason)
     storage = study._storage
     if storage.get_trial(trial_id).state != TrialState.RUNNING:
         return False

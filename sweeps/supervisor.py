@@ -4,11 +4,14 @@ It is the only MLflow writer of the sweep (see `tracking.RunBook`). When a worke
 OOM killer, segfault) it fails the worker's RUNNING trial in Optuna, closes its MLflow run as
 FAILED, re-enqueues the same params (up to `max_retry` times) and starts a replacement worker.
 Ctrl-C: workers get SIGTERM, mark their trials failed, their runs end KILLED; anything they could
-not close is closed here.
+not close is closed here. Its Optuna and MLflow calls ride out a database blip (`storage.retry_call`);
+if a store stays down past `hydra.sweeper.store_retry_s` it gives up, but stops its workers first:
+no worker trains on with nobody recording its runs.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import multiprocessing as mp
 import queue
@@ -19,7 +22,8 @@ from typing import Any, Callable
 
 import optuna
 
-from sweeps.study import count_finished, fail_trial
+from sweeps.storage import StoreUnavailable, retry_budget_cap
+from sweeps.study import count_finished, fail_trial, requeue
 from sweeps.tracking import RunBook
 from sweeps.worker import WorkerSpec, worker_main
 from sweeps.worker_plan import worker_context
@@ -97,6 +101,13 @@ class Supervisor:
         except SweepAborted as exc:
             self.stop_all(str(exc))
             raise
+        except StoreUnavailable as exc:
+            log.error("giving up: %s", exc)
+            self.stop_all(f"the sweep gave up: {exc}", store_down=True)
+            raise
+        except Exception as exc:  # any other failure of the sweep process: no worker trains on unrecorded
+            self.stop_all(f"the sweep process failed: {type(exc).__name__}: {exc}", store_down=True)
+            raise
         finally:
             signal.signal(signal.SIGTERM, previous)
         return self.outcome
@@ -148,7 +159,9 @@ class Supervisor:
             try:
                 if self.runbook is not None:
                     result = getattr(self.runbook, method)(**kwargs)
-            except Exception as exc:  # tracking trouble must not stop the sweep
+            except StoreUnavailable:
+                raise  # MLflow stayed down past store_retry_s: stop rather than train unrecorded
+            except Exception as exc:  # one bad call (not an outage) must not stop the sweep
                 log.warning("MLflow %s failed: %s", method, exc)
             if method == "open_trial":
                 self._reply_run_id(worker_id, kwargs["key"], result)
@@ -209,15 +222,11 @@ class Supervisor:
                 return  # it finished after all
         if not fail_trial(self.study, running.trial_id, reason):
             return  # it finished after all
-        self.runbook.close_trial(running.key, "FAILED", tags={"optuna.state": "FAIL", "error": reason})
+        if self.runbook is not None:
+            self.runbook.close_trial(running.key, "FAILED", tags={"optuna.state": "FAIL", "error": reason})
         self.outcome.failed += 1
         self.outcome.failures.append(f"trial {running.number}: {reason}")
-        retries = int(running.user_attrs.get("retry_count", 0))
-        if retries < self.max_retry:
-            owner = ("host", "supervisor_pid", "worker_pid", "worker_id", "retry_of", "retry_count", "mlflow_run_id")
-            attrs = {k: v for k, v in frozen.user_attrs.items() if k not in owner and k != "fail_reason"}
-            attrs.update(retry_of=int(running.user_attrs.get("retry_of", running.number)), retry_count=retries + 1)
-            self.study.enqueue_trial(frozen.params, user_attrs=attrs)
+        if requeue(self.study, frozen, self.max_retry):
             self.outcome.retried += 1
 
     def _check_failure_rate(self) -> None:
@@ -229,9 +238,17 @@ class Supervisor:
             )
 
     # -- stopping -------------------------------------------------------------------------------
-    def stop_all(self, reason: str, grace_s: float = 60.0) -> None:
-        """SIGTERM every worker, keep applying their events while they wind down, then clean up."""
+    def stop_all(self, reason: str, grace_s: float = 60.0, store_down: bool = False) -> None:
+        """SIGTERM every worker, keep applying their events while they wind down, then clean up.
+
+        `store_down`: a store is unreachable; every call that still fails is logged, not raised,
+        so the workers are stopped whatever happens (their trials stay RUNNING and the next run
+        of the command recognises them as orphaned)."""
         self._stopping = True
+        with retry_budget_cap(5.0) if store_down else contextlib.nullcontext():
+            self._stop_all(reason, grace_s, store_down)
+
+    def _stop_all(self, reason: str, grace_s: float, store_down: bool) -> None:
         for proc in self.procs.values():
             if proc.is_alive():
                 proc.terminate()
@@ -245,16 +262,29 @@ class Supervisor:
                         del self.procs[worker_id]
             except KeyboardInterrupt:  # a second Ctrl-C: stop waiting
                 break
+            except StoreUnavailable as exc:
+                if not store_down:
+                    raise
+                log.warning("while stopping: %s", exc)
         for proc in self.procs.values():
             proc.kill()
             proc.join()
         self.procs.clear()
-        self._drain_all()
+        self._best_effort(self._drain_all, store_down)
         for running in self.running.values():
-            fail_trial(self.study, running.trial_id, reason)
+            self._best_effort(lambda: fail_trial(self.study, running.trial_id, reason), store_down)
         self.running.clear()
         if self.runbook is not None:
-            self.runbook.close_all("KILLED", reason)
+            self._best_effort(lambda: self.runbook.close_all("KILLED", reason), store_down)
+
+    @staticmethod
+    def _best_effort(call: Callable[[], Any], store_down: bool) -> None:
+        try:
+            call()
+        except StoreUnavailable as exc:
+            if not store_down:
+                raise
+            log.warning("while stopping: %s", exc)
 
 
 def _raise_interrupt(signum, frame):  # noqa: ARG001

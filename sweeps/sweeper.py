@@ -120,9 +120,13 @@ class Sweep:
 
 def warm_up_workers(conf: DictConfig) -> None:
     """CPU sweeps: start the workers' fork server now, so its imports overlap the pre-flight."""
-    from sweeps.worker_plan import plan_for, start_fork_server
+    from sweeps.worker_plan import DeviceError, plan_for, start_fork_server
 
-    if not plan_for(conf).on_gpu:
+    try:
+        on_gpu = plan_for(conf).on_gpu
+    except DeviceError:
+        return  # the pre-flight reports it
+    if not on_gpu:
         start_fork_server()
 
 

@@ -11,8 +11,9 @@ from hydra.core.config_store import ConfigStore
 @dataclass
 class ReproduceConf:
     top_k: int = 0               # after the search, re-run the K best configs ...
-    n_seeds: int = 0             # ... with S fresh seeds for each seed kind
-    seed_kinds: List[str] = field(default_factory=lambda: ["seed", "data_seed", "both"])
+    n_seeds: int = 0             # ... on S fresh init seeds x S fresh data-order seeds (crossed design)
+    design: str = "crossed"      # crossed | one_at_a_time (S runs per kind in seed_kinds)
+    seed_kinds: List[str] = field(default_factory=lambda: ["seed", "data_seed", "both"])  # one_at_a_time only
     determinism_check: bool = True  # also re-run the winner with its own seeds (bitwise check)
 
 
@@ -36,6 +37,7 @@ class LoraOptunaSweeperConf:
     max_failure_rate: float = 0.5       # abort once failed trials exceed this fraction of n_trials
     oom_retry: bool = True              # on CUDA OOM retry once with half micro-batch, 2x accumulation
     heartbeat_interval: int = 30        # RDB storages: seconds between trial heartbeats
+    store_retry_s: float = 120.0        # ride out a database/MLflow outage this long (retries with back-off), then stop the workers and fail
     dry_run: bool = False               # validate, print the space and samples, train nothing
     reproduce: ReproduceConf = field(default_factory=ReproduceConf)
     params: Dict[str, Any] = field(default_factory=dict)  # the search space (Hydra override grammar)

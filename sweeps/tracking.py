@@ -20,7 +20,7 @@ from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
 
-from sweeps.redact import flatten, redact
+from sweeps.redact import flatten, redact, redact_yaml, scrub_text
 
 log = logging.getLogger(__name__)
 
@@ -55,10 +55,12 @@ def params_from_config(config: dict[str, Any]) -> dict[str, str]:
 class RunBook:
     """Creates, feeds and closes the MLflow runs of one sweep (or of one single run)."""
 
-    def __init__(self, uri: str, experiment_name: str, parent_run_id: str | None = None):
-        from sweeps.storage import retry_first_open
+    def __init__(self, uri: str, experiment_name: str, parent_run_id: str | None = None, retry_s: float | None = None):
+        from sweeps.storage import Retrying, retry_first_open
 
-        self.client = retry_first_open(lambda: MlflowClient(tracking_uri=uri), "the MLflow store")
+        # Every call rides out a blip of the tracking store (see storage.retry_call).
+        self.client = Retrying(retry_first_open(lambda: MlflowClient(tracking_uri=uri), "the MLflow store"),
+                               retry_s, "MLflow")
         self.uri = uri
         self.experiment_id = retry_first_open(lambda: self._experiment(experiment_name, artifact_root(uri)),
                                               "the MLflow store")
@@ -90,7 +92,8 @@ class RunBook:
                     return existing_run_id
             except Exception:  # deleted or in another store: start a fresh parent
                 log.warning("MLflow parent run %s not found in %s; creating a new one", existing_run_id, self.uri)
-        run = self.client.create_run(self.experiment_id, run_name=run_name, tags={**tags, "sweep.role": "parent"})
+        run = self.client.create_run(self.experiment_id, run_name=scrub_text(run_name),
+                                     tags=_tag_dict({**tags, "sweep.role": "parent"}))
         self.parent_run_id = run.info.run_id
         self._log_params(self.parent_run_id, params)
         return self.parent_run_id
@@ -101,7 +104,7 @@ class RunBook:
         self.log_metric_dict(self.parent_run_id, metrics, step=int(time.time()))
         self.set_tags(self.parent_run_id, tags)
         for name, text in files.items():
-            self.client.log_text(self.parent_run_id, text, name)
+            self.client.log_text(self.parent_run_id, scrub_text(text), name)
         self.client.set_terminated(self.parent_run_id, status=status)
 
     # -- trials (the methods workers call through events) --------------------------------
@@ -109,11 +112,11 @@ class RunBook:
         all_tags = {MLFLOW_RUN_NAME: run_name, **tags}
         if self.parent_run_id:
             all_tags[MLFLOW_PARENT_RUN_ID] = self.parent_run_id
-        run = self.client.create_run(self.experiment_id, run_name=run_name, tags=all_tags)
+        run = self.client.create_run(self.experiment_id, run_name=scrub_text(run_name), tags=_tag_dict(all_tags))
         run_id = run.info.run_id
         self.open_runs[key] = run_id
         self._log_params(run_id, params_from_config(config))
-        self.client.log_text(run_id, config_yaml, "config.yaml")
+        self.client.log_text(run_id, redact_yaml(config_yaml), "config.yaml")  # same masking as the params
         return run_id
 
     def log_metrics(self, key: str, step: int, metrics: dict[str, float]) -> None:
@@ -146,6 +149,22 @@ class RunBook:
         finally:
             self.client.set_terminated(run_id, status=status)
 
+    def running_children(self) -> list[Any]:
+        """The parent's child runs still RUNNING (a dead sweep's, or another live machine's)."""
+        if not self.parent_run_id:
+            return []
+        query = f"tags.`{MLFLOW_PARENT_RUN_ID}` = '{self.parent_run_id}' and attributes.status = 'RUNNING'"
+        return self.client.search_runs([self.experiment_id], filter_string=query, max_results=10000)
+
+    def close_run(self, run_id: str, status: str, metrics: dict[str, float] | None = None,
+                  tags: dict[str, str] | None = None) -> None:
+        """End a run this sweep process did not open (one left RUNNING by a dead sweep)."""
+        if metrics:
+            self.log_metric_dict(run_id, metrics, step=None)
+        if tags:
+            self.set_tags(run_id, tags)
+        self.client.set_terminated(run_id, status=status)
+
     def close_all(self, status: str, reason: str) -> list[str]:
         """Close every run still open (dead worker, Ctrl-C): nothing is left RUNNING."""
         closed = []
@@ -156,7 +175,7 @@ class RunBook:
 
     # -- helpers --------------------------------------------------------------------------
     def set_tags(self, run_id: str, tags: dict[str, Any]) -> None:
-        items = [RunTag(str(k), str(redact(v, str(k)))[:5000]) for k, v in tags.items()]
+        items = [RunTag(k, v) for k, v in _tag_dict(tags).items()]
         for i in range(0, len(items), _PARAM_BATCH):
             self.client.log_batch(run_id, tags=items[i:i + _PARAM_BATCH])
 
@@ -171,6 +190,11 @@ class RunBook:
                  if isinstance(v, (int, float)) and not isinstance(v, bool)]
         for i in range(0, len(items), _METRIC_BATCH):
             self.client.log_batch(run_id, metrics=items[i:i + _METRIC_BATCH])
+
+
+def _tag_dict(tags: dict[str, Any]) -> dict[str, str]:
+    """Tags as MLflow stores them: strings, masked by key name and by content, length-capped."""
+    return {str(k): str(redact(v, str(k)))[:5000] for k, v in tags.items()}
 
 
 def json_text(obj: Any) -> str:

@@ -9,6 +9,7 @@ compose the trial config → `trainer.run_trial` (reports eval metrics → pruni
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 import queue
 import signal
@@ -25,6 +26,21 @@ from sweeps.search_space import SearchSpace
 
 class Interrupted(BaseException):
     """The sweep asked this worker to stop (Ctrl-C / SIGTERM): the trial ends FAIL, its run KILLED."""
+
+
+class SweepGone(Interrupted):
+    """The sweep process died (kill -9, OOM killer): nobody records this worker's MLflow events any
+    more, so it stops at once; its trial ends FAIL marked `orphaned`, and a rerun re-runs it."""
+
+
+class TrialTakenAway(Exception):
+    """Another process failed this worker's trial (stale heartbeat) and has re-queued it: the
+    worker stops it and tells Optuna nothing (the trial is already finished)."""
+
+
+class NonFiniteObjectiveError(ValueError):
+    """A trial trained but its objective is NaN/inf: Optuna would store it as FAIL, so the MLflow
+    run must end FAILED too, with the reason."""
 
 
 @dataclass
@@ -49,6 +65,9 @@ class WorkerSpec:
     replay_only: bool = False        # reproduce mode: run only enqueued trials, sample nothing
     session_index: int = 0           # how many sweep processes ran on this study before this one
     deadline: float | None = None    # epoch seconds (hydra.sweeper.timeout): ask for no trial after it
+    sweep_pid: int | None = None     # the sweep process (owner of this worker's trials); None = parent
+    sweep_started: float | None = None  # its start time: a reused pid is not mistaken for it
+    store_retry_s: float | None = None  # hydra.sweeper.store_retry_s: ride out a database blip this long
 
 
 WORKER_ENV = {"TRANSFORMERS_VERBOSITY": "error", "HF_DATASETS_DISABLE_PROGRESS_BARS": "1",
@@ -99,12 +118,48 @@ def worker_main(spec: WorkerSpec, events, replies) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the sweep process decides; it sends SIGTERM
     signal.signal(signal.SIGTERM, _on_sigterm)
     _die_with_parent()
+    watchdog = SweepWatchdog(spec.sweep_pid or os.getppid(), spec.sweep_started).start()
     try:
         Worker(spec, events, replies).loop()
     except Interrupted:
         pass
     finally:
-        events.put(("worker_done", spec.worker_id, {}))
+        if watchdog.gone:
+            events.cancel_join_thread()  # nobody reads the queue any more: exit without flushing it
+        else:
+            events.put(("worker_done", spec.worker_id, {}))
+
+
+def _on_sweep_gone(signum, frame):  # noqa: ARG001
+    raise SweepGone("interrupted: the sweep process died")
+
+
+class SweepWatchdog:
+    """Watches the sweep process from inside a worker (once a second): CPU workers are children
+    of the fork server, not of the sweep process, so neither PR_SET_PDEATHSIG nor the parent pid
+    notices a kill -9 of the sweep. When it is gone the main thread gets `SweepGone`."""
+
+    def __init__(self, pid: int, started: float | None, interval_s: float = 1.0):
+        self.pid, self.started, self.interval_s = pid, started, interval_s
+        self.gone = False
+        self._main = threading.main_thread().ident
+
+    def start(self) -> "SweepWatchdog":
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGUSR1, _on_sweep_gone)
+        threading.Thread(target=self._watch, name="sweep-watchdog", daemon=True).start()
+        return self
+
+    def alive(self) -> bool:
+        from sweeps.study import process_alive
+
+        return process_alive(self.pid, self.started)
+
+    def _watch(self) -> None:
+        while self.alive():
+            time.sleep(self.interval_s)
+        self.gone = True
+        signal.pthread_kill(self._main, signal.SIGUSR1)
 
 
 class RunLink:
@@ -131,13 +186,16 @@ class RunLink:
 class TrialReporter:
     """trainer → Optuna (intermediate values, pruning) and → MLflow (events to the sweep process)."""
 
-    def __init__(self, events, key: str, trial, objective: str, prune: bool, link: RunLink | None = None):
+    def __init__(self, events, key: str, trial, objective: str, prune: bool, link: RunLink | None = None,
+                 heartbeat: "_Heartbeat | None" = None):
         self.events, self.key, self.trial, self.objective, self.prune = events, key, trial, objective, prune
-        self.link = link
+        self.link, self.heartbeat = link, heartbeat
         self.last_step = 0
         self.history: list[dict] = []  # kept here too, so a pruned trial still gets its curve PNG
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
+        if self.heartbeat is not None:
+            self.heartbeat.check()
         self.history.append({"step": step, **metrics})
         self.events.put(("call", None, ("log_metrics", {"key": self.key, "step": step, "metrics": metrics})))
 
@@ -145,7 +203,7 @@ class TrialReporter:
         import optuna
 
         self.last_step = step
-        self.log_metrics(metrics, step)
+        self.log_metrics(metrics, step)  # raises TrialTakenAway when another process failed the trial
         if self.link is not None:
             self.link.wait(timeout=0)
         if not self.prune or self.objective not in metrics:
@@ -168,33 +226,32 @@ class Worker:
         if spec.threads:
             torch.set_num_threads(spec.threads)
         self.spec, self.events, self.replies, self.trainer = spec, events, replies, trainer
-        storage = open_storage(spec.storage_url, heartbeat_interval=spec.heartbeat_interval)
+        storage = open_storage(spec.storage_url, heartbeat_interval=spec.heartbeat_interval, retry_s=spec.store_retry_s)
         seed = sampler_seed(spec.sampler, spec.sampler_seed, spec.study_name, spec.worker_id, spec.session_index)
         sampler = make_sampler(spec.sampler, seed, spec.space, len(spec.objectives), spec.sampler_kwargs)
         self.study = optuna.load_study(study_name=spec.study_name, storage=storage, sampler=sampler,
                                        pruner=make_pruner(spec.pruner, spec.pruner_kwargs))
         self.storage = storage
-        self.budget = TrialBudget(self.study, spec.storage_url, spec.n_trials)
+        self.budget = TrialBudget(self.study, spec.storage_url, spec.n_trials, retry_s=spec.store_retry_s)
         self.cache = trainer.WarmCache()
         self.fingerprint = trainer.environment_fingerprint()
 
     def loop(self) -> None:
         import optuna
 
-        from sweeps.study import owner_attrs
+        from sweeps.study import owner_attrs, process_alive
 
-        parent = os.getppid()
-        while os.getppid() == parent:  # the sweep process is still there
+        spec = self.spec
+        sweep_pid = spec.sweep_pid or os.getppid()
+        while process_alive(sweep_pid, spec.sweep_started):  # the sweep process is still there
             if self.spec.heartbeat_interval:
                 # RDB storages: trials of a machine that died silently (no heartbeat for
                 # 2 x interval) become FAIL and are re-queued once (Optuna's stale-trial callback).
                 optuna.storages.fail_stale_trials(self.study)
             if self.spec.deadline is not None and time.time() >= self.spec.deadline:
                 return  # the sweep's time budget is spent; the trials already running have finished
-            if self.spec.replay_only:
-                trial = self.budget.next_trial(owner_attrs(self.spec.worker_id), waiting_only=True)
-            else:
-                trial = self.budget.next_trial(owner_attrs(self.spec.worker_id))
+            owner = owner_attrs(spec.worker_id, sweep_pid, spec.sweep_started)
+            trial = self.budget.next_trial(owner, waiting_only=spec.replay_only)
             if trial is None:
                 return
             self.run_one(trial)
@@ -222,6 +279,7 @@ class Worker:
         self.events.put(("trial_started", spec.worker_id, {"key": key, "trial_id": trial._trial_id, "number": number,
                                                           "params": dict(trial.params), "user_attrs": dict(trial.user_attrs)}))
         heartbeat = _Heartbeat(self.storage, trial._trial_id, spec.heartbeat_interval)
+        reporter, told = None, False
         opened, link = False, None
         try:
             params = self._params(trial)
@@ -238,30 +296,38 @@ class Worker:
             opened = True
             link = RunLink(self.replies, key, trial) if self.replies is not None else None
             reporter = TrialReporter(self.events, key, trial, spec.objectives[0],
-                                     prune=len(spec.objectives) == 1 and not spec.replay_only, link=link)
+                                     prune=len(spec.objectives) == 1 and not spec.replay_only, link=link,
+                                     heartbeat=heartbeat)
             result = self._run_with_oom_retry(cfg, reporter, trial_dir, trial)
             values = [self._objective_value(name, result) for name in spec.objectives]
+            bad = {name: value for name, value in zip(spec.objectives, values) if not math.isfinite(value)}
+            if bad:  # Optuna would store FAIL; say so with the reason instead of a FINISHED run
+                raise NonFiniteObjectiveError(f"non-finite objective: {', '.join(f'{k}={v}' for k, v in bad.items())}")
             sha = _adapter_sha256(result.adapter_dir)
             attrs = {"metrics": result.metrics, "trainable_params": result.trainable_params,
                      "total_params": result.total_params, "train_runtime_s": result.train_runtime_s,
                      "adapter_sha256": sha, "seed": int(cfg.seed), "data_seed": int(cfg.data_seed),
                      "environment": self.fingerprint,
-                     "deterministic_algorithms": bool(torch.are_deterministic_algorithms_enabled())}
+                     "deterministic": self.trainer.determinism_mode()}
             for name, value in attrs.items():
                 trial.set_user_attr(name, value)
             curves = plot_curves(result.history, trial_dir / "curves.png", f"{spec.study_name} #{number}")
             _link(link)
+            heartbeat.check()
             self.study.tell(trial, values)
-            final = {**result.metrics, "trainable_params": result.trainable_params, "total_params": result.total_params,
-                     "train_runtime_s": result.train_runtime_s, "samples_per_second": result.samples_per_second,
-                     "peak_memory_mb": result.peak_memory_mb, "objective": values[0]}
+            told = True
+            final = {**result.summary_metrics(), "objective": values[0]}
             artifacts = [(str(curves), None)] if curves else []
             if result.adapter_dir:
                 artifacts.append((str(result.adapter_dir), "adapter"))
-            self._close(key, "FINISHED", final, {"optuna.state": "COMPLETE", "adapter_sha256": sha or ""}, artifacts,
+            self._close(key, "FINISHED", final, {"optuna.state": "COMPLETE", "adapter_sha256": sha or "",
+                                                 "deterministic": attrs["deterministic"]}, artifacts,
                         step=result.steps)
             self._finished(key, number, "COMPLETE", values[0])
         except optuna.TrialPruned as exc:
+            if heartbeat.taken_away(refresh=True):
+                self._taken_away(trial, key, opened, heartbeat)
+                return
             trial.set_user_attr("pruned_at_step", reporter.last_step)
             _link(link)
             self.study.tell(trial, state=optuna.trial.TrialState.PRUNED)
@@ -270,6 +336,14 @@ class Worker:
                                               "pruned_at_step": str(reporter.last_step)},
                         [(str(curves), None)] if curves else [])
             self._finished(key, number, "PRUNED", None)
+        except TrialTakenAway:
+            self._taken_away(trial, key, opened, heartbeat)
+        except SweepGone as exc:
+            heartbeat.stop()
+            if not heartbeat.taken_away():
+                trial.set_user_attr("orphaned", True)  # the rerun re-runs it (study.fail_orphaned_trials)
+                self._fail(trial, key, str(exc), "KILLED", opened, None)
+            raise
         except Interrupted:
             self._fail(trial, key, "interrupted: the sweep was stopped (Ctrl-C)", "KILLED", opened, link)
             raise
@@ -277,11 +351,25 @@ class Worker:
             self._fail(trial, key, f"out of memory: {exc}".splitlines()[0][:500], "FAILED", opened, link, oom=True)
         except self.trainer.NonFiniteLossError as exc:
             self._fail(trial, key, f"non-finite loss: {exc}", "FAILED", opened, link)
+        except NonFiniteObjectiveError as exc:
+            self._fail(trial, key, str(exc), "FAILED", opened, link)
         except Exception as exc:  # any other failure ends this trial only; the sweep goes on
+            if not told and heartbeat.taken_away(refresh=True):  # e.g. tell refused: failed elsewhere meanwhile
+                self._taken_away(trial, key, opened, heartbeat)
+                return
             reason = f"{type(exc).__name__}: {exc}"
             self._fail(trial, key, reason, "FAILED", opened, link, detail=traceback.format_exc())
         finally:
             heartbeat.stop()
+
+    def _taken_away(self, trial, key: str, opened: bool, heartbeat: "_Heartbeat") -> None:
+        """The trial was failed by another process (stale heartbeat) and re-queued there: close
+        our MLflow run once, FAILED with that reason, and tell Optuna nothing (it is finished)."""
+        heartbeat.stop()
+        reason = "taken away: another process failed this trial as stale and re-queued it; stopped here"
+        if opened:
+            self._close(key, "FAILED", None, {"optuna.state": "FAIL", "error": reason}, [])
+        self._finished(key, trial.number, "FAIL", None, reason)
 
     def _run_with_oom_retry(self, cfg, reporter, trial_dir, trial):
         import torch
@@ -312,6 +400,10 @@ class Worker:
               oom: bool = False, detail: str = "") -> None:
         import optuna
 
+        from sweeps.redact import scrub_text
+
+        # exception text can carry a token (an HTTP error's URL or header): mask before it is stored
+        reason, detail = scrub_text(reason), scrub_text(detail)
         trial.set_user_attr("fail_reason", reason[:2000])
         _link(link, timeout=5.0 if run_status == "KILLED" else 60.0)
         self.study.tell(trial, state=optuna.trial.TrialState.FAIL)
@@ -345,19 +437,62 @@ def _adapter_sha256(adapter_dir) -> str | None:
 
 
 class _Heartbeat:
-    """RDB storages only: keeps the trial's heartbeat fresh so another machine's sweep can tell a
-    dead host's trial from a live one (Optuna's stale-trial detection)."""
+    """Keeps the trial's heartbeat fresh on RDB storages, so another machine's sweep can tell a
+    dead host's trial from a live one (Optuna's stale-trial detection), and notices when the
+    trial was taken away all the same (failed as stale by another process: a long stall, a
+    database outage longer than the grace period). A failed beat is retried on the next tick,
+    never fatal: a thread that died on its first error would get a live trial failed as stale."""
 
-    def __init__(self, storage, trial_id: int, interval: int | None):
+    def __init__(self, storage, trial_id: int, interval: int | None, check_s: float = 2.0):
         self._stop = threading.Event()
         self._thread = None
+        self.storage, self.trial_id = storage, trial_id
+        self._taken = False
         if interval and hasattr(storage, "get_heartbeat_interval") and storage.get_heartbeat_interval():
-            def beat():
-                while not self._stop.wait(interval):
-                    storage.record_heartbeat(trial_id)
-            storage.record_heartbeat(trial_id)
-            self._thread = threading.Thread(target=beat, daemon=True)
+            storage.record_heartbeat(trial_id)  # the first one through the retrying storage
+            self._thread = threading.Thread(target=self._run, args=(float(interval), min(check_s, interval)),
+                                            name="trial-heartbeat", daemon=True)
             self._thread.start()
+
+    def _beat(self) -> bool:
+        # The storage itself, not its retrying wrapper: a failed beat is tried again at the next
+        # tick (seconds), not after a back-off that could outlast the grace period.
+        storage = getattr(self.storage, "inner", self.storage)
+        try:
+            storage.record_heartbeat(self.trial_id)
+            return True
+        except Exception as exc:  # noqa: BLE001 - a heartbeat must never kill the thread
+            import logging
+
+            logging.getLogger(__name__).warning("heartbeat of trial id %d failed (retrying): %s", self.trial_id,
+                                                str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__)
+            return False
+
+    def _run(self, interval: float, check_s: float) -> None:
+        last = time.monotonic()
+        while not self._stop.wait(check_s):
+            if time.monotonic() - last >= interval and self._beat():
+                last = time.monotonic()
+            self.taken_away(refresh=True)
+            if self._taken:
+                return
+
+    def taken_away(self, refresh: bool = False) -> bool:
+        """True once the trial is no longer RUNNING in the storage although this worker still runs
+        it (call only before this worker told its result). `refresh`: ask the storage now."""
+        if refresh and not self._taken:
+            import optuna
+
+            try:
+                self._taken = self.storage.get_trial(self.trial_id).state != optuna.trial.TrialState.RUNNING
+            except Exception:  # noqa: BLE001 - unknown is not taken; the next tick asks again
+                pass
+        return self._taken
+
+    def check(self) -> None:
+        """Raise TrialTakenAway in the training thread (called at every logged step)."""
+        if self._taken:
+            raise TrialTakenAway("another process failed this trial as stale")
 
     def stop(self) -> None:
         self._stop.set()

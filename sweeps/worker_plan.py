@@ -23,6 +23,48 @@ WORKER_PRELOAD = ["trainer", "torch", "transformers", "transformers.optimization
 _GPU_DEVICE_NODES = ("/dev/nvidiactl", "/dev/kfd", "/dev/dxg")
 
 
+class DeviceError(ValueError):
+    """hydra.sweeper.devices names a GPU this process cannot see (the message says which it can)."""
+
+
+def visible_devices(environ: dict[str, str] | None = None) -> list[str] | None:
+    """The GPUs this process was given, as the entries of its CUDA_VISIBLE_DEVICES (indices,
+    `GPU-<uuid>`, `MIG-<uuid>`), in the order CUDA numbers them; None when the variable is unset
+    (every GPU, numbered absolutely). As CUDA does, the list ends at the first empty or negative
+    entry, so "" and "-1" hide every GPU."""
+    raw = (os.environ if environ is None else environ).get("CUDA_VISIBLE_DEVICES")
+    if raw is None:
+        return None
+    entries = []
+    for entry in (e.strip() for e in raw.split(",")):
+        if not entry or entry.startswith("-"):
+            break
+        entries.append(entry)
+    return entries
+
+
+def worker_devices(devices: list[int], n_workers: int, visible: list[str] | None, count: int) -> list[str]:
+    """CUDA_VISIBLE_DEVICES of each worker. `devices` are indices as this process numbers its GPUs
+    (0..count-1); a worker gets the parent's own entry for its GPU, so under SLURM, on a shared
+    box or with MIG slices (CUDA_VISIBLE_DEVICES=2,3 or UUIDs) it lands on a GPU it was given."""
+    check_devices(devices, count, visible)
+    chosen = [devices[i % len(devices)] for i in range(n_workers)]
+    return [visible[d] if visible is not None else str(d) for d in chosen]
+
+
+def check_devices(devices: list[int], count: int, visible: list[str] | None) -> None:
+    """Every index in hydra.sweeper.devices must name a GPU this process sees, once."""
+    seen = f"CUDA_VISIBLE_DEVICES={','.join(visible)}" if visible is not None else "CUDA_VISIBLE_DEVICES unset"
+    allowed = f"indices 0..{count - 1}" if count else "none (no GPU is visible; leave devices null to run on CPU)"
+    for device in devices:
+        if isinstance(device, bool) or not isinstance(device, int) or not 0 <= device < count:
+            raise DeviceError(f"hydra.sweeper.devices: {device!r} is not a visible GPU; this process sees {count} "
+                              f"GPU(s) ({seen}); allowed: {allowed}, as numbered within the visible set")
+    if len(set(devices)) != len(devices):
+        raise DeviceError(f"hydra.sweeper.devices: {devices} lists a GPU twice; give each index once "
+                          "(use hydra.sweeper.n_jobs for several workers over the listed GPUs)")
+
+
 @dataclass
 class WorkerPlan:
     """Which worker gets which device and how many CPU threads."""
@@ -36,11 +78,12 @@ class WorkerPlan:
 
     @classmethod
     def make(cls, n_jobs: int | None, devices: list[int] | None, n_trials: int | None = None) -> "WorkerPlan":
+        count = cuda_device_count() if devices is None or devices else 0
         if devices is None:
-            devices = list(range(cuda_device_count()))
+            devices = list(range(count))
         if devices:
             n = int(n_jobs or len(devices))
-            return cls([str(devices[i % len(devices)]) for i in range(n)], None)
+            return cls(list(worker_devices(devices, n, visible_devices(), count)), None)
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
         n = int(n_jobs or auto_cpu_workers(cores, n_trials))
         return cls([None] * n, max(1, cores // n))
@@ -52,9 +95,13 @@ def plan_for(conf: DictConfig, n_trials: int | None = None) -> WorkerPlan:
 
 
 def cuda_device_count() -> int:
-    """torch.cuda.device_count(), but on a Linux machine without a GPU driver it answers 0
-    without importing torch (2 s the fork server would otherwise wait for)."""
+    """How many GPUs this process sees: torch.cuda.device_count(), which honours
+    CUDA_VISIBLE_DEVICES and creates no CUDA context. On a Linux machine without a GPU driver, or
+    with every GPU hidden, it answers 0 without importing torch (2 s the fork server would
+    otherwise wait for)."""
     if sys.platform.startswith("linux") and not any(os.path.exists(node) for node in _GPU_DEVICE_NODES):
+        return 0
+    if visible_devices() == []:
         return 0
     import torch
 

@@ -117,3 +117,39 @@ def test_renderers(tmp_path: Path):
     assert "<strong>b</strong>" in page and "<code>c</code>" in page and "&lt;x&gt;" in page
     assert 'src="data:image/png;base64,' in page and "f.png" not in page
     assert not re.search(r"""(?:src|href)\s*=\s*["']?\s*(?:https?:)?//""", page, re.I)
+
+
+def test_fresh_replicates_leave_out_those_that_keep_a_tuned_seed():
+    """Winner's curse: a data_seed replicate keeps the init seed the search picked for its luck."""
+    from analysis.reproducibility import fresh
+
+    reps = pd.DataFrame({"config": [1] * 4, "value": [0.9, 0.8, 0.7, 0.6], "sweep_value": [0.95] * 4,
+                         "seed_kind": ["seed", "data_seed", "both", "determinism"]})
+    assert list(fresh(reps)["seed_kind"]) == ["seed", "data_seed", "both"]
+    assert list(fresh(reps, {"seed"})["seed_kind"]) == ["seed", "both"]
+    assert list(fresh(reps, {"data_seed"})["seed_kind"]) == ["data_seed", "both"]
+    assert list(fresh(reps, {"seed", "data_seed"})["seed_kind"]) == ["both"]
+    summary = per_config_summary(reps, maximize=True, tuned_seeds={"seed"})
+    assert summary.loc[0, "n"] == 2 and summary.loc[0, "mean"] == pytest.approx(0.8)
+
+
+def test_expected_max_draws_are_what_the_estimator_assumes():
+    """Dodge et al.'s estimator assumes i.i.d. draws: pruned trials count at their last value, and
+    with TPE only its random start-up trials are used."""
+    import numpy as np
+
+    from analysis.context import ReportData
+
+    frame = pd.DataFrame({"number": range(14), "state": ["COMPLETE"] * 12 + ["PRUNED", "FAIL"],
+                          "value": [0.5 + 0.01 * i for i in range(12)] + [np.nan, np.nan],
+                          "last_intermediate": [np.nan] * 12 + [0.31, np.nan]})
+    data = ReportData(study=None, attrs={"sampler": "tpe", "sampler_kwargs": {"n_startup_trials": 5}}, frame=frame,
+                      done=frame[frame["state"] == "COMPLETE"], repro=None, reps=pd.DataFrame())
+    values, label = data.expected_max_sample()
+    assert list(values) == pytest.approx([0.50, 0.51, 0.52, 0.53, 0.54]) and "random start-up" in label
+    data.attrs = {"sampler": "random"}
+    values, label = data.expected_max_sample()
+    assert len(values) == 13 and 0.31 in values and "i.i.d. draws, 1 pruned at their last reported value" in label
+    data.attrs = {}
+    values, label = data.expected_max_sample()
+    assert len(values) == 13 and "not i.i.d." in label

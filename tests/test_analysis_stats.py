@@ -9,9 +9,9 @@ import pandas as pd
 import pytest
 from scipy import stats as st
 
-from analysis.stats import (bootstrap_diff, dominant_seed_kind, expected_max, expected_max_std, pareto_front,
+from analysis.stats import (bootstrap_diff, crossed_components, expected_max, expected_max_std, pareto_front,
                             probability_of_outperforming, rank_stability, summarize, variance_by_seed_kind,
-                            welch_test)
+                            seed_variance_components, welch_test)
 
 
 def test_expected_max_by_hand():
@@ -98,7 +98,7 @@ def test_rank_stability_kendall_and_winner():
     assert rank_stability(df[df["config"] == "A"])["n_configs"] == 1
 
 
-def test_variance_by_seed_kind_and_dominance():
+def test_variance_by_seed_kind():
     frame = pd.DataFrame({
         "config": [1] * 7,
         "seed_kind": ["seed"] * 3 + ["data_seed"] * 3 + ["determinism"],
@@ -108,10 +108,44 @@ def test_variance_by_seed_kind_and_dominance():
     assert list(table["seed_kind"]) == ["seed", "data_seed"]            # determinism excluded
     assert table["var"].tolist() == pytest.approx([1.0, 0.01])
     assert table["std"].tolist() == pytest.approx([1.0, 0.1])
-    assert dominant_seed_kind(table)["dominant"] == "seed"
-    close = table.assign(var=[1.0, 0.8])
-    assert dominant_seed_kind(close)["dominant"] == "comparable"
-    assert dominant_seed_kind(table[table["seed_kind"] == "seed"])["dominant"] is None
+
+
+def _crossed(rng, var_init, var_data, n_seeds, n_configs, var_resid=0.5):
+    grids = []
+    for _ in range(n_configs):
+        a, b = rng.normal(0, np.sqrt(var_init), n_seeds), rng.normal(0, np.sqrt(var_data), n_seeds)
+        grids.append(0.8 + a[:, None] + b[None, :] + rng.normal(0, np.sqrt(var_resid), (n_seeds, n_seeds)))
+    return grids
+
+
+def test_crossed_components_by_hand():
+    # row means ±1, column means ±0.5, no residual: MS_rows = 2·(1+1)/1 = 4 → σ²_init = 4/2; MS_cols = 1 → σ²_data = 1/2
+    grid = np.array([[1.5, 0.5], [-0.5, -1.5]])
+    init, data, resid = crossed_components(grid)
+    assert resid == pytest.approx(0.0) and init == pytest.approx(2.0) and data == pytest.approx(0.5)
+    with pytest.raises(ValueError, match="at least 2"):
+        crossed_components(np.ones((1, 3)))
+
+
+def test_equal_seed_variances_give_no_verdict_seeded_simulation():
+    """The old 2x rule named a "dominant" seed about half the time when both contribute equally;
+    the crossed estimate must say it cannot tell (>= 90% of seeds), small grid or large."""
+    rng = np.random.default_rng(11)
+    for n_seeds, n_configs in ((3, 2), (10, 4)):
+        verdicts = [seed_variance_components(_crossed(rng, 1.0, 1.0, n_seeds, n_configs), n_boot=400, seed=s)["verdict"]
+                    for s in range(100)]
+        assert verdicts.count("cannot tell at this n") >= 90, (n_seeds, verdicts)
+
+
+def test_a_four_to_one_seed_variance_is_found_with_enough_replicates_seeded_simulation():
+    rng = np.random.default_rng(12)
+    init = [seed_variance_components(_crossed(rng, 4.0, 1.0, 10, 4), n_boot=400, seed=s)["verdict"] for s in range(60)]
+    assert init.count("init seed") >= 48 and init.count("data order") == 0
+    data = [seed_variance_components(_crossed(rng, 1.0, 4.0, 10, 4), n_boot=400, seed=s)["verdict"] for s in range(60)]
+    assert data.count("data order") >= 45 and data.count("init seed") == 0
+    result = seed_variance_components(_crossed(rng, 4.0, 1.0, 10, 4), n_boot=400)
+    assert list(result["table"]["source"]) == ["init seed", "data order", "interaction + residual"]
+    assert result["runs"] == 400 and result["n_configs"] == 4
 
 
 def test_pareto_front():
@@ -120,3 +154,45 @@ def test_pareto_front():
     assert pareto_front([(1, 1), (2, 2)], ["minimize", "minimize"]).tolist() == [True, False]
     with pytest.raises(ValueError):
         pareto_front([(1, 2)], ["maximize"])
+
+
+def test_one_sided_lead_has_a_sign_seeded_simulation():
+    """A winner that is worse on replicates must never read as a significant lead: the old
+    two-sided p did exactly that whenever the runner-up was clearly better."""
+    rng = np.random.default_rng(7)
+    false_leads = sum(welch_test(rng.normal(0.80, 0.01, 5), rng.normal(0.85, 0.01, 5), maximize=True)["p_a_better"] < 0.05
+                      for _ in range(500))
+    assert false_leads == 0
+    real_leads = sum(welch_test(rng.normal(0.85, 0.01, 5), rng.normal(0.80, 0.01, 5), maximize=True)["p_a_better"] < 0.05
+                     for _ in range(500))
+    assert real_leads >= 490
+    # minimisation (a loss): lower is better
+    assert welch_test([1.0, 1.1, 0.9], [2.0, 2.1, 1.9], maximize=False)["p_a_better"] < 0.05
+    # under the null the one-sided test rejects at its nominal level
+    null = np.mean([welch_test(rng.normal(0, 1, 9), rng.normal(0, 1, 9), maximize=True)["p_a_better"] < 0.05
+                    for _ in range(2000)])
+    assert 0.03 <= null <= 0.07
+
+
+def test_lead_significance_says_when_the_runner_up_is_better():
+    from analysis.reproducibility import lead_significance
+
+    reps = pd.DataFrame({"config": [1] * 4 + [2] * 4, "seed_kind": ["seed"] * 8,
+                         "value": [0.80, 0.81, 0.79, 0.80, 0.86, 0.85, 0.87, 0.86]})
+    sig = lead_significance(reps, winner=1, runner_up=2, maximize=True)
+    assert sig["leader"] == "runner-up" and sig["p_a_better"] > 0.95 and sig["p_value"] < 0.05
+
+
+@pytest.mark.parametrize("n", [3, 9])
+def test_intervals_cover_the_truth_at_small_n_seeded_simulation(n):
+    """95% intervals must cover at least 93% of the time for normal data: the t-interval for one
+    config's mean, and the Welch t-interval for a difference of two."""
+    rng = np.random.default_rng(n)
+    trials = 2000
+    covered = sum(s["ci_low"] <= 0.8 <= s["ci_high"] for s in (summarize(rng.normal(0.8, 0.02, n)) for _ in range(trials)))
+    assert covered / trials >= 0.93
+    covered = 0
+    for _ in range(trials):
+        r = welch_test(rng.normal(0.80, 0.02, n), rng.normal(0.78, 0.04, n), maximize=True)
+        covered += r["ci_low"] <= 0.02 <= r["ci_high"]
+    assert covered / trials >= 0.93

@@ -29,7 +29,12 @@ def test_sweep_reruns_the_top_configs_with_fresh_seeds(reproduced):
     study = only_study(reproduced)
     repro = only_study(reproduced, suffix="--reproduce")
     trials = repro.get_trials(states=(TrialState.COMPLETE,))
-    assert len(trials) == 2 * 3 * 3 + 2  # top-2 × 3 seeds × {seed, data_seed, both} + determinism pair
+    assert len(trials) == 2 * 3 * 3 + 2  # top-2 × (3 init × 3 data-order seeds, crossed) + determinism pair
+    assert {t.user_attrs["seed_kind"] for t in trials} == {"crossed", "determinism"}
+    for config in {t.user_attrs["replicates_trial"] for t in trials}:
+        cells = {(t.user_attrs["seed"], t.user_attrs["data_seed"]) for t in trials
+                 if t.user_attrs["replicates_trial"] == config and t.user_attrs["seed_kind"] == "crossed"}
+        assert len(cells) == 9 and len({s for s, _ in cells}) == 3 and len({d for _, d in cells}) == 3
     best_two = sorted(study.get_trials(states=(TrialState.COMPLETE,)), key=lambda t: -t.value)[:2]
     assert {t.user_attrs["replicates_trial"] for t in trials} == {t.number for t in best_two}
     for trial in trials:
@@ -52,7 +57,7 @@ def test_determinism_check_is_bitwise_on_cpu(reproduced):
     assert len(pair) == 2
     assert pair[0].user_attrs["adapter_sha256"] == pair[1].user_attrs["adapter_sha256"]
     assert pair[0].user_attrs["metrics"] == pair[1].user_attrs["metrics"]
-    assert all(t.user_attrs["deterministic_algorithms"] for t in pair)
+    assert all(t.user_attrs["deterministic"] == "strict" for t in pair)  # CPU: every op deterministic, enforced
 
 
 def test_report_has_the_reproducibility_section_and_lands_on_the_parent(reproduced):
@@ -67,6 +72,9 @@ def test_report_has_the_reproducibility_section_and_lands_on_the_parent(reproduc
         assert heading in md, heading
     assert re.search(r"95% CI", md) and "Kendall" in md and re.search(r"p[- ]value|p =", md)
     assert "reproduced every metric bit for bit" in md and "Adapter SHA-256 identical in 2 of 2" in md
+    # the crossed-seed variance table, with intervals and n
+    assert "Two-way random-effects variance components" in md and "n = 18 runs" in md and "3 × 3" in md
+    assert "| init seed |" in md and "| data order |" in md and "95% CI low" in md
     assert "optimistically biased" in md  # the default search space tunes the seed
     html = (out / "report.html").read_text()
     assert "data:image/png;base64," in html and not re.search(r"""(src|href)=["']https?://""", html)
@@ -78,7 +86,8 @@ def test_report_has_the_reproducibility_section_and_lands_on_the_parent(reproduc
 
 def test_reproduce_cli_on_an_existing_study(reproduced):
     proc = subprocess.run([sys.executable, "-m", "analysis.reproduce", "--top-k", "3", "--n-seeds", "1",
-                           "--seed-kinds", "seed", "--no-determinism-check"], cwd=reproduced,
+                           "--design", "one_at_a_time", "--seed-kinds", "seed",
+                           "--no-determinism-check"], cwd=reproduced,
                           env={**env(), "PYTHONPATH": str(REPO)}, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     repro = only_study(reproduced, suffix="--reproduce")

@@ -47,7 +47,7 @@ def test_four_trial_sweep_then_resume(tmp_path, tiny_bert_dir):
         assert float(run.data.params["train.learning_rate"]) == pytest.approx(trial.params["train.learning_rate"])
         assert run.data.params["quant.mode"] == "4bit"
         for key in ("eval_accuracy", "eval_macro_f1", "trainable_params", "train_runtime_s", "samples_per_second",
-                    "peak_memory_mb"):
+                    "peak_memory_mb", "train_padding_fraction"):
             assert key in run.data.metrics
         assert len(client.get_metric_history(run.info.run_id, "eval_accuracy")) >= 3  # steps 2, 4, 6
         assert len(client.get_metric_history(run.info.run_id, "train_loss")) >= 3
@@ -167,5 +167,6 @@ def test_single_run_without_multirun(tmp_path, tiny_bert_dir):
     exp = client.get_experiment_by_name("lora-sweep")
     (run,) = client.search_runs([exp.experiment_id])
     assert run.info.status == "FINISHED" and "eval_accuracy" in run.data.metrics
+    assert 0.0 <= run.data.metrics["train_padding_fraction"] < 1.0
     assert run.data.params["lora.r"] == "8"
     assert {"config.yaml", "curves.png", "adapter"} <= {a.path for a in client.list_artifacts(run.info.run_id)}

@@ -84,3 +84,30 @@ def test_causal_lm_candidate_scoring_keeps_each_example_in_place(tiny_llama_dir:
     out = evaluate(model, data, make_collator(tok, "causal_lm"), "causal_lm", 8, torch.device("cpu"),
                    contextlib.nullcontext)
     assert out["eval_accuracy"] == 1.0
+
+
+def test_verbalisers_of_different_length_tie_on_a_model_that_prefers_neither(tiny_llama_dir: Path) -> None:
+    """Summed log-probabilities make the shorter verbaliser win on a model with no preference at
+    all; the default mean per token scores both labels the same."""
+    import torch
+    from transformers import AutoTokenizer, LlamaForCausalLM
+
+    from trainer.evaluation import candidate_scores
+
+    tok = AutoTokenizer.from_pretrained(tiny_llama_dir)
+    tok.pad_token = tok.eos_token
+    model = LlamaForCausalLM.from_pretrained(tiny_llama_dir).eval()
+    with torch.no_grad():
+        model.lm_head.weight.zero_()  # every next token equally likely, whatever the input
+    prompts = [tok(f"{t} sentiment:")["input_ids"] for t in TEXTS[:6]]
+    short, long = tok([" good", " not good at all"], add_special_tokens=False)["input_ids"]
+    assert len(short) < len(long)
+    data = EncodedData(EncodedSplit([]), EncodedSplit([], class_labels=[0] * 6, prompts=prompts),
+                       num_labels=2, label_names=["short", "long"], candidates=[short, long])
+    collate, cpu = make_collator(tok, "causal_lm"), torch.device("cpu")
+    mean = candidate_scores(model, data, collate, 8, cpu, contextlib.nullcontext, "mean")
+    assert torch.allclose(mean[:, 0], mean[:, 1], atol=1e-5)
+    summed = candidate_scores(model, data, collate, 8, cpu, contextlib.nullcontext, "sum")
+    assert (summed[:, 0] > summed[:, 1] + 1.0).all(), "a sum prefers the shorter label"
+    with pytest.raises(ValueError, match="task.label_scoring"):
+        candidate_scores(model, data, collate, 8, cpu, contextlib.nullcontext, "max")

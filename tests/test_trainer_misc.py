@@ -57,3 +57,21 @@ def test_demo_data_is_fixed_balanced_and_noisy() -> None:
     assert 0.4 < sum(train["label"]) / 600 < 0.6
     texts = " ".join(generate(400, 0)["text"])
     assert " but " in texts and " not " in texts and "although" in texts
+
+
+def test_determinism_mode_says_what_torch_enforces() -> None:
+    """`deterministic_algorithms: True` was logged even where torch only warned; the mode says which."""
+    import torch
+
+    from trainer.seeding import determinism_mode
+
+    before = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled())
+    try:
+        torch.use_deterministic_algorithms(True)
+        assert determinism_mode() == "strict"
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        assert determinism_mode() == "warn_only"
+        torch.use_deterministic_algorithms(False)
+        assert determinism_mode() == "off"
+    finally:
+        torch.use_deterministic_algorithms(before[0], warn_only=before[1])

@@ -34,6 +34,7 @@ _LAZY = {
     "TARGET_PRESETS": "trainer.targets",
     "seed_everything": "trainer.seeding",
     "environment_fingerprint": "trainer.fingerprint",
+    "determinism_mode": "trainer.seeding",
 }
 
 __all__ = ["ConfigError", "NonFiniteLossError", *_LAZY]
@@ -60,6 +61,6 @@ if TYPE_CHECKING:  # for type checkers and IDEs only
     from trainer.recipe import run_trial
     from trainer.reporting import RecordingReporter, Reporter
     from trainer.result import TrialResult
-    from trainer.seeding import seed_everything
+    from trainer.seeding import determinism_mode, seed_everything
     from trainer.targets import TARGET_PRESETS, resolve_target_modules
     from trainer.validation import validate_config

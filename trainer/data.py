@@ -105,3 +105,30 @@ def load_raw(data: dict[str, Any], task_type: str) -> RawData:
     for split, ds in (("train", train), ("eval", eval_)):
         _check_labels(ds, label, num_labels, split)
     return RawData(train, eval_, num_labels, names)
+
+
+def with_eval_rows(raw: RawData, path: str, data: dict[str, Any], task_type: str) -> RawData:
+    """`raw` with its eval split replaced by the rows of a file (JSON lines, JSON or CSV by suffix),
+    checked and label-mapped exactly as the trial's own eval split was: same columns, the label
+    names learnt from the trial's data. A file without the label column gets placeholder labels
+    (the caller then has predictions, not metrics)."""
+    import datasets
+
+    builder = "csv" if str(path).endswith(".csv") else "json"
+    rows = datasets.load_dataset(builder, data_files={"eval": str(path)})["eval"]
+    _check_column(rows, "--input", data["text_column"], f"--input {path}")
+    if task_type == "causal_lm" and data.get("completion_column"):
+        _check_column(rows, "--input", data["completion_column"], f"--input {path}")
+    label = data.get("label_column")
+    if raw.num_labels is None or not label:
+        return RawData(raw.train, rows, raw.num_labels, raw.label_names)
+    if label not in rows.column_names:
+        rows = rows.add_column(label, [0] * len(rows))
+    elif rows.features[label].dtype == "string":
+        index = {name: i for i, name in enumerate(raw.label_names or [])}
+        unknown = sorted(set(rows[label]) - set(index))
+        if unknown:
+            raise ConfigError("--input", path, f"labels among the trial's ({', '.join(index)})", f"unknown labels: {unknown}")
+        rows = rows.map(lambda b: {label: [index[v] for v in b[label]]}, batched=True)
+    _check_labels(rows, label, raw.num_labels, f"--input {path}")
+    return RawData(raw.train, rows, raw.num_labels, raw.label_names)

@@ -35,26 +35,48 @@ def _to(batch: dict[str, Any], device: Any) -> dict[str, Any]:
     return {k: v.to(device) for k, v in batch.items()}
 
 
-def _eval_classification(model: Any, data: EncodedData, collate: Collate, bs: int, device: Any, autocast: Any) -> dict[str, float]:
+def classify(model: Any, data: EncodedData, collate: Collate, bs: int, device: Any, autocast: Any
+             ) -> tuple[list[int], list[list[float]], float]:
+    """Predicted class and class probabilities per eval row (dataset order), and the summed
+    cross-entropy against the rows' labels. The same batches whoever asks (the trial's eval,
+    `sweeps.chat`), so the same numbers."""
     import torch
 
-    preds, labels, loss_sum = [], [], 0.0
-    for rows in _batches(_length_sorted(data.eval.features), bs):
-        batch = _to(collate(rows), device)
+    features = data.eval.features
+    preds: list[int] = [0] * len(features)
+    probs: list[list[float]] = [[] for _ in features]
+    loss_sum = 0.0
+    for idx in _batches(_shortest_first([f["input_ids"] for f in features]), bs):
+        batch = _to(collate([features[i] for i in idx]), device)
         with autocast():
             logits = model(**{k: v for k, v in batch.items() if k != "labels"}).logits.float()
         loss_sum += torch.nn.functional.cross_entropy(logits, batch["labels"], reduction="sum").item()
-        preds += logits.argmax(-1).tolist()
-        labels += batch["labels"].tolist()
+        for i, row in zip(idx, logits):
+            preds[i], probs[i] = int(row.argmax()), torch.softmax(row, -1).tolist()
+    return preds, probs, loss_sum
+
+
+def _eval_classification(model: Any, data: EncodedData, collate: Collate, bs: int, device: Any, autocast: Any) -> dict[str, float]:
+    preds, _, loss_sum = classify(model, data, collate, bs, device, autocast)
+    labels = [int(f["labels"]) for f in data.eval.features]
     return classification_metrics(preds, labels, loss_sum, data.num_labels)
 
 
-def _score_candidates(model: Any, data: EncodedData, collate: Collate, bs: int, device: Any, autocast: Any) -> list[int]:
-    """Argmax over labels of sum log P(completion tokens | prompt), per eval example."""
+LABEL_SCORINGS = ("mean", "sum")
+
+
+def candidate_scores(model: Any, data: EncodedData, collate: Collate, bs: int, device: Any, autocast: Any,
+                     scoring: str = "mean") -> Any:
+    """(eval rows × labels) scores of each label's completion given the row's prompt: the mean
+    log-probability per completion token (`mean`), or their sum (`sum`). A sum favours the
+    shorter verbaliser whatever the model prefers (every extra token only lowers it); the mean
+    compares labels of different token lengths on equal terms."""
     import torch
 
+    if scoring not in LABEL_SCORINGS:
+        raise ValueError(f"task.label_scoring: {scoring!r}; allowed: {', '.join(LABEL_SCORINGS)}")
     cands, order = data.candidates, _shortest_first(data.eval.prompts)
-    preds = [0] * len(order)
+    scores = torch.zeros(len(order), len(cands))
     for idx in _batches(order, max(bs // len(cands), 1)):
         prompts = [data.eval.prompts[i] for i in idx]
         rows = [{"input_ids": p + c, "attention_mask": [1] * (len(p) + len(c)), "labels": [IGNORE_INDEX] * len(p) + c}
@@ -62,13 +84,14 @@ def _score_candidates(model: Any, data: EncodedData, collate: Collate, bs: int, 
         batch = _to(collate(rows), device)
         with autocast():
             logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-        scores, _ = sequence_logprobs(logits, batch["labels"])
-        for i, pred in zip(idx, torch.argmax(scores.view(len(prompts), len(cands)), dim=-1).tolist()):
-            preds[i] = pred
-    return preds
+        logp, count = sequence_logprobs(logits, batch["labels"])
+        row = logp / count.clamp(min=1) if scoring == "mean" else logp
+        scores[idx] = row.view(len(prompts), len(cands)).float().cpu()
+    return scores
 
 
-def _eval_causal(model: Any, data: EncodedData, collate: Collate, bs: int, device: Any, autocast: Any) -> dict[str, float]:
+def _eval_causal(model: Any, data: EncodedData, collate: Collate, bs: int, device: Any, autocast: Any,
+                 scoring: str = "mean") -> dict[str, float]:
     nll, n_tokens = 0.0, 0
     for rows in _batches(_length_sorted(data.eval.features), bs):
         batch = _to(collate(rows), device)
@@ -77,12 +100,14 @@ def _eval_causal(model: Any, data: EncodedData, collate: Collate, bs: int, devic
         logp, count = sequence_logprobs(logits, batch["labels"])
         nll -= logp.sum().item()
         n_tokens += int(count.sum().item())
-    preds = _score_candidates(model, data, collate, bs, device, autocast) if data.candidates else None
+    preds = None
+    if data.candidates:
+        preds = candidate_scores(model, data, collate, bs, device, autocast, scoring).argmax(-1).tolist()
     return causal_lm_metrics(nll, n_tokens, preds, data.eval.class_labels)
 
 
 def evaluate(model: Any, data: EncodedData, collate: Collate, task_type: str, batch_size: int, device: Any,
-             autocast: Any) -> dict[str, float]:
+             autocast: Any, label_scoring: str = "mean") -> dict[str, float]:
     """Eval metrics (see trainer.metrics); restores train mode afterwards."""
     import torch
 
@@ -90,7 +115,55 @@ def evaluate(model: Any, data: EncodedData, collate: Collate, task_type: str, ba
     model.eval()
     try:
         with torch.inference_mode():
-            fn = _eval_classification if task_type == "classification" else _eval_causal
-            return fn(model, data, collate, batch_size, device, autocast)
+            if task_type == "classification":
+                return _eval_classification(model, data, collate, batch_size, device, autocast)
+            return _eval_causal(model, data, collate, batch_size, device, autocast, label_scoring)
     finally:
         model.train(was_training)
+
+
+def answer_prompts(data: EncodedData) -> tuple[list[list[int]], list[list[int]]]:
+    """Per eval row of a causal LM: the prompt (every token before the last answer span, so a
+    multi-turn conversation keeps its history) and the reference answer tokens (that span)."""
+    prompts, answers = [], []
+    for f in data.eval.features:
+        labels = list(f["labels"])
+        end = max((i for i, t in enumerate(labels) if t != IGNORE_INDEX), default=-1) + 1
+        start = end
+        while start > 0 and labels[start - 1] != IGNORE_INDEX:
+            start -= 1
+        prompts.append(list(f["input_ids"][:start]))
+        answers.append(labels[start:end])
+    return prompts, answers
+
+
+def predictions(model: Any, data: EncodedData, collate: Collate, task_type: str, batch_size: int, device: Any,
+                autocast: Any, tokenizer: Any, max_new_tokens: int, label_scoring: str = "mean") -> list[dict[str, Any]]:
+    """One record per eval row, in dataset order: label and probabilities (classification), the
+    chosen label (causal LM with labels), or the greedy answer with its reference (causal LM)."""
+    import torch
+
+    names = data.label_names or [str(i) for i in range(data.num_labels or 0)]
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode():
+            if task_type == "classification":
+                preds, probs, _ = classify(model, data, collate, batch_size, device, autocast)
+                return [{"label": names[p], "probabilities": dict(zip(names, pr)),
+                         "reference": names[int(f["labels"])]} for p, pr, f in zip(preds, probs, data.eval.features)]
+            if data.candidates:
+                scores = candidate_scores(model, data, collate, batch_size, device, autocast, label_scoring)
+                refs = data.eval.class_labels or []
+                return [{"label": names[int(s.argmax())], "scores": dict(zip(names, s.tolist())),
+                         **({"reference": names[refs[i]]} if i < len(refs) else {})} for i, s in enumerate(scores)]
+    finally:
+        model.train(was_training)
+    from trainer.generation import generate_answers
+
+    prompts, refs = answer_prompts(data)
+    eos = {tokenizer.eos_token_id}
+    answers = generate_answers(model, tokenizer, prompts, max_new_tokens, batch_size, device, autocast)
+    return [{"prompt": tokenizer.decode(p, skip_special_tokens=True), "answer": a,
+             "reference": tokenizer.decode([t for t in r if t not in eos], skip_special_tokens=True).strip()}
+            for p, a, r in zip(prompts, answers, refs)]

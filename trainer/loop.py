@@ -1,16 +1,23 @@
 """The training loop: plain PyTorch (no HF Trainer), so its overhead over a bare loop is nil.
 
-Per optimizer step: `grad_accum` micro-batches (loss / n, backward), clip, AdamW step,
-scheduler step. Data order comes only from a torch.Generator seeded with data_seed; dropout
-draws from the global RNG, which the recipe seeded right before creating the adapter.
+Per optimizer step: `grad_accum` micro-batches, clip, optimizer step, scheduler step. The
+accumulated gradient is the gradient of the mean loss over every loss unit of the step (label
+tokens after the shift for causal LMs, examples for classification), so a step of
+`batch_size=2, gradient_accumulation_steps=4` is the step `batch_size=8` takes: each micro-batch
+contributes its summed loss divided by the step's total, not its own mean divided by the number
+of micro-batches (which overweights micro-batches with few completion tokens).
+
+Data order comes only from a torch.Generator seeded with data_seed; dropout draws from the
+global RNG, which the recipe seeded right before creating the adapter.
 """
 
 from __future__ import annotations
 
 import contextlib
+import inspect
 import math
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,6 +25,11 @@ from trainer.errors import NonFiniteLossError
 from trainer.reporting import Reporter
 
 METRIC_SCHEDULERS = ("reduce_lr_on_plateau", "greedy")  # stepped with eval_loss at each eval, not per step
+IGNORE_INDEX = -100
+MEGABATCH_MULT = 50  # group_by_length: micro-batches are cut from length-sorted runs of 50 x batch_size
+# train.optim -> bitsandbytes.optim class (None: torch.optim.AdamW)
+BNB_OPTIMIZERS = {"adamw_torch": None, "adamw_8bit": "AdamW8bit", "paged_adamw_8bit": "PagedAdamW8bit",
+                  "paged_adamw_32bit": "PagedAdamW32bit"}
 
 
 @dataclass
@@ -46,28 +58,85 @@ class LoopOutcome:
     history: list[dict[str, Any]] = field(default_factory=list)
     train_s: float = 0.0
     eval_s: float = 0.0
+    padding_fraction: float = 0.0  # padded share of the training micro-batches' token slots
 
 
 def autocast_for(device: Any, precision: str) -> Callable[[], contextlib.AbstractContextManager]:
-    """Context factory: torch.autocast for fp16/bf16, a no-op for fp32."""
+    """Context factory: torch.autocast for fp16/bf16, a no-op for fp32 and pure_bf16 (whose
+    weights are already bf16)."""
     import torch
 
-    if precision == "fp32":
+    if precision in ("fp32", "pure_bf16"):
         return contextlib.nullcontext
     dtype = torch.float16 if precision == "fp16" else torch.bfloat16
     return lambda: torch.autocast(device_type=device.type, dtype=dtype)
 
 
-def _step_groups(n: int, batch_size: int, accum: int, generator: Any) -> Iterator[list[list[int]]]:
+def _length_grouped(order: list[int], lengths: Sequence[int], batch_size: int, generator: Any) -> list[list[int]]:
+    """Micro-batches of similar length, as HF's LengthGroupedSampler: cut the shuffled order into
+    mega-batches of MEGABATCH_MULT x batch_size, sort each by length (longest first), split it,
+    then shuffle the micro-batches. The one holding the longest example goes first, so a batch
+    size that does not fit in memory fails at the first step rather than mid-trial."""
+    import torch
+
+    mega = MEGABATCH_MULT * batch_size
+    micro = []
+    for i in range(0, len(order), mega):
+        chunk = sorted(order[i : i + mega], key=lambda j: -lengths[j])  # stable: ties keep the shuffled order
+        micro += [chunk[k : k + batch_size] for k in range(0, len(chunk), batch_size)]
+    micro = [micro[k] for k in torch.randperm(len(micro), generator=generator).tolist()]
+    longest = max(range(len(micro)), key=lambda k: max(lengths[j] for j in micro[k]))
+    micro[0], micro[longest] = micro[longest], micro[0]
+    return micro
+
+
+def step_groups(n: int, batch_size: int, accum: int, generator: Any,
+                lengths: Sequence[int] | None = None) -> Iterator[list[list[int]]]:
     """Endless stream of optimizer steps, each a list of micro-batch index lists; a fresh
-    permutation per epoch, the last step of an epoch may have fewer micro-batches."""
+    permutation per epoch, the last step of an epoch may have fewer micro-batches. With
+    `lengths`, micro-batches are length-grouped (see _length_grouped); the order is a function
+    of the generator's seed alone either way."""
     import torch
 
     while True:
         order = torch.randperm(n, generator=generator).tolist()
-        micro = [order[i : i + batch_size] for i in range(0, n, batch_size)]
+        if lengths is None:
+            micro = [order[i : i + batch_size] for i in range(0, n, batch_size)]
+        else:
+            micro = _length_grouped(order, lengths, batch_size, generator)
         for i in range(0, len(micro), accum):
             yield micro[i : i + accum]
+
+
+def loss_units(batch: dict[str, Any], causal: bool) -> int:
+    """What the loss averages over: label tokens a causal LM predicts (labels after the
+    next-token shift, -100 excluded), or examples for classification."""
+    if causal:
+        return int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
+    return len(batch["labels"])
+
+
+def accepts_loss_kwargs(model: Any) -> bool:
+    """Whether the model's forward takes `num_items_in_batch` to its loss (the rule HF Trainer
+    uses: an explicit `accepts_loss_kwargs`, else a **kwargs forward); peft wrappers pass it on."""
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    if hasattr(inner, "accepts_loss_kwargs"):
+        return bool(inner.accepts_loss_kwargs)
+    return any(p.kind == inspect.Parameter.VAR_KEYWORD for p in inspect.signature(inner.forward).parameters.values())
+
+
+def make_optimizer(train: dict[str, Any], params: list[Any]) -> Any:
+    """train.optim: torch AdamW or a bitsandbytes AdamW (8-bit state and/or paged state), all
+    with the configured learning rate and decoupled weight decay."""
+    import torch
+
+    name = BNB_OPTIMIZERS[train.get("optim", "adamw_torch")]
+    kwargs = {"lr": train["learning_rate"], "weight_decay": train.get("weight_decay", 0.0)}
+    if name is None:
+        return torch.optim.AdamW(params, **kwargs)
+    import bitsandbytes.optim
+
+    return getattr(bitsandbytes.optim, name)(params, **kwargs)
 
 
 def _make_scheduler(train: dict[str, Any], optimizer: Any, plan: LoopPlan) -> Any:
@@ -79,39 +148,58 @@ def _make_scheduler(train: dict[str, Any], optimizer: Any, plan: LoopPlan) -> An
 
 
 def train_loop(model: Any, features: list[dict[str, Any]], collate: Callable, evaluate: Callable[[], dict[str, float]],
-               train: dict[str, Any], plan: LoopPlan, device: Any, data_seed: int, reporter: Reporter) -> LoopOutcome:
-    """Train for plan.total_steps, evaluating every eval_every_steps and at the end."""
+               train: dict[str, Any], plan: LoopPlan, device: Any, data_seed: int, reporter: Reporter,
+               causal: bool = False) -> LoopOutcome:
+    """Train for plan.total_steps, evaluating every eval_every_steps and at the end; `causal`:
+    the loss is over label tokens (causal LM) rather than examples (classification)."""
     import torch
 
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=train["learning_rate"], weight_decay=train.get("weight_decay", 0.0))
+    optimizer = make_optimizer(train, params)
     scheduler = _make_scheduler(train, optimizer, plan)
     plateau = train["lr_scheduler_type"] in METRIC_SCHEDULERS
     autocast = autocast_for(device, train["precision"])
     scaler = torch.amp.GradScaler(device.type) if train["precision"] == "fp16" else None
     generator = torch.Generator().manual_seed(data_seed)
-    groups = _step_groups(len(features), train["batch_size"], train["gradient_accumulation_steps"], generator)
+    lengths = [len(f["input_ids"]) for f in features] if train.get("group_by_length") else None
+    groups = step_groups(len(features), train["batch_size"], train["gradient_accumulation_steps"], generator, lengths)
     log_every, eval_every = train.get("log_every_steps", 0), train.get("eval_every_steps", 0)
     max_norm = train.get("max_grad_norm", 0.0) or float("inf")
+    # causal LMs that take num_items_in_batch sum their token losses and divide by the step's total
+    # themselves; other models return a mean, rescaled below to the same quantity
+    step_total_kwarg = causal and accepts_loss_kwargs(model)
 
     out = LoopOutcome(steps=0, samples=0, final_metrics={})
     window: list[float] = []
+    pad_slots = all_slots = 0
     model.train()
     start = time.perf_counter()
     for step in range(1, plan.total_steps + 1):
         group = next(groups)
+        batches = [collate([features[i] for i in idx]) for idx in group]
+        units = [loss_units(b, causal) for b in batches]
+        total = sum(units)
         step_loss = 0.0
-        for idx in group:
-            batch = {k: v.to(device) for k, v in collate([features[i] for i in idx]).items()}
+        for batch, n in zip(batches, units):
+            ids = batch["input_ids"]
+            mask = batch.get("attention_mask")
+            all_slots += ids.numel()
+            pad_slots += ids.numel() - int(mask.sum()) if mask is not None else 0
+            out.samples += len(ids)
+            if n == 0:  # nothing to learn from (every label masked): contributes 0 to the step's loss
+                continue
+            batch = {k: v.to(device) for k, v in batch.items()}
             with autocast():
-                loss = model(**batch).loss
+                if step_total_kwarg:
+                    loss = model(**batch, num_items_in_batch=torch.tensor(total, device=device)).loss
+                else:
+                    loss = model(**batch).loss
+                    loss = loss if n == total else loss * (n / total)
             value = loss.item()
             if not math.isfinite(value):
                 raise NonFiniteLossError(step, value)
-            loss = loss / len(group)
             (scaler.scale(loss) if scaler else loss).backward()
-            step_loss += value / len(group)
-            out.samples += len(idx)
+            step_loss += value
         if scaler:
             scaler.unscale_(optimizer)
         grad_norm = float(torch.nn.utils.clip_grad_norm_(params, max_norm))
@@ -124,10 +212,12 @@ def train_loop(model: Any, features: list[dict[str, Any]], collate: Callable, ev
             scheduler.step()
         optimizer.zero_grad(set_to_none=True)
         out.steps = step
-        window.append(step_loss)
+        if total:
+            window.append(step_loss)
 
         if log_every and step % log_every == 0:
-            metrics = {"train_loss": sum(window) / len(window), "learning_rate": optimizer.param_groups[0]["lr"],
+            metrics = {"train_loss": sum(window) / len(window) if window else float("nan"),
+                       "learning_rate": optimizer.param_groups[0]["lr"],
                        "grad_norm": grad_norm, "epoch": step / plan.steps_per_epoch}
             window = []
             out.history.append({"step": step, "event": "train", **metrics})
@@ -142,4 +232,5 @@ def train_loop(model: Any, features: list[dict[str, Any]], collate: Callable, ev
                 scheduler.step(metrics["eval_loss"])
             reporter.report(step, metrics)
     out.train_s = time.perf_counter() - start - out.eval_s
+    out.padding_fraction = pad_slots / all_slots if all_slots else 0.0
     return out

@@ -3,6 +3,7 @@ take LoRA off again so a cached base can serve the next trial unchanged."""
 
 from __future__ import annotations
 
+import logging
 import warnings
 from typing import Any
 
@@ -52,27 +53,34 @@ def quantization_config(quant: dict[str, Any], task_type: str) -> Any:
 
 
 def load_base_model(model: dict[str, Any], quant: dict[str, Any], task_type: str, num_labels: int | None,
-                    pad_token_id: int | None, device: Any, gradient_checkpointing: bool) -> Any:
+                    pad_token_id: int | None, device: Any, gradient_checkpointing: bool, precision: str = "fp32") -> Any:
     """From_pretrained (+ prepare_model_for_kbit_training when quantized), frozen, on `device`.
 
     Done once per cache key: kbit preparation casts non-quantized weights to fp32 and enables
     gradient checkpointing, mutations that are identical for every trial on this base.
+    precision=pure_bf16 keeps every non-quantized weight in bf16 instead (no fp32 copy at all).
     """
     import torch
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+
+    from trainer.devices import resolve_compute_dtype
+
+    quant = {**quant, "compute_dtype": resolve_compute_dtype(quant.get("compute_dtype", "float32"), device)}
+    weights = torch.bfloat16 if precision == "pure_bf16" else torch.float32
 
     kwargs: dict[str, Any] = {
         "revision": model.get("revision"),
         "trust_remote_code": bool(model.get("trust_remote_code")),
     }
     qconfig = quantization_config(quant, task_type)
-    if quant["mode"] == "8bit":  # bnb casts fp32 activations to fp16 for int8 matmuls and says so on every call
+    if quant["mode"] == "8bit":  # bnb casts fp32/bf16 activations to fp16 for int8 matmuls and says so on every call
         warnings.filterwarnings("ignore", message="MatMul8bitLt: inputs will be cast", category=UserWarning)
+        logging.getLogger("bitsandbytes.autograd._functions").setLevel(logging.ERROR)  # bitsandbytes >= 0.45 logs it
     if qconfig is not None:
         kwargs.update(quantization_config=qconfig, device_map={"": str(device)},
-                      dtype=getattr(torch, quant.get("compute_dtype", "float32")) if quant["mode"] == "4bit" else torch.float32)
+                      dtype=getattr(torch, quant["compute_dtype"]) if quant["mode"] == "4bit" else weights)
     else:
-        kwargs["dtype"] = torch.float32
+        kwargs["dtype"] = weights
     if task_type == "classification":
         base = AutoModelForSequenceClassification.from_pretrained(model["name_or_path"], num_labels=num_labels, **kwargs)
         if base.config.pad_token_id is None:
@@ -89,11 +97,21 @@ def load_base_model(model: dict[str, Any], quant: dict[str, Any], task_type: str
                                                gradient_checkpointing_kwargs=gc_kwargs)
     elif gradient_checkpointing:
         base.gradient_checkpointing_enable(gradient_checkpointing_kwargs=gc_kwargs)
+    if precision == "pure_bf16":
+        cast_floating_params(base, torch.bfloat16)  # undo kbit preparation's fp32 upcast
     if hasattr(base.config, "use_cache"):
         base.config.use_cache = False  # no KV cache in training/eval forward passes
     base.requires_grad_(False)
     keep_4bit_layout_on_cpu(base)
     return base
+
+
+def cast_floating_params(model: Any, dtype: Any) -> None:
+    """Cast every floating-point parameter to `dtype` in place; quantized (integer) storage is left
+    alone, which `model.to(dtype)` refuses to do for bitsandbytes models."""
+    for param in model.parameters():
+        if param.is_floating_point() and param.dtype != dtype:
+            param.data = param.data.to(dtype)
 
 
 def keep_4bit_layout_on_cpu(model: Any) -> None:
@@ -142,11 +160,22 @@ def lora_alpha(lora: dict[str, Any]) -> float:
     return float(ratio * lora["r"]) if ratio is not None else float(lora["lora_alpha"])
 
 
-def apply_lora(base: Any, lora: dict[str, Any], targets: list[str], task_type: str) -> Any:
-    """Wrap `base` with a fresh LoRA adapter (draws LoRA A from the global RNG)."""
-    from peft import LoraConfig, TaskType, get_peft_model
+def apply_lora(base: Any, lora: dict[str, Any], targets: list[str], task_type: str, precision: str = "fp32") -> Any:
+    """Wrap `base` with a fresh LoRA adapter (draws LoRA A from the global RNG).
 
-    heads = [n for n in CLASSIFIER_HEADS if hasattr(base, n)] if task_type == "classification" else None
+    Trained in full beside it: the classification head and `lora.modules_to_save` (peft trains a
+    copy and keeps the original, so restore_base gives the pristine base back). With
+    precision=pure_bf16 the adapter is bf16 too; otherwise peft keeps it in fp32.
+    """
+    import torch
+    from peft import LoftQConfig, LoraConfig, TaskType, get_peft_model
+
+    heads = [n for n in CLASSIFIER_HEADS if hasattr(base, n)] if task_type == "classification" else []
+    extra = [m for m in lora.get("modules_to_save") or [] if m not in heads]
+    init = lora.get("init_lora_weights", True)
+    loftq = {}
+    if init == "loftq":
+        loftq["loftq_config"] = LoftQConfig(loftq_bits=lora.get("loftq_bits", 4), loftq_iter=lora.get("loftq_iter", 1))
     config = LoraConfig(
         r=lora["r"],
         lora_alpha=lora_alpha(lora),
@@ -155,20 +184,27 @@ def apply_lora(base: Any, lora: dict[str, Any], targets: list[str], task_type: s
         bias=lora.get("bias", "none"),
         use_rslora=bool(lora.get("use_rslora", False)),
         use_dora=bool(lora.get("use_dora", False)),
-        init_lora_weights=lora.get("init_lora_weights", True),
+        init_lora_weights=init,
         task_type=TaskType.SEQ_CLS if task_type == "classification" else TaskType.CAUSAL_LM,
-        modules_to_save=heads,
+        modules_to_save=(heads + extra) or None,
+        **loftq,
     )
+    pure_bf16 = precision == "pure_bf16"
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.* is deprecated", category=FutureWarning)
-        return get_peft_model(base, config)
+        model = get_peft_model(base, config, autocast_adapter_dtype=not pure_bf16)
+    if pure_bf16:
+        for param in model.parameters():
+            if param.requires_grad and param.dtype != torch.bfloat16:
+                param.data = param.data.to(torch.bfloat16)
+    return model
 
 
 def mutates_base(lora: dict[str, Any]) -> bool:
-    """Inits that rewrite the base weights (PiSSA/OLoRA residuals) or train base biases,
-    after which a cached base is no longer the pretrained model."""
+    """Inits that rewrite the base weights (PiSSA/OLoRA residuals, LoftQ's quantised weights) or
+    train base biases, after which a cached base is no longer the pretrained model."""
     init = str(lora.get("init_lora_weights", True)).lower()
-    return init.startswith("pissa") or init == "olora" or lora.get("bias", "none") != "none"
+    return init.startswith("pissa") or init in ("olora", "loftq") or lora.get("bias", "none") != "none"
 
 
 def is_pristine(base: Any) -> bool:

@@ -98,12 +98,13 @@ class PreflightReport:
     def estimate_memory_mb(self, cfg: DictConfig) -> float:
         """Rough peak training memory of one trial in MiB (excluding the CUDA context / Python runtime):
 
-            weights     = Q * bits/8 + (N - Q) * 4           Q = body linear weights, N = all params;
+            weights     = Q * bits/8 + (N - Q) * w               Q = body linear weights, N = all params;
                           bits = 32 (none), 8 (8bit), 4 + 32/64 (4bit absmax per 64-block; with
-                          double quant 4 + 8/64 + 32/(64*256))
-            lora        = P * 16                              P = trainable params: fp32 weight + grad
-                                                              + AdamW exp_avg + exp_avg_sq
-            activations = B * T * L * (10*H + 2*I + A*T) * 4  B = batch_size, T = max_seq_length,
+                          double quant 4 + 8/64 + 32/(64*256)); w = 2 (pure_bf16) or 4 bytes
+            lora        = P * (2w + s)                        P = trainable params: weight + grad, and
+                                                              AdamW's two moments: s = 2w (torch, in the
+                                                              param dtype), 8 (bitsandbytes 32-bit), 2 (8-bit)
+            activations = B * T * L * (10*H + 2*I + A*T) * w  B = batch_size, T = max_seq_length,
                           L layers, H hidden, I intermediate, A heads (attention probabilities);
                           with gradient checkpointing only B*T*H*L*4 + one layer's share
             logits      = B * T * V * 4 * 2                   causal LM only (logits + log-softmax)
@@ -111,14 +112,16 @@ class PreflightReport:
         An upper bound on sequence length (dynamic padding usually makes T smaller).
         """
         quant, train, lora = get(cfg, "quant"), get(cfg, "train"), get(cfg, "lora")
-        weights = self.quantizable_params * _weight_bits(quant) / 8 + (self.base_params - self.quantizable_params) * 4
+        w = 2 if train.get("precision") == "pure_bf16" else 4
+        state = {"adamw_8bit": 2, "paged_adamw_8bit": 2, "paged_adamw_32bit": 8}.get(train.get("optim", "adamw_torch"), 2 * w)
+        weights = self.quantizable_params * _weight_bits(quant) / 8 + (self.base_params - self.quantizable_params) * w
         targets = resolve_target_modules(list(self.linear_shapes), lora["target_modules"])
-        adapter = lora_param_count(self.linear_shapes, targets, lora, self.head_params, self.body_bias_params) * 16
+        adapter = lora_param_count(self.linear_shapes, targets, lora, self.head_params, self.body_bias_params) * (2 * w + state)
         b, t = train["batch_size"], train["max_seq_length"]
-        per_layer = b * t * (10 * self.hidden_size + 2 * self.intermediate_size + self.num_heads * t) * 4
+        per_layer = b * t * (10 * self.hidden_size + 2 * self.intermediate_size + self.num_heads * t) * w
         acts = per_layer * self.num_layers
         if train.get("gradient_checkpointing"):
-            acts = b * t * self.hidden_size * self.num_layers * 4 + per_layer
+            acts = b * t * self.hidden_size * self.num_layers * w + per_layer
         logits = b * t * self.vocab_size * 8 if get(cfg, "task.type") == "causal_lm" else 0
         return (weights + adapter + acts + logits) / MB
 
@@ -148,6 +151,37 @@ def _check_data(raw: RawData, cfg: DictConfig) -> None:
         verbalizations(raw.num_labels, raw.label_names, task.get("verbalizer"))
 
 
+def saved_module_params(model: Any, cfg: DictConfig, shapes: Shapes, targets: list[str]) -> int:
+    """Parameters that lora.modules_to_save trains in full (peft's rule: module names ending with an
+    entry); ConfigError for an entry that matches nothing, overlaps a LoRA target, or would copy a
+    quantized layer (bitsandbytes weights cannot be trained)."""
+    saved = get(cfg, "lora.modules_to_save") or []
+    if not saved:
+        return 0
+    modules = dict(model.named_modules())
+    quantized = get(cfg, "quant.mode") != "none"
+    lora_layers = {n for t in targets for n in matches(t, shapes)}
+    total = 0
+    for entry in saved:
+        hit = [n for n in modules if n and n.endswith(entry)]
+        if not hit:
+            raise ConfigError("lora.modules_to_save", saved, "module names of this model (e.g. lm_head, embed_tokens)",
+                              f"{entry!r} matches no module")
+        for name in hit:
+            inner = {n for n in shapes if n == name or n.startswith(name + ".")}
+            if inner & lora_layers:
+                raise ConfigError("lora.modules_to_save", saved, "modules that are not LoRA targets",
+                                  f"{name} is (or holds) a layer of lora.target_modules")
+            if quantized and any(not is_head(n) for n in inner):
+                raise ConfigError("lora.modules_to_save", saved,
+                                  f"unquantized modules with quant.mode={get(cfg, 'quant.mode')} "
+                                  "(e.g. lm_head, embed_tokens, norms)",
+                                  f"{name} is quantized by bitsandbytes and cannot be trained in full; use quant=none")
+            if get(cfg, "task.type") != "classification" or not is_head(name):  # the head copy is counted already
+                total += sum(p.numel() for p in modules[name].parameters())
+    return total
+
+
 def preflight(cfg: DictConfig) -> PreflightReport:
     """validate_config, then the architecture/data checks (ConfigError on the first problem)."""
     validate_config(cfg)
@@ -174,6 +208,7 @@ def preflight(cfg: DictConfig) -> PreflightReport:
     params = dict(meta.named_parameters())
     base_params = sum(p.numel() for p in params.values())
     head = sum(p.numel() for n, p in params.items() if is_head(n)) if task_type == "classification" else 0
+    head += saved_module_params(meta, cfg, shapes, configured)
     body_bias = sum(p.numel() for n, p in params.items() if n.endswith("bias") and not is_head(n))
     count = lambda targets: lora_param_count(shapes, targets, lora, head, body_bias)  # noqa: E731
     quantizable = sum(i * o for n, (i, o, _) in shapes.items() if not is_head(n))

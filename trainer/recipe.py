@@ -20,7 +20,7 @@ from omegaconf import DictConfig
 from trainer.cache import WarmCache, data_key, model_key, tokenizer_key
 from trainer.config import get
 from trainer.data import load_raw
-from trainer.devices import device_name, resolve_device
+from trainer.devices import device_name, resolve_compute_dtype, resolve_device
 from trainer.encoding import encode, make_collator
 from trainer.evaluation import evaluate
 from trainer.loop import LoopPlan, autocast_for, train_loop
@@ -78,9 +78,12 @@ def run_trial(cfg: DictConfig, reporter: Reporter | None = None, cache: WarmCach
 
     t0 = time.perf_counter()
     mkey = model_key(cfg, data.num_labels, device)
+    if train["precision"] == "pure_bf16":
+        mkey += " bf16 weights"  # not the fp32 base that the other precisions share
     warm = cache.contains("model", mkey)
     base = cache.get("model", mkey, lambda: load_base_model(model_cfg, quant, task_type, data.num_labels,
-                                                            tok.pad_token_id, device, train["gradient_checkpointing"]))
+                                                            tok.pad_token_id, device, train["gradient_checkpointing"],
+                                                            train["precision"]))
     timing["model_load_s"] = time.perf_counter() - t0
     targets = resolve_target_modules(base, lora["target_modules"])
 
@@ -88,14 +91,15 @@ def run_trial(cfg: DictConfig, reporter: Reporter | None = None, cache: WarmCach
     try:
         seed_everything(seed)
         reset_head(base, task_type)
-        peft_model = apply_lora(base, lora, targets, task_type)
+        peft_model = apply_lora(base, lora, targets, task_type, train["precision"])
 
         collate = make_collator(tok, task_type)
         autocast = autocast_for(device, train["precision"])
         plan = LoopPlan.build(train, len(data.train.features))
-        run_eval = lambda: evaluate(peft_model, data, collate, task_type, train["batch_size"], device, autocast)  # noqa: E731
+        run_eval = lambda: evaluate(peft_model, data, collate, task_type, train["batch_size"], device, autocast,  # noqa: E731
+                                    task.get("label_scoring", "mean"))
         outcome = train_loop(peft_model, data.train.features, collate, run_eval, train, plan, device,
-                             get(cfg, "data_seed"), reporter)
+                             get(cfg, "data_seed"), reporter, causal=task_type != "classification")
 
         adapter_dir = None
         if output_dir is not None and train.get("save_adapter", True):
@@ -127,8 +131,13 @@ def run_trial(cfg: DictConfig, reporter: Reporter | None = None, cache: WarmCach
             "num_labels": data.num_labels,
             "device": str(device),
             "device_name": device_name(device),
-            "compute_dtype": {"4bit": quant.get("compute_dtype", "float32"), "8bit": "int8/float16"}.get(quant["mode"], "float32"),
+            "compute_dtype": {"4bit": resolve_compute_dtype(quant.get("compute_dtype", "float32"), device),
+                              "8bit": "int8/float16"}.get(quant["mode"], "bfloat16" if train["precision"] == "pure_bf16"
+                                                          else "float32"),
             "precision": train["precision"],
+            "optim": train.get("optim", "adamw_torch"),
+            "group_by_length": bool(train.get("group_by_length", False)),
+            "train_padding_fraction": outcome.padding_fraction,
             "effective_batch_size": plan.effective_batch_size,
             "total_steps": plan.total_steps,
             "warmup_steps": plan.warmup_steps,

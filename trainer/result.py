@@ -22,3 +22,13 @@ class TrialResult:
     history: list[dict[str, Any]] = field(default_factory=list)
     adapter_dir: Path | None = None
     resolved: dict[str, Any] = field(default_factory=dict)
+
+    def summary_metrics(self) -> dict[str, float]:
+        """What a run logs when it ends: the final eval metrics plus what the trial cost. One
+        definition for sweep trials and single runs, so both log the same fields."""
+        cost = {"trainable_params": self.trainable_params, "total_params": self.total_params,
+                "train_runtime_s": self.train_runtime_s, "samples_per_second": self.samples_per_second,
+                "peak_memory_mb": self.peak_memory_mb}
+        if self.resolved.get("train_padding_fraction") is not None:
+            cost["train_padding_fraction"] = self.resolved["train_padding_fraction"]
+        return {**self.metrics, **cost}

@@ -33,3 +33,14 @@ def seed_everything(seed: int) -> None:
     torch.utils.deterministic.fill_uninitialized_memory = False
     torch.backends.cudnn.deterministic = True
     torch.backends.cudnn.benchmark = False
+
+
+def determinism_mode() -> str:
+    """What torch enforces now: `strict` (a non-deterministic op raises), `warn_only` (it only
+    warns, so two runs may differ; on CUDA some kernels we use have no deterministic version) or
+    `off`."""
+    import torch
+
+    if not torch.are_deterministic_algorithms_enabled():
+        return "off"
+    return "warn_only" if torch.is_deterministic_algorithms_warn_only_enabled() else "strict"

@@ -6,6 +6,7 @@ dotted key, the value and the allowed values (see ConfigError).
 
 from __future__ import annotations
 
+import importlib.util
 import re
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -23,7 +24,7 @@ TASK_METRICS: dict[str, dict[str, str]] = {  # metric -> optimisation direction
 DATA_SOURCES = ("demo", "sst2", "jsonl", "csv", "hub")
 QUANT_MODES = ("none", "4bit", "8bit")
 QUANT_TYPES = ("nf4", "fp4")
-COMPUTE_DTYPES = ("float32", "bfloat16", "float16")
+COMPUTE_DTYPES = ("float32", "bfloat16", "float16", "auto")
 LORA_BIAS = ("none", "all", "lora_only")
 # schedulers that cannot run without one of these train.scheduler_kwargs
 SCHEDULER_NEEDS: dict[str, tuple[str, ...]] = {
@@ -31,8 +32,9 @@ SCHEDULER_NEEDS: dict[str, tuple[str, ...]] = {
     "cosine_warmup_with_min_lr": ("min_lr", "min_lr_rate"),
     "warmup_stable_decay": ("num_decay_steps",),
 }
-# init_lora_weights values that need nothing beyond the model (eva/loftq/corda need extra configs)
-LORA_INITS = ("true", "false", "gaussian", "orthogonal", "pissa", "pissa_niter_<n>", "olora")
+# init_lora_weights values that need nothing beyond the model and lora.* (eva/corda need extra configs)
+LORA_INITS = ("true", "false", "gaussian", "orthogonal", "pissa", "pissa_niter_<n>", "olora", "loftq")
+LOFTQ_BITS = (4, 8)  # what peft's loftq_init quantises to
 
 
 def _is_int(v: Any) -> bool:
@@ -91,6 +93,13 @@ def _check_lora(cfg: DictConfig) -> None:
         isinstance(init, bool) or (isinstance(init, str) and (init in LORA_INITS or re.fullmatch(r"pissa_niter_\d+", init))),
         "lora.init_lora_weights", init, f"one of {', '.join(LORA_INITS)}",
     )
+    if init == "loftq":
+        bits = get(cfg, "lora.loftq_bits", 4)
+        _require(_is_int(bits) and bits in LOFTQ_BITS, "lora.loftq_bits", bits, "4 or 8")
+        _int_at_least(cfg, "lora.loftq_iter", 1)
+    saved = get(cfg, "lora.modules_to_save")
+    _require(saved is None or (isinstance(saved, list) and all(isinstance(m, str) and m for m in saved)),
+             "lora.modules_to_save", saved, "null or a list of module names (e.g. [lm_head] or [embed_tokens])")
 
 
 def _check_train(cfg: DictConfig) -> None:
@@ -120,10 +129,25 @@ def _check_train(cfg: DictConfig) -> None:
     _int_at_least(cfg, "train.max_seq_length", 8)
     _int_at_least(cfg, "train.eval_every_steps", 0)
     _int_at_least(cfg, "train.log_every_steps", 0)
-    for flag in ("train.gradient_checkpointing", "train.save_adapter"):
+    for flag in ("train.gradient_checkpointing", "train.save_adapter", "train.group_by_length"):
         value = get(cfg, flag, False)
         _require(isinstance(value, bool), flag, value, "true or false")
     _check_precision(cfg)
+    _check_optim(cfg)
+
+
+def _check_optim(cfg: DictConfig) -> None:
+    from trainer.devices import OPTIMIZERS, device_name, resolve_device, supported_optimizers
+
+    optim = get(cfg, "train.optim", "adamw_torch")  # configs saved before the key existed
+    _require(optim in OPTIMIZERS, "train.optim", optim, f"one of {', '.join(OPTIMIZERS)}")
+    device = resolve_device(get(cfg, "train.device", "auto"))
+    ok = supported_optimizers(device)
+    if optim not in ok:  # the device's name only in the error: asking for it costs a CUDA probe
+        raise ConfigError("train.optim", optim, f"one of {', '.join(ok)} on device {device} [{device_name(device)}]",
+                          "paged optimizers page GPU optimizer state to host memory and need CUDA")
+    if optim != "adamw_torch" and importlib.util.find_spec("bitsandbytes") is None:
+        raise ConfigError("train.optim", optim, "adamw_torch (bitsandbytes is not installed)")
 
 
 def _check_precision(cfg: DictConfig) -> None:
@@ -132,11 +156,13 @@ def _check_precision(cfg: DictConfig) -> None:
     precision = _one_of(cfg, "train.precision", PRECISIONS)
     device = resolve_device(get(cfg, "train.device", "auto"))
     ok = supported_precisions(device)
-    _require(
-        precision in ok, "train.precision", precision,
-        f"one of {', '.join(ok)} on device {device} [{device_name(device)}]",
-        "fp16 needs CUDA; bf16 needs a bf16-capable GPU or a CPU with avx512_bf16/amx_bf16",
-    )
+    if precision not in ok:
+        raise ConfigError("train.precision", precision, f"one of {', '.join(ok)} on device {device} [{device_name(device)}]",
+                          "fp16 needs CUDA; bf16 and pure_bf16 need a bf16-capable GPU or a CPU with avx512_bf16/amx_bf16")
+    compute = get(cfg, "quant.compute_dtype", "float32")
+    if precision == "pure_bf16" and get(cfg, "quant.mode") == "4bit" and compute not in ("bfloat16", "auto"):
+        raise ConfigError("quant.compute_dtype", compute, "bfloat16 or auto with train.precision=pure_bf16",
+                          "pure_bf16 computes everything in bf16, the 4-bit matmuls included")
 
 
 def _check_quant(cfg: DictConfig) -> None:
@@ -154,6 +180,23 @@ def _check_quant(cfg: DictConfig) -> None:
         _require(isinstance(value, bool), "quant.double_quant", value, "true or false")
 
 
+def _check_loftq(cfg: DictConfig) -> None:
+    from trainer.devices import resolve_device
+
+    if get(cfg, "lora.init_lora_weights", True) != "loftq":
+        return
+    mode = get(cfg, "quant.mode")
+    if mode != "none":
+        raise ConfigError("lora.init_lora_weights", "loftq",
+                          f"an init other than loftq with quant.mode={mode} (loftq needs quant=none)",
+                          "peft initialises LoftQ from the full-precision weights: it quantises them itself to "
+                          "lora.loftq_bits, keeps the dequantised base and fits LoRA to the quantisation error")
+    device = resolve_device(get(cfg, "train.device", "auto"))
+    if device.type == "cpu":
+        raise ConfigError("lora.init_lora_weights", "loftq", "an init other than loftq on device cpu",
+                          "peft's LoftQ initialisation quantises on CUDA (or XPU) only")
+
+
 def _check_task(cfg: DictConfig) -> None:
     task = _one_of(cfg, "task.type", tuple(TASK_METRICS))
     metric = _one_of(cfg, "task.metric", tuple(TASK_METRICS[task]))
@@ -168,6 +211,9 @@ def _check_task(cfg: DictConfig) -> None:
         if metric == "accuracy":
             label = get(cfg, "data.label_column")
             _require(label is not None, "data.label_column", label, "a column name when task.metric=accuracy")
+        scoring = get(cfg, "task.label_scoring", "mean")
+        _require(scoring in ("mean", "sum"), "task.label_scoring", scoring,
+                 "mean (log-probability per verbaliser token) or sum")
     else:
         label = get(cfg, "data.label_column")
         _require(isinstance(label, str), "data.label_column", label, "a column name for classification")
@@ -200,6 +246,7 @@ def validate_config(cfg: DictConfig) -> None:
         _int_at_least(cfg, key, 0)
     _check_lora(cfg)
     _check_quant(cfg)
+    _check_loftq(cfg)
     _check_task(cfg)
     _check_data(cfg)
     _check_train(cfg)

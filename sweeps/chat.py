@@ -1,0 +1,220 @@
+"""`python -m sweeps.chat`: talk to a trained trial, or score a file with it.
+
+    python -m sweeps.chat --trial 3 --prompt "What is 2 + 3?"          # one answer
+    python -m sweeps.chat --trial 3 --input eval.jsonl --output preds.jsonl
+    python -m sweeps.chat --model exported/                              # interactive, in the terminal
+
+The model is the trial's base loaded exactly as the trial loaded it (quantization included) with
+the trial's adapter, and text is encoded by the trial's own config (its chat template, prompt
+template, label names, max length). So scoring the eval split here reproduces the metric the trial
+logged: classification models get label and probabilities, causal LMs a greedy answer.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sweeps.export import EXIT_BAD_INPUT, BadInput, quiet_libraries
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m sweeps.chat", description=__doc__.split("\n\n")[0])
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument("--trial", type=int, help="trial number of --study (its adapter and config)")
+    which.add_argument("--model", type=Path, help="a folder with config.yaml and adapter/ (sweeps.export output, or "
+                                                  "a trial's MLflow artifacts)")
+    p.add_argument("--study", help="study name (default: the latest one in --storage)")
+    p.add_argument("--storage", help="Optuna storage URL or journal file (default: ./optuna-journal.log)")
+    p.add_argument("--tracking-uri", help="MLflow tracking URI (default: the study's)")
+    p.add_argument("--prompt", help="one prompt: print the answer (or label) and exit")
+    p.add_argument("--input", type=Path, help="JSON lines to score, in the trial's data format")
+    p.add_argument("--output", type=Path, help="where --input's predictions go (JSON lines)")
+    p.add_argument("--max-new-tokens", type=int, help="answer length cap (default: task.max_new_tokens, else 128)")
+    p.add_argument("--batch-size", type=int, help="batch size for --input (default: the trial's train.batch_size)")
+    args = p.parse_args(argv)
+    if args.prompt is not None and args.input is not None:
+        raise BadInput("--prompt", "give --prompt or --input, not both")
+    if (args.input is None) != (args.output is None):
+        raise BadInput("--output" if args.output is None else "--input", "--input and --output go together")
+    if args.input is not None and not args.input.is_file():
+        raise BadInput("--input", f"{args.input} is not a file")
+    if args.max_new_tokens is not None and args.max_new_tokens < 1:
+        raise BadInput("--max-new-tokens", f"must be at least 1, got {args.max_new_tokens}")
+    if args.batch_size is not None and args.batch_size < 1:
+        raise BadInput("--batch-size", f"must be at least 1, got {args.batch_size}")
+    return args
+
+
+def trial_files(args: argparse.Namespace, scratch: Path) -> tuple[Path, Any, str]:
+    """Adapter folder, resolved trial config, and where they came from."""
+    from omegaconf import OmegaConf
+
+    if args.model is not None:
+        folder = args.model.expanduser().resolve()
+        adapter = folder / "adapter" if (folder / "adapter").is_dir() else folder
+        config = next((p for p in (folder / "config.yaml", folder.parent / "config.yaml") if p.is_file()), None)
+        if not (adapter / "adapter_config.json").is_file() or config is None:
+            raise BadInput("--model", f"{folder} needs config.yaml and an adapter/ folder (adapter_config.json); "
+                                      "python -m sweeps.export writes both")
+        return adapter, OmegaConf.load(config), str(folder)
+    from sweeps.export import fetch, find_trial
+
+    source = find_trial(args.storage, args.study, args.trial, args.tracking_uri)
+    adapter, config, _ = fetch(source, scratch)
+    return adapter, config, f"trial {source.trial.number} of {source.study.study_name}"
+
+
+@dataclass
+class Session:
+    """The trial's model and how it turns text into inputs."""
+
+    models: Any  # sweeps.export.Models: tokenizer and base, loaded as in the trial
+    model: Any
+    cfg: Any
+    max_new_tokens: int
+
+    @property
+    def task_type(self) -> str:
+        return self.models.type
+
+    def answer(self, text: str) -> str:
+        """One reply (causal LM) or `label (probabilities)` (classification)."""
+        if self.task_type == "classification":
+            label, probs = self.classify([text])[0]
+            return f"{label}  " + "  ".join(f"{name}={p:.4f}" for name, p in probs.items())
+        from trainer.generation import generate_answers
+
+        prompt = self.prompt_ids(text)
+        return generate_answers(self.model, self.models.tok, [prompt], self.max_new_tokens, 1, self.models.device)[0]
+
+    def prompt_ids(self, text: str) -> list[int]:
+        """A user turn rendered with the trial's chat template, else the trial's prompt template."""
+        from trainer.config import get
+
+        tok, task = self.models.tok, get(self.cfg, "task")
+        if getattr(tok, "chat_template", None):
+            ids = tok.apply_chat_template([{"role": "user", "content": text}], add_generation_prompt=True,
+                                          tokenize=True)
+            return list(ids["input_ids"] if isinstance(ids, dict) else ids)
+        template = task.get("prompt_template") or "{text}"
+        return tok(template.format(text=text), add_special_tokens=True)["input_ids"]
+
+    def classify(self, texts: list[str]) -> list[tuple[str, dict[str, float]]]:
+        import torch
+
+        from trainer.config import get
+
+        tok, names = self.models.tok, self.label_names()
+        enc = tok(texts, truncation=True, max_length=get(self.cfg, "train.max_seq_length"), padding=True,
+                  return_tensors="pt")
+        with torch.inference_mode():
+            probs = torch.softmax(self.model(**{k: v.to(self.models.device) for k, v in enc.items()}).logits.float(), -1)
+        return [(names[int(row.argmax())], {n: float(p) for n, p in zip(names, row.tolist())}) for row in probs.cpu()]
+
+    def label_names(self) -> list[str]:
+        from trainer.config import get
+
+        names = get(self.cfg, "data.label_names")
+        return list(names) if names else [str(i) for i in range(self.models.num_labels)]
+
+
+def load(args: argparse.Namespace, scratch: Path) -> Session:
+    from trainer.config import get
+
+    from sweeps.export import Models
+
+    adapter, cfg, _ = trial_files(args, scratch)
+    models = Models(cfg)
+    max_new = args.max_new_tokens or get(cfg, "task.max_new_tokens") or 128
+    return Session(models, models.with_adapter(adapter), cfg, int(max_new))
+
+
+def score_file(session: Session, path: Path, out: Path, batch_size: int | None) -> dict[str, float]:
+    """Predict every row of `path` the way the trial's eval did, write them to `out` (JSON lines),
+    and return the trial's eval metrics on these rows when they carry references."""
+    from trainer.config import get
+    from trainer.data import load_raw, with_eval_rows
+    from trainer.encoding import encode, make_collator
+    from trainer.evaluation import evaluate, predictions
+    from trainer.generation import answer_metrics
+    from trainer.loop import autocast_for
+
+    cfg, models = session.cfg, session.models
+    data_cfg, task = get(cfg, "data"), get(cfg, "task")
+    raw = with_eval_rows(load_raw(data_cfg, models.type), str(path), data_cfg, models.type)
+    data = encode(raw, models.tok, data_cfg, task, get(cfg, "train.max_seq_length"))
+    collate = make_collator(models.tok, models.type)
+    bs = batch_size or int(get(cfg, "train.batch_size"))
+    autocast = autocast_for(models.device, get(cfg, "train.precision"))
+    scoring = task.get("label_scoring", "mean")
+    rows = predictions(session.model, data, collate, models.type, bs, models.device, autocast, models.tok,
+                       session.max_new_tokens, scoring)
+    with open(out, "w", encoding="utf-8") as fh:
+        for row in rows:
+            fh.write(json.dumps(row, ensure_ascii=False) + "\n")
+    metrics: dict[str, float] = {}
+    if models.type == "classification" and not _placeholder_labels(path, data_cfg):
+        metrics = evaluate(session.model, data, collate, models.type, bs, models.device, autocast)
+    elif models.type != "classification":
+        metrics = evaluate(session.model, data, collate, models.type, bs, models.device, autocast, scoring)
+        if not data.candidates:
+            metrics.update(answer_metrics([r["answer"] for r in rows], [r["reference"] for r in rows]))
+    return metrics
+
+
+def _placeholder_labels(path: Path, data_cfg: dict[str, Any]) -> bool:
+    """The input file has no label column (with_eval_rows filled in placeholders)."""
+    with open(path, encoding="utf-8") as fh:
+        first = fh.readline()
+    try:
+        return data_cfg["label_column"] not in json.loads(first)
+    except (json.JSONDecodeError, TypeError):
+        return data_cfg["label_column"] not in first.split(",")
+
+
+def interactive(session: Session) -> None:
+    print(f"chatting with the trial's model ({session.task_type}); an empty line or Ctrl-D quits")
+    while True:
+        try:
+            text = input("you> ").strip()
+        except (EOFError, KeyboardInterrupt):
+            print()
+            return
+        if not text:
+            return
+        print(f"model> {session.answer(text)}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        args = parse_args(argv)
+    except BadInput as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    quiet_libraries()
+    with tempfile.TemporaryDirectory(prefix="lora-chat-") as scratch:
+        try:
+            session = load(args, Path(scratch))
+        except BadInput as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return EXIT_BAD_INPUT
+        if args.prompt is not None:
+            print(session.answer(args.prompt))
+        elif args.input is not None:
+            metrics = score_file(session, args.input, args.output, args.batch_size)
+            print(f"wrote {args.output}")
+            for name, value in sorted(metrics.items()):
+                print(f"{name} = {value!r}")
+        else:
+            interactive(session)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
