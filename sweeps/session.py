@@ -61,7 +61,7 @@ class SweepSession:
         deadline = time.time() + float(conf.timeout) if conf.timeout is not None else None
         specs = self.worker_specs(self.study_name, n_trials, self.space, self.objectives,
                                   session_index=self._register_session(study, n_trials), deadline=deadline)
-        where = f"{len(specs)} worker(s)" + (f" on GPUs {[s.cuda_device for s in specs]}" if specs[0].cuda_device
+        where = f"{len(specs)} worker(s)" + (f" on GPUs {', '.join(s.cuda_device for s in specs)}" if specs[0].cuda_device
                                             else f", {specs[0].threads} CPU thread(s) each")
         limit = f", for at most {float(conf.timeout):g} s" if deadline else ""
         console.print(f"search: {n_trials} trials{limit}, {where}")

@@ -314,7 +314,14 @@ class Worker:
             curves = plot_curves(result.history, trial_dir / "curves.png", f"{spec.study_name} #{number}")
             _link(link)
             heartbeat.check()
-            self.study.tell(trial, values)
+            try:
+                self.study.tell(trial, values)
+            except Exception:
+                # Optuna stores the state even when a sampler's after_trial hook then raises (the
+                # grid sampler calls study.stop() outside optimize once its grid is done): the
+                # trial is COMPLETE, and must be closed as such, not failed.
+                if self.storage.get_trial(trial._trial_id).state != optuna.trial.TrialState.COMPLETE:
+                    raise
             told = True
             final = {**result.summary_metrics(), "objective": values[0]}
             artifacts = [(str(curves), None)] if curves else []

@@ -43,7 +43,7 @@ def visible_devices(environ: dict[str, str] | None = None) -> list[str] | None:
     return entries
 
 
-def worker_devices(devices: list[int], n_workers: int, visible: list[str] | None, count: int) -> list[str]:
+def worker_devices(devices: list, n_workers: int, visible: list[str] | None, count: int) -> list[str]:
     """CUDA_VISIBLE_DEVICES of each worker. `devices` are indices as this process numbers its GPUs
     (0..count-1); a worker gets the parent's own entry for its GPU, so under SLURM, on a shared
     box or with MIG slices (CUDA_VISIBLE_DEVICES=2,3 or UUIDs) it lands on a GPU it was given."""
@@ -52,14 +52,28 @@ def worker_devices(devices: list[int], n_workers: int, visible: list[str] | None
     return [visible[d] if visible is not None else str(d) for d in chosen]
 
 
-def check_devices(devices: list[int], count: int, visible: list[str] | None) -> None:
-    """Every index in hydra.sweeper.devices must name a GPU this process sees, once."""
+def check_devices(devices: list, count: int, visible: list[str] | None) -> None:
+    """Every entry of hydra.sweeper.devices must be an index of a GPU this process sees, given once."""
     seen = f"CUDA_VISIBLE_DEVICES={','.join(visible)}" if visible is not None else "CUDA_VISIBLE_DEVICES unset"
-    allowed = f"indices 0..{count - 1}" if count else "none (no GPU is visible; leave devices null to run on CPU)"
+    if visible and not count:
+        seen += "; none of them is a GPU CUDA can use here"
+    elif visible is not None and count < len(visible):
+        seen += f"; CUDA ignores the entries from {visible[count]!r} on, which names no GPU here"
+    if not count:
+        allowed = "none (no GPU is visible; leave devices null or [] to run on CPU)"
+    elif visible is not None:
+        allowed = (f"indices 0..{count - 1} ({', '.join(f'{i} = {visible[i]}' for i in range(count))}), "
+                   "as numbered within the visible set")
+    else:
+        allowed = f"indices 0..{count - 1}"
     for device in devices:
-        if isinstance(device, bool) or not isinstance(device, int) or not 0 <= device < count:
+        if isinstance(device, bool) or not isinstance(device, int):
+            raise DeviceError(f"hydra.sweeper.devices: {device!r} is not a GPU index; this process sees {count} "
+                              f"GPU(s) ({seen}); allowed: {allowed}. To pick GPUs by UUID or MIG id, list them "
+                              "in CUDA_VISIBLE_DEVICES and leave devices null")
+        if not 0 <= device < count:
             raise DeviceError(f"hydra.sweeper.devices: {device!r} is not a visible GPU; this process sees {count} "
-                              f"GPU(s) ({seen}); allowed: {allowed}, as numbered within the visible set")
+                              f"GPU(s) ({seen}); allowed: {allowed}")
     if len(set(devices)) != len(devices):
         raise DeviceError(f"hydra.sweeper.devices: {devices} lists a GPU twice; give each index once "
                           "(use hydra.sweeper.n_jobs for several workers over the listed GPUs)")
@@ -94,17 +108,30 @@ def plan_for(conf: DictConfig, n_trials: int | None = None) -> WorkerPlan:
     return WorkerPlan.make(conf.n_jobs, list(conf.devices) if conf.devices is not None else None, n_trials)
 
 
+def gpu_driver_present() -> bool:
+    """False on a Linux machine without a GPU driver (no device node): no GPU, no torch import."""
+    return not sys.platform.startswith("linux") or any(os.path.exists(node) for node in _GPU_DEVICE_NODES)
+
+
 def cuda_device_count() -> int:
-    """How many GPUs this process sees: torch.cuda.device_count(), which honours
-    CUDA_VISIBLE_DEVICES and creates no CUDA context. On a Linux machine without a GPU driver, or
-    with every GPU hidden, it answers 0 without importing torch (2 s the fork server would
-    otherwise wait for)."""
-    if sys.platform.startswith("linux") and not any(os.path.exists(node) for node in _GPU_DEVICE_NODES):
-        return 0
-    if visible_devices() == []:
+    """How many GPUs this process can hand to workers, without creating a CUDA context.
+
+    CUDA_VISIBLE_DEVICES="" or "-1": none, answered without importing torch. MIG slices: one per
+    entry, as each worker gets its own slice (torch skips NVML for MIG ids, and one CUDA process may
+    enumerate only one slice, so the parent's own count would be too low). Otherwise
+    torch.cuda.device_count(): it counts through NVML, honours CUDA_VISIBLE_DEVICES (indices and
+    GPU UUIDs, stopping at an entry that names no GPU) and creates no context (it falls back to
+    cudaGetDeviceCount, which creates none either, only where NVML fails).
+    """
+    visible = visible_devices()
+    if visible == [] or not gpu_driver_present():
         return 0
     import torch
 
+    if not torch.backends.cuda.is_built():
+        return 0
+    if visible is not None and any(entry.startswith("MIG-") for entry in visible):
+        return len(visible)
     return torch.cuda.device_count()
 
 

@@ -157,6 +157,7 @@ def test_a_sweep_killed_while_reproducing_resumes_its_replicates(tmp_path, tiny_
     args = [*LONGER, f"model.name_or_path={tiny_bert_dir}", "hydra.sweeper.n_jobs=2", "hydra.sweeper.n_trials=2",
             "hydra.sweeper.pruner=none", "hydra.sweeper.reproduce.top_k=1",
             "hydra.sweeper.reproduce.n_seeds=2", "hydra.sweeper.reproduce.seed_kinds=[seed]",
+            "hydra.sweeper.reproduce.design=one_at_a_time",
             "hydra.sweeper.reproduce.determinism_check=false"]
     orphans = _kill_mid_flight(stores, args, suffix="--reproduce")
 

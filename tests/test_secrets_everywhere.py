@@ -139,7 +139,8 @@ def test_no_planted_secret_survives_a_sweep_with_reproduce_report_and_single_run
         search = ["search_space=none", "hydra.sweeper.sampler=grid", "train=default,same,leaky",
                   "hydra.sweeper.n_trials=2", "hydra.sweeper.n_jobs=1", "hydra.sweeper.max_failure_rate=1.0",
                   "hydra.sweeper.study_name=secrets", "hydra.sweeper.pruner=none",
-                  "hydra.sweeper.reproduce.top_k=1", "hydra.sweeper.reproduce.n_seeds=1"]
+                  "hydra.sweeper.reproduce.top_k=1", "hydra.sweeper.reproduce.n_seeds=1",
+                  "hydra.sweeper.reproduce.design=one_at_a_time"]
         console = _run([sys.executable, str(SWEEP), "-m", *user, *search], run_dir, environ)
         report_args = ["--study", "secrets"] + (["--storage", storage, "--tracking-uri", tracking] if pg else [])
         console_report = _run([sys.executable, "-m", "analysis.report", *report_args], run_dir,

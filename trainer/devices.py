@@ -79,7 +79,11 @@ def cuda_properties(index: int) -> dict[str, Any]:
     import subprocess
     import sys
 
-    out = subprocess.run([sys.executable, "-c", _PROBE, str(index)], capture_output=True, text=True, timeout=300)
+    try:
+        out = subprocess.run([sys.executable, "-c", _PROBE, str(index)], capture_output=True, text=True, timeout=300)
+    except subprocess.TimeoutExpired:
+        raise ConfigError("train.device", f"cuda:{index}", "a GPU this process can use",
+                          "asking CUDA for the GPU's name took over 300 s (a hung driver?)") from None
     if out.returncode != 0:
         raise ConfigError("train.device", f"cuda:{index}", "a GPU this process can use",
                           (out.stderr.strip().splitlines() or ["the CUDA probe failed"])[-1])

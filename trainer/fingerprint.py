@@ -6,6 +6,8 @@ import importlib.metadata
 import os
 import platform
 
+from trainer.seeding import determinism_policy
+
 
 def _version(dist: str) -> str | None:
     try:
@@ -43,4 +45,5 @@ def environment_fingerprint() -> dict[str, str]:
         if version is not None:
             info[dist] = version
     info["device"] = torch.cuda.get_device_name(0) if torch.cuda.is_available() else info["cpu"]
+    info["deterministic"] = determinism_policy()  # warn_only: re-runs need not be bitwise equal
     return info

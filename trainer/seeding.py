@@ -26,13 +26,21 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)  # also seeds every CUDA device
-    torch.use_deterministic_algorithms(True, warn_only=torch.cuda.is_available())
+    torch.use_deterministic_algorithms(True, warn_only=determinism_policy() == "warn_only")
     # Deterministic mode also fills every new tensor with NaN to expose reads of uninitialised
     # memory. Our ops never read it, so this debugging aid only costs time (about 10% of a CPU
     # trial, bench table 1); PyTorch documents turning it off as still deterministic.
     torch.utils.deterministic.fill_uninitialized_memory = False
     torch.backends.cudnn.deterministic = True
     torch.backends.cudnn.benchmark = False
+
+
+def determinism_policy() -> str:
+    """The mode seed_everything enforces on this machine, known before any trial (the environment
+    fingerprint logs it with every run): `strict` on CPU, `warn_only` where CUDA is available."""
+    import torch
+
+    return "warn_only" if torch.cuda.is_available() else "strict"
 
 
 def determinism_mode() -> str:
