@@ -31,7 +31,7 @@ def _cluster_up() -> str | None:
 
 def _submit(cwd, *args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "sweeps.slurm", *args], cwd=cwd, env={**env(), "PYTHONPATH": str(REPO)},
-                          capture_output=True, text=True, timeout=900)
+                          capture_output=True, text=True, timeout=1500)
 
 
 def _overrides(model_dir, n_trials: int, steps: int) -> list[str]:
@@ -95,7 +95,7 @@ def test_storage_warnings_only_across_nodes():
 
 @pytest.mark.slow
 @pytest.mark.slurm
-@pytest.mark.timeout(900)
+@pytest.mark.timeout(1800)
 def test_two_tasks_share_one_study_then_cancel_and_resubmit(tmp_path, tiny_bert_dir):
     reason = _cluster_up()
     if reason:
@@ -113,7 +113,7 @@ def test_two_tasks_share_one_study_then_cancel_and_resubmit(tmp_path, tiny_bert_
     # scancel mid-sweep, then the same command again: the sweep finishes, nothing lost or run twice.
     second = tmp_path / "cancelled"
     second.mkdir()
-    overrides = _overrides(tiny_bert_dir, 6, 150)
+    overrides = _overrides(tiny_bert_dir, 6, 120)
     proc = _submit(second, "--tasks-per-node", "2", "--", *overrides)
     assert proc.returncode == 0, proc.stderr
     job_id = proc.stdout.split("SLURM job ")[1].split(":")[0]
@@ -123,7 +123,7 @@ def test_two_tasks_share_one_study_then_cancel_and_resubmit(tmp_path, tiny_bert_
         if not journal.exists():
             return False
         return len(only_study(second).get_trials(deepcopy=False, states=FINISHED)) >= 1
-    wait_for(one_finished, 400, "a finished trial before the cancel", interval=1.0)
+    wait_for(one_finished, 900, "a finished trial before the cancel", interval=1.0)
     subprocess.run(["scancel", job_id], check=True)
     wait_for(lambda: job_id not in subprocess.run(["squeue", "-h", "-o", "%i"], capture_output=True,
                                                   text=True).stdout.split(), 120, "the cancelled job to leave the queue")
