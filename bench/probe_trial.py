@@ -93,7 +93,7 @@ def _patch_trial_phases() -> None:
 
     patch_recipe(recipe)
     patch(peft.PeftModel, "save_pretrained", "adapter save + sha256")
-    patch(worker, "_adapter_sha256", "adapter save + sha256")
+    patch(worker, "adapter_sha256", "adapter save + sha256")
     trainer.preflight = timed("preflight (config checks, data, meta model)", trainer.preflight)
     trainer.validate_config = timed("preflight (config checks, data, meta model)", trainer.validate_config)
     trainer.run_trial = recipe.run_trial

@@ -24,7 +24,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from sweeps.storage import journal_path, latest_study_name, mask_url, open_storage, storage_url
-from sweeps.worker import _adapter_sha256 as adapter_sha256  # the hash the trial recorded
+from sweeps.worker import adapter_sha256  # the hash the trial recorded
 
 EXIT_BAD_INPUT = 2
 N_SAMPLES = 16

@@ -73,7 +73,7 @@ def _train_and_log(cfg: DictConfig, writer: RunWriter) -> float:
     import trainer
     from hydra.core.hydra_config import HydraConfig
 
-    from sweeps.worker import _adapter_sha256
+    from sweeps.worker import adapter_sha256
 
     trainer.validate_config(cfg)
     trainer.preflight(cfg)
@@ -94,7 +94,7 @@ def _train_and_log(cfg: DictConfig, writer: RunWriter) -> float:
         raise
     artifacts = [(str(result.adapter_dir), "adapter")] if result.adapter_dir else []
     writer.send("close", status="FINISHED", metrics=result.summary_metrics(),
-                tags={"adapter_sha256": _adapter_sha256(result.adapter_dir) or ""}, artifacts=artifacts,
+                tags={"adapter_sha256": adapter_sha256(result.adapter_dir) or ""}, artifacts=artifacts,
                 step=result.steps,
                 curves={"history": result.history, "path": str(output_dir / "curves.png"), "title": "single run"})
     writer.finish()

@@ -303,7 +303,7 @@ class Worker:
             bad = {name: value for name, value in zip(spec.objectives, values) if not math.isfinite(value)}
             if bad:  # Optuna would store FAIL; say so with the reason instead of a FINISHED run
                 raise NonFiniteObjectiveError(f"non-finite objective: {', '.join(f'{k}={v}' for k, v in bad.items())}")
-            sha = _adapter_sha256(result.adapter_dir)
+            sha = adapter_sha256(result.adapter_dir)
             attrs = {"metrics": result.metrics, "trainable_params": result.trainable_params,
                      "total_params": result.total_params, "train_runtime_s": result.train_runtime_s,
                      "adapter_sha256": sha, "seed": int(cfg.seed), "data_seed": int(cfg.data_seed),
@@ -433,7 +433,7 @@ def _link(link: RunLink | None, timeout: float = 60.0) -> None:
         link.wait(timeout)
 
 
-def _adapter_sha256(adapter_dir) -> str | None:
+def adapter_sha256(adapter_dir) -> str | None:
     """One hash over the adapter weights: the determinism check compares it across runs."""
     if not adapter_dir:
         return None

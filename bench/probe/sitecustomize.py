@@ -76,7 +76,7 @@ if _OUT:
 
         mod.Worker.run_one = timed_run_one
         _patch(mod.Worker, "_params", "sample params (Optuna sampler)")
-        _patch(mod, "_adapter_sha256", "adapter save + sha256")
+        _patch(mod, "adapter_sha256", "adapter save + sha256")
         _patch(mod.TrialReporter, "report", "report to Optuna (intermediate values, pruning)")
 
     def _study(mod):
