@@ -28,7 +28,8 @@ from analysis.frames import complete, param_columns  # noqa: E402
 from analysis.stats import expected_max, expected_max_std, pareto_front  # noqa: E402
 
 PRESET_ORDER = ("qv", "attn", "attn_mlp", "all_linear")
-KIND_COLORS = {"seed": "tab:blue", "data_seed": "tab:orange", "both": "tab:green", "determinism": "tab:gray"}
+KIND_COLORS = {"crossed": "tab:purple", "seed": "tab:blue", "data_seed": "tab:orange", "both": "tab:green",
+               "determinism": "tab:gray"}
 DPI = 110
 
 
@@ -243,15 +244,18 @@ def importance_bars(table: pd.DataFrame, path: Path) -> Path:
     return _save(fig, path)
 
 
-def replicate_scores(replicates: pd.DataFrame, path: Path, metric: str, maximize: bool) -> Path:
-    """Replicate scores per reproduced config (box + points by seed kind) with the sweep-time score marked."""
+def replicate_scores(replicates: pd.DataFrame, path: Path, metric: str, maximize: bool,
+                     counted: pd.DataFrame | None = None) -> Path:
+    """Replicate scores per reproduced config (points by seed kind) with the sweep-time score
+    marked; the boxes hold only `counted` (the replicates the reproduced means use; default: all
+    but determinism re-runs), so the figure shows the same numbers as the table."""
     if replicates.empty:
         raise NotEnoughData("no completed replicates")
     sweep = replicates.groupby("config")["sweep_value"].first()
     configs = list(sweep.sort_values(ascending=not maximize, kind="stable").index)
     fig, ax = _new(max(5.0, 1.1 * len(configs) + 2.5))
     rng = np.random.default_rng(0)
-    sampled = replicates[replicates["seed_kind"] != "determinism"]
+    sampled = replicates[replicates["seed_kind"] != "determinism"] if counted is None else counted
     boxes = [sampled.loc[sampled["config"] == c, "value"].to_numpy(dtype=float) for c in configs]
     if any(len(b) for b in boxes):
         ax.boxplot([b if len(b) else [np.nan] for b in boxes], positions=range(len(configs)), widths=0.5,

@@ -21,6 +21,7 @@ from analysis import figures, sections
 from analysis.context import ReportData, load_report_data
 from analysis.document import to_html, to_markdown
 from analysis.importance import param_importances
+from analysis.reproducibility import fresh
 from analysis.tracking import log_report, resolve_tracking_uri
 from sweeps.storage import journal_path, latest_study_name, mask_url, open_storage, storage_url
 
@@ -80,7 +81,7 @@ def render_figures(d: ReportData, importance_table: pd.DataFrame, out: Path) -> 
         "pareto": lambda p: figures.pareto_plot(d.frame, p, m, d.directions[0]),
         "importance": lambda p: figures.importance_bars(importance_table, p),
         "expected_max": lambda p: figures.expected_max_curve(draws_values, p, m, mx, draws_label),
-        "replicates": lambda p: figures.replicate_scores(d.reps, p, m, mx),
+        "replicates": lambda p: figures.replicate_scores(d.reps, p, m, mx, fresh(d.reps, d.tuned_seeds)),
     }
     names = {**{k: v[0] for k, v in SEARCH_FIGURES.items()}, **OTHER_FIGURES}
     return {key: _draw(draw, out / names[key]) for key, draw in draws.items()}

@@ -11,14 +11,29 @@ import numpy as np
 import pandas as pd
 
 from analysis.frames import complete
-from analysis.stats import SEED_KINDS, bootstrap_diff, summarize, welch_test
+from analysis.stats import (SEED_KINDS, bootstrap_diff, crossed_mean, probability_of_outperforming, summarize,
+                            welch_test)
 
-SUMMARY_COLUMNS = ["config", "sweep_value", "n", "mean", "std", "ci_low", "ci_high", "min", "max", "cv", "optimism"]
+SUMMARY_COLUMNS = ["config", "sweep_value", "n", "mean", "std", "ci_low", "ci_high", "df", "min", "max", "cv",
+                   "optimism"]
+
+
+def _search_seed(search: pd.DataFrame, key: str) -> pd.Series:
+    """Per search trial number, the `key` seed it ran with (sampled param, else the recorded attr)."""
+    if search.empty:
+        return pd.Series(dtype=float)
+    col = pd.Series(np.nan, index=search.index)
+    for name in (f"attr.{key}", f"param.{key}"):  # the sampled param wins where both exist
+        if name in search.columns:
+            col = pd.to_numeric(search[name], errors="coerce").where(lambda v: v.notna(), col)
+    return pd.Series(col.to_numpy(), index=search["number"].to_numpy())
 
 
 def replicates(search: pd.DataFrame, repro: pd.DataFrame | None) -> pd.DataFrame:
-    """Completed replicates, long format: config (search trial number), sweep_value, value, seeds, kind."""
-    cols = ["config", "sweep_value", "value", "seed", "data_seed", "seed_kind", "number"]
+    """Completed replicates, long format: config (search trial number), sweep_value, value, seeds,
+    kind, and the seeds the config ran with in the search (`sweep_seed`, `sweep_data_seed`)."""
+    cols = ["config", "sweep_value", "value", "seed", "data_seed", "seed_kind", "number", "sweep_seed",
+            "sweep_data_seed"]
     if repro is None or repro.empty:
         return pd.DataFrame(columns=cols)
     done = complete(repro).dropna(subset=["replicates_trial"])
@@ -33,35 +48,51 @@ def replicates(search: pd.DataFrame, repro: pd.DataFrame | None) -> pd.DataFrame
         "number": done["number"],
     })
     out["sweep_value"] = out["config"].map(sweep).astype(float)
+    out["sweep_seed"] = out["config"].map(_search_seed(search, "seed")).astype(float)
+    out["sweep_data_seed"] = out["config"].map(_search_seed(search, "data_seed")).astype(float)
     return out[cols].reset_index(drop=True)
-
-
-def sampled(reps: pd.DataFrame) -> pd.DataFrame:
-    """Replicates that drew new randomness (seed / data_seed / both)."""
-    return reps[reps["seed_kind"].isin(SEED_KINDS)]
 
 
 def fresh(reps: pd.DataFrame, tuned_seeds: frozenset[str] | set[str] = frozenset()) -> pd.DataFrame:
     """Replicates that re-drew every seed the search selected: the only ones whose mean is free of
-    the winner's curse. A `data_seed` replicate keeps the trial's init seed, so it is dropped when
-    the search tuned `seed` (and a `seed` replicate when it tuned `data_seed`); `both` always stays."""
+    the winner's curse. Determinism re-runs never count. A `data_seed` replicate keeps the trial's
+    init seed, so it is dropped when the search tuned `seed` (and a `seed` replicate when it tuned
+    `data_seed`); so is any replicate, whatever its kind, that ran with the config's own value of a
+    tuned seed (where the search recorded it)."""
     kinds = set(SEED_KINDS)  # crossed and both re-draw every seed
     if "seed" in tuned_seeds:
         kinds.discard("data_seed")
     if "data_seed" in tuned_seeds:
         kinds.discard("seed")
-    return reps[reps["seed_kind"].isin(kinds)]
+    keep = reps["seed_kind"].isin(kinds)
+    for key in tuned_seeds & {"seed", "data_seed"}:
+        own = f"sweep_{key}"
+        if own in reps.columns and key in reps.columns:
+            same = pd.to_numeric(reps[key], errors="coerce") == pd.to_numeric(reps[own], errors="coerce")
+            keep &= ~same
+    return reps[keep]
 
 
 def per_config_summary(reps: pd.DataFrame, maximize: bool, tuned_seeds: frozenset[str] | set[str] = frozenset()
                        ) -> pd.DataFrame:
-    """Mean, std, 95% CI, min/max, CV per config, and `optimism` = how much better the sweep score looked.
+    """Mean, std, 95% CI (with its df), min/max, CV per config, and `optimism` = how much better
+    the sweep score looked. A config replicated on a crossed seed grid gets the design's interval
+    (`crossed_mean`: its cells share seeds, so they are not independent); others a t-interval.
 
     optimism > 0 is the winner's curse: the sweep picked a config partly for a lucky seed.
     """
+    kept = fresh(reps, tuned_seeds)
+    grids = crossed_grids(kept)
     rows = []
-    for config, group in fresh(reps, tuned_seeds).groupby("config"):
-        s = summarize(group["value"])
+    for config, group in kept.groupby("config"):
+        grid = grids.get(int(config))
+        if grid is not None and (group["seed_kind"] == "crossed").all():
+            s = summarize(grid.to_numpy().ravel())
+            c = crossed_mean(grid.to_numpy())
+            s.update(ci_low=c["ci_low"], ci_high=c["ci_high"], df=c["df"])
+        else:
+            s = summarize(group["value"])
+            s["df"] = s["n"] - 1 if s["n"] > 1 else float("nan")
         sweep_value = float(group["sweep_value"].iloc[0])
         gap = sweep_value - s["mean"] if maximize else s["mean"] - sweep_value
         rows.append({"config": int(config), "sweep_value": sweep_value, **s, "optimism": gap})
@@ -72,18 +103,32 @@ def per_config_summary(reps: pd.DataFrame, maximize: bool, tuned_seeds: frozense
 def lead_significance(reps: pd.DataFrame, winner: int, runner_up: int, maximize: bool,
                       n_boot: int = 10_000, seed: int = 0, tuned_seeds: frozenset[str] | set[str] = frozenset()
                       ) -> dict[str, float]:
-    """Welch test (one-sided in the winner's favour, and two-sided), Welch t-interval of the
-    difference, effect size, bootstrap CI and P(win) for the winner's replicates vs the runner-up's.
-    `leader` says who is better on the replicates: "winner", "runner-up" or "tie"."""
+    """Is the winner better than the runner-up on fresh replicates? One-sided test in the winner's
+    favour (`p_a_better`) and two-sided (`p_value`), a 95% interval of the difference, effect
+    sizes and P(win). `leader` says who is better on the replicates: "winner", "runner-up" or "tie".
+
+    `test` says which: "crossed" when both configs ran on the same seed grid: the per-cell
+    differences form a crossed grid of their own (shared seeds cancel), tested with
+    `crossed_mean`; else "welch" (independent replicates) with a BCa bootstrap CI beside it."""
     data = fresh(reps, tuned_seeds)
     a = data.loc[data["config"] == winner, "value"].to_numpy(dtype=float)
     b = data.loc[data["config"] == runner_up, "value"].to_numpy(dtype=float)
-    welch = welch_test(a, b, maximize=maximize)
-    gain = welch["diff"] if maximize else -welch["diff"]
-    welch["leader"] = "winner" if gain > 0 else "runner-up" if gain < 0 else "tie"
-    boot = bootstrap_diff(a, b, n_boot=n_boot, seed=seed, maximize=maximize)
-    return {**welch, "boot_ci_low": boot["ci_low"], "boot_ci_high": boot["ci_high"],
-            "p_outperform": boot["p_outperform"]}
+    out = {**welch_test(a, b, maximize=maximize), "test": "welch", "n_cells": 0}
+    grids = crossed_grids(data)
+    gw, gr = grids.get(int(winner)), grids.get(int(runner_up))
+    if gw is not None and gr is not None:
+        rows, cols = gw.index.intersection(gr.index), gw.columns.intersection(gr.columns)
+        if len(rows) >= 2 and len(cols) >= 2:
+            c = crossed_mean(gw.loc[rows, cols].to_numpy() - gr.loc[rows, cols].to_numpy(), maximize=maximize)
+            out.update(test="crossed", n_cells=c["n"], diff=c["mean"], t=c["t"], df=c["df"], p_value=c["p_value"],
+                       p_a_better=c["p_better"], ci_low=c["ci_low"], ci_high=c["ci_high"],
+                       boot_ci_low=float("nan"), boot_ci_high=float("nan"))
+    gain = out["diff"] if maximize else -out["diff"]
+    out["leader"] = "winner" if gain > 0 else "runner-up" if gain < 0 else "tie"
+    if out["test"] == "welch":  # resampling cells as if independent would be wrong on a crossed grid
+        boot = bootstrap_diff(a, b, n_boot=n_boot, seed=seed, maximize=maximize)
+        out.update(boot_ci_low=boot["ci_low"], boot_ci_high=boot["ci_high"])
+    return {**out, "p_outperform": probability_of_outperforming(a, b, maximize)}
 
 
 def _metric_map(row: pd.Series, value: float) -> dict[str, float]:
@@ -94,15 +139,21 @@ def _metric_map(row: pd.Series, value: float) -> dict[str, float]:
 
 
 def determinism_of(row: pd.Series) -> str | None:
-    """strict | warn_only | off as the run recorded it; studies from before the mode was recorded
-    kept only whether deterministic algorithms were on, which then meant strict on CPU."""
+    """strict | warn_only | off as the run recorded it. Studies from before the mode was recorded
+    kept only the boolean `deterministic_algorithms`, which was true on CUDA too, where torch only
+    warned: the run's environment (`env.cuda`, "none" where CUDA was unavailable) tells which."""
     mode = row.get("deterministic")
     if isinstance(mode, str):
         return mode
     flag = row.get("deterministic_algorithms")
     if flag is None or (isinstance(flag, float) and np.isnan(flag)):
         return None
-    return "strict" if bool(flag) else "off"
+    if not bool(flag):
+        return "off"
+    cuda = row.get("env.cuda")
+    if not isinstance(cuda, str):
+        return "on (strict on CPU, warn_only on CUDA; device not recorded)"
+    return "strict" if cuda == "none" else "warn_only"
 
 
 def determinism_check(search: pd.DataFrame, repro: pd.DataFrame | None) -> pd.DataFrame:
@@ -157,7 +208,7 @@ def crossed_grids(reps: pd.DataFrame) -> dict[int, pd.DataFrame]:
     out: dict[int, pd.DataFrame] = {}
     cells = reps[reps["seed_kind"] == "crossed"]
     for config, group in cells.groupby("config"):
-        grid = group.pivot_table(index="seed", columns="data_seed", values="value", aggfunc="mean")
+        grid = group.groupby(["seed", "data_seed"])["value"].mean().unstack("data_seed")
         while grid.isna().any().any():  # drop the row or column with the most holes
             holes_r, holes_c = grid.isna().sum(axis=1), grid.isna().sum(axis=0)
             grid = grid.drop(index=holes_r.idxmax()) if holes_r.max() >= holes_c.max() else grid.drop(columns=holes_c.idxmax())

@@ -12,7 +12,7 @@ from analysis.context import ReportData
 from analysis.document import Block, Bullets, Callout, Heading, Image, Paragraph, Table, fmt
 from analysis.frames import param_columns
 from analysis.reproducibility import (crossed_grids, determinism_check, determinism_of, environment_table, fresh,
-                                      lead_significance, per_config_summary, sampled)
+                                      lead_significance, per_config_summary)
 from analysis.stats import (expected_max, expected_max_std, rank_stability, seed_variance_components,
                             variance_by_seed_kind)
 from sweeps.redact import scrub_text
@@ -61,13 +61,14 @@ def _seed_callout(d: ReportData) -> Block | None:
         return Callout("The seed is part of the search space, so any best trial will be optimistically biased.")
     text = (f"The seed was tuned as a hyperparameter, so the sweep-time best ({d.metric} = {fmt(best['value'])}, "
             f"trial #{int(best['number'])}) is optimistically biased: part of its lead is a lucky seed.")
-    reproduced = fresh(d.reps, d.tuned_seeds)
-    mine = reproduced[reproduced["config"] == int(best["number"])]["value"]
+    table = per_config_summary(d.reps, d.maximize, d.tuned_seeds)
+    mine = table[table["config"] == int(best["number"])]
     if len(mine):
-        sd = mine.std(ddof=1) if len(mine) > 1 else float("nan")
-        text += (f" Reproduced mean over {len(mine)} replicate(s) that re-drew every tuned seed: "
-                 f"**{fmt(mine.mean())}** ± {fmt(sd)} (sweep-time {fmt(best['value'])}; replicates that kept a "
-                 "tuned seed are left out, they carry the selection's luck).")
+        s = mine.iloc[0]
+        text += (f" Reproduced mean over {int(s['n'])} replicate(s) that re-drew every tuned seed: "
+                 f"**{fmt(s['mean'])}** ± {fmt(s['std'])}, 95% t-interval [{fmt(s['ci_low'])}, {fmt(s['ci_high'])}] "
+                 f"(n = {int(s['n'])}; sweep-time {fmt(best['value'])}; replicates that kept a tuned seed and "
+                 "determinism re-runs are left out, they carry the selection's luck).")
     else:
         text += " No reproduced runs of this trial exist yet: re-run it on at least 5 new seeds before quoting it."
     return Callout(text)
@@ -154,7 +155,7 @@ def figures(results: Mapping[str, FigureResult], captions: Mapping[str, str]) ->
 
 def _noise(d: ReportData) -> tuple[float, str] | None:
     """Typical seed-to-seed std (median over reproduced configs), the yardstick for a budget gain."""
-    rep = sampled(d.reps)
+    rep = fresh(d.reps, d.tuned_seeds)
     if rep.empty:
         return None
     stds = rep.groupby("config")["value"].std(ddof=1).dropna()
@@ -201,7 +202,8 @@ def _winners_curse(d: ReportData, table: pd.DataFrame) -> list[Block]:
     direction = "overstated" if row["optimism"] > 0 else "understated"
     blocks.append(Paragraph(
         f"For {who} (#{int(row['config'])}) the sweep-time {d.metric} was {fmt(row['sweep_value'])}; over "
-        f"{int(row['n'])} new seed(s) it averages {fmt(row['mean'])} ± {fmt(row['std'])}: the sweep {direction} it by "
+        f"{int(row['n'])} new seed(s) it averages {fmt(row['mean'])} ± {fmt(row['std'])} (95% t-interval "
+        f"[{fmt(row['ci_low'])}, {fmt(row['ci_high'])}], n = {int(row['n'])}): the sweep {direction} it by "
         f"{_pts(abs(row['optimism']), d.points_scale, signed=False)}."))
     mean_gap = table["optimism"].mean()
     if len(table) > 1:
@@ -241,11 +243,18 @@ def _significance(d: ReportData, rs: Mapping[str, object]) -> list[Block]:
     else:
         verdict = ("the winner's lead is significant at the 5% level" if sig["p_a_better"] < 0.05 else
                    "the winner's lead is not significant at the 5% level")
+    if sig["test"] == "crossed":
+        method = (f"paired on the {sig['n_cells']} seed cells both ran (n = {sig['n_cells']}): 95% t-interval "
+                  f"[{fmt(sig['ci_low'])}, {fmt(sig['ci_high'])}] with the crossed design's standard error "
+                  "(cells sharing a seed are not independent; Satterthwaite df). One-sided paired test of the "
+                  "winner's lead")
+    else:
+        method = (f"95% Welch t-interval [{fmt(sig['ci_low'])}, {fmt(sig['ci_high'])}] (n = {sig['n_a']} + "
+                  f"{sig['n_b']}; BCa bootstrap [{fmt(sig['boot_ci_low'])}, {fmt(sig['boot_ci_high'])}], too "
+                  "narrow at a few replicates). One-sided Welch test of the winner's lead")
     blocks.append(Paragraph(
         f"Winner #{winner} (n = {sig['n_a']}) vs runner-up #{runner} (n = {sig['n_b']}): mean difference "
-        f"{_pts(sig['diff'], d.points_scale)}, 95% Welch t-interval [{fmt(sig['ci_low'])}, {fmt(sig['ci_high'])}] "
-        f"(BCa bootstrap [{fmt(sig['boot_ci_low'])}, {fmt(sig['boot_ci_high'])}], too narrow at a few replicates). "
-        f"One-sided Welch test of the winner's lead: t = {fmt(sig['t'], 3)} (df {fmt(sig['df'], 3)}), "
+        f"{_pts(sig['diff'], d.points_scale)}, {method}: t = {fmt(sig['t'], 3)} (df {fmt(sig['df'], 3)}), "
         f"p = {fmt(sig['p_a_better'], 3)}: {verdict}. "
         f"Cohen's d = {fmt(sig['cohens_d'], 3)}, Hedges' g = {fmt(sig['hedges_g'], 3)}. "
         f"P(winner outperforms runner-up on a fresh seed) = {fmt(sig['p_outperform'], 3)} (Bouthillier et al. 2021)."))
@@ -256,14 +265,17 @@ def _seed_kinds(d: ReportData) -> list[Block]:
     """Crossed design: variance components with intervals and a verdict only when they separate.
     One-at-a-time replicates (older studies): the per-kind spread, without a verdict."""
     blocks: list[Block] = [Heading(SEED_KINDS_HEADING, 3)]
-    grids = crossed_grids(d.reps)
+    grids = crossed_grids(fresh(d.reps, d.tuned_seeds))
     if grids:
         result = seed_variance_components([g.to_numpy() for g in grids.values()])
         table = result["table"].rename(columns={"ci_low": "95% CI low", "ci_high": "95% CI high"})
+        table.insert(1, "n runs", result["runs"])
         shapes = ", ".join(f"#{c}: {g.shape[0]} × {g.shape[1]}" for c, g in grids.items())
-        caption = (f"Two-way random-effects variance components (ANOVA estimators, averaged over "
-                   f"{result['n_configs']} config(s); n = {result['runs']} runs: {shapes} init × data-order seeds); "
-                   f"intervals from a two-way cluster bootstrap ({result['n_boot']} resamples of seeds)")
+        caption = (f"Two-way random-effects variance components (ANOVA estimators truncated at 0, pooled over "
+                   f"{result['n_configs']} config(s); n = {result['runs']} runs: {shapes} init × data-order seeds, "
+                   "one run per cell, so the interaction is not separable from run noise); 95% intervals: "
+                   "modified large-sample (Ting et al. 1990) for init seed and data order, exact χ² for the "
+                   "residual, both normal-theory, on the df shown")
         verdict = result["verdict"]
         sentence = {
             "init seed": "The initialisation seed contributes more variance than data order: their intervals "
@@ -341,9 +353,11 @@ def reproducibility(d: ReportData, figure: FigureResult | None) -> list[Block]:
     dropped = sorted(left_out[k] for k in d.tuned_seeds)
     caption = ("Per reproduced config: replicates that re-drew every seed the search tuned"
                + (f" ({', '.join(dropped)} replicates left out: they keep a tuned seed)" if dropped else "")
-               + "; determinism re-runs excluded; the 95% CI is a t-interval over n replicates")
+               + "; determinism re-runs excluded; the 95% CI is a t-interval over n replicates on df degrees of "
+               "freedom (a crossed seed grid: the two-way random-effects standard error, as its cells share seeds)")
     blocks += [Table(shown, caption),
-               _figure(figure, "Replicate scores per config; red star = sweep-time score")]
+               _figure(figure, "Replicate scores per config (boxes: the replicates the table counts); red star = "
+                               "sweep-time score")]
     blocks += _winners_curse(d, table)
     stability, rs = _rank_stability(d)
     blocks += stability + _significance(d, rs) + _seed_kinds(d) + _determinism(d)

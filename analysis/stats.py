@@ -253,32 +253,106 @@ def crossed_components(grids: np.ndarray) -> np.ndarray:
     return np.stack([np.clip((ms_rows - ms_e) / j, 0, None), np.clip((ms_cols - ms_e) / i, 0, None), ms_e], axis=-1)
 
 
-def seed_variance_components(grids: Sequence[np.ndarray], n_boot: int = 2000, seed: int = 0,
-                             confidence: float = 0.95) -> dict[str, object]:
-    """Init-seed, data-order and residual variance, pooled (averaged) over configs, with two-way
-    cluster-bootstrap intervals (init seeds and data seeds resampled independently, per config),
-    and a verdict only when the init and data-order intervals do not overlap.
+def crossed_mean(grid: np.ndarray, confidence: float = 0.95, maximize: bool | None = None) -> dict[str, float]:
+    """Mean of one crossed grid (rows = init seeds, columns = data seeds, one run per cell) with a
+    t-interval that respects the design, and, with `maximize` given, the one-sided p-value of
+    "the mean is better than 0" (for a grid of paired differences: the first config leads).
 
-    `grids`: one complete (I, J) grid of scores per config. The verdict is "init seed" or "data
-    order" when one interval lies wholly above the other, else "cannot tell at this n".
+    Cells that share an init seed or a data seed are correlated, so the i.i.d. standard error
+    s/√(IJ) is too small. Under the two-way random-effects model Var(mean) = σ²_init/I +
+    σ²_data/J + σ²_e/(IJ) = (J·σ²_init + I·σ²_data + σ²_e)/(IJ), estimated with the ANOVA
+    components truncated at 0 (as in `crossed_components`); the t degrees of freedom are
+    Satterthwaite's (1946) for that combination of mean squares."""
+    g = np.asarray(grid, dtype=float)
+    i, j = g.shape
+    if i < 2 or j < 2:
+        raise ValueError(f"a crossed grid needs at least 2 init and 2 data seeds, got {i} x {j}")
+    rows, cols, mean = g.mean(axis=1), g.mean(axis=0), float(g.mean())
+    ms_r = j * ((rows - mean) ** 2).sum() / (i - 1)
+    ms_c = i * ((cols - mean) ** 2).sum() / (j - 1)
+    ms_e = ((g - rows[:, None] - cols[None, :] + mean) ** 2).sum() / ((i - 1) * (j - 1))
+    a, b = float(ms_r > ms_e), float(ms_c > ms_e)  # which components are estimated above 0
+    v = a * ms_r + b * ms_c + (1 - a - b) * ms_e  # = J·σ̂²_init + I·σ̂²_data + σ̂²_e
+    denom = a * ms_r**2 / (i - 1) + b * ms_c**2 / (j - 1) + (1 - a - b) ** 2 * ms_e**2 / ((i - 1) * (j - 1))
+    df = float(v**2 / denom) if denom > 0 else float("inf")
+    se = float(np.sqrt(max(v, 0.0) / (i * j)))
+    nan = float("nan")
+    if se > 0:
+        half = float(st.t.ppf(0.5 + confidence / 2, df)) * se
+        t = mean / se
+        p_two = float(2 * st.t.sf(abs(t), df))
+        p_one = nan if maximize is None else float(st.t.sf(t, df) if maximize else st.t.cdf(t, df))
+    else:
+        half, t, p_two, p_one = 0.0, nan, nan, nan
+    return {"n": int(g.size), "shape": (i, j), "mean": mean, "se": se, "df": df, "ci_low": mean - half,
+            "ci_high": mean + half, "t": t, "p_value": p_two, "p_better": p_one}
+
+
+def _f_inf(q: float, df: float) -> float:
+    """Quantile q of F(df, ∞) = χ²(df) / df."""
+    return float(st.chi2.ppf(q, df) / df)
+
+
+def difference_interval(s1: float, df1: float, s2: float, df2: float, confidence: float = 0.95
+                        ) -> tuple[float, float]:
+    """Modified large-sample (MLS) interval for θ1 − θ2 from independent mean squares s1, s2 with
+    df1·s1/θ1 ~ χ²(df1) and df2·s2/θ2 ~ χ²(df2): Ting, Burdick, Graybill, Jeyaratnam & Lu (1990),
+    J. Statist. Comput. Simul. 35, 135–143; Burdick & Graybill (1992), "Confidence Intervals on
+    Variance Components", §3. It is exact when either mean square carries no weight, and its lower
+    (upper) bound is 0 exactly where the F test of θ1 = θ2 is on its boundary."""
+    a = (1 - confidence) / 2
+    g1, h1 = 1 - 1 / _f_inf(1 - a, df1), 1 / _f_inf(a, df1) - 1
+    g2, h2 = 1 - 1 / _f_inf(1 - a, df2), 1 / _f_inf(a, df2) - 1
+    f_hi, f_lo = st.f.ppf(1 - a, df1, df2), st.f.ppf(a, df1, df2)
+    g12 = ((f_hi - 1) ** 2 - g1**2 * f_hi**2 - h2**2) / f_hi
+    h12 = ((1 - f_lo) ** 2 - h1**2 * f_lo**2 - g2**2) / f_lo
+    est = s1 - s2
+    low = est - np.sqrt(max(g1**2 * s1**2 + h2**2 * s2**2 + g12 * s1 * s2, 0.0))
+    high = est + np.sqrt(max(h1**2 * s1**2 + g2**2 * s2**2 + h12 * s1 * s2, 0.0))
+    return float(low), float(high)
+
+
+def seed_variance_components(grids: Sequence[np.ndarray], confidence: float = 0.95) -> dict[str, object]:
+    """Init-seed, data-order and interaction + residual variance of crossed grids, pooled over
+    configs, with 95% intervals and a verdict only when the init and data-order intervals do not
+    overlap ("init seed" / "data order"), else "cannot tell at this n".
+
+    `grids`: one complete (I, J) grid of scores per config, rows = init seeds, columns = data
+    seeds. The mean squares are pooled over configs (sums of squares over sums of df: the same
+    components are assumed in every config). Intervals are normal-theory: MLS
+    (`difference_interval`) for the init and data-order components, the exact χ² interval for the
+    residual. Not a seed bootstrap: with S seeds per axis a resample has at most S distinct values
+    per axis and cannot reach past the observed spread, so its intervals cover far less than they
+    claim at the few seeds a sweep can afford. Normality is assumed: a diverged run widens them.
     """
     grids = [np.asarray(g, dtype=float) for g in grids if np.asarray(g).size]
     if not grids:
         raise ValueError("no crossed grid")
-    rng = np.random.default_rng(seed)
-    estimate = np.mean([crossed_components(g) for g in grids], axis=0)
-    boot = np.zeros((n_boot, 3))
+    ss = np.zeros(3)
+    df = np.zeros(3)
+    j_weight = i_weight = 0.0
     for g in grids:
         i, j = g.shape
-        rows = rng.integers(0, i, size=(n_boot, i))
-        cols = rng.integers(0, j, size=(n_boot, j))
-        boot += crossed_components(g[rows[:, :, None], cols[:, None, :]])
-    boot /= len(grids)
-    alpha = (1 - confidence) / 2
-    low, high = np.quantile(boot, alpha, axis=0), np.quantile(boot, 1 - alpha, axis=0)
+        if i < 2 or j < 2:
+            raise ValueError(f"a crossed grid needs at least 2 init and 2 data seeds, got {i} x {j}")
+        rows, cols, grand = g.mean(axis=1), g.mean(axis=0), g.mean()
+        resid = g - rows[:, None] - cols[None, :] + grand
+        ss += [j * ((rows - grand) ** 2).sum(), i * ((cols - grand) ** 2).sum(), (resid**2).sum()]
+        df += [i - 1, j - 1, (i - 1) * (j - 1)]
+        j_weight += (i - 1) * j  # E[MS_rows] = σ²_e + J·σ²_init, J averaged with the rows' df as weights
+        i_weight += (j - 1) * i
+    ms = ss / df
+    per_row, per_col = j_weight / df[0], i_weight / df[1]
+    estimate = np.clip([(ms[0] - ms[2]) / per_row, (ms[1] - ms[2]) / per_col, ms[2]], 0, None)
+    init = np.array(difference_interval(ms[0], df[0], ms[2], df[2], confidence)) / per_row
+    data = np.array(difference_interval(ms[1], df[1], ms[2], df[2], confidence)) / per_col
+    a = (1 - confidence) / 2
+    resid = df[2] * ms[2] / np.array([st.chi2.ppf(1 - a, df[2]), st.chi2.ppf(a, df[2])])
+    low, high = np.clip([init[0], data[0], resid[0]], 0, None), np.clip([init[1], data[1], resid[1]], 0, None)
     total = float(estimate.sum())
     table = pd.DataFrame({"source": SEED_SOURCES, "variance": estimate, "ci_low": low, "ci_high": high,
-                          "share": estimate / total if total > 0 else np.full(3, np.nan)})
+                          "share": estimate / total if total > 0 else np.full(3, np.nan),
+                          "df": df.astype(int)})
     if low[0] > high[1]:
         verdict = "init seed"
     elif low[1] > high[0]:
@@ -287,4 +361,4 @@ def seed_variance_components(grids: Sequence[np.ndarray], n_boot: int = 2000, se
         verdict = "cannot tell at this n"
     return {"table": table, "verdict": verdict, "n_configs": len(grids),
             "runs": int(sum(g.size for g in grids)), "shape": [list(g.shape) for g in grids],
-            "n_boot": int(n_boot), "confidence": confidence}
+            "confidence": confidence}

@@ -34,6 +34,19 @@ def top_trials(study: optuna.Study, k: int) -> list[optuna.trial.FrozenTrial]:
 DESIGNS = ("crossed", "one_at_a_time")
 
 
+def fresh_seed_values(trials: list[optuna.trial.FrozenTrial], n: int) -> list[int]:
+    """n seeds from FRESH_SEED_BASE up that none of `trials` ran with (as init or data seed): a
+    replicate on a seed the search selected would carry the selection's luck. The same list for
+    every config, so their replicates pair seed for seed."""
+    used = {int(t.user_attrs[k]) for t in trials for k in ("seed", "data_seed") if k in t.user_attrs}
+    out, candidate = [], FRESH_SEED_BASE
+    while len(out) < n:
+        if candidate not in used:
+            out.append(candidate)
+        candidate += 1
+    return out
+
+
 def plan_replicates(study: optuna.Study, top_k: int, n_seeds: int, seed_kinds: list[str],
                     determinism_check: bool, design: str = "crossed") -> list[dict[str, Any]]:
     """One entry per replicate run: its overrides and the user attrs the report reads.
@@ -43,18 +56,19 @@ def plan_replicates(study: optuna.Study, top_k: int, n_seeds: int, seed_kinds: l
     if design not in DESIGNS:
         raise ValueError(f"hydra.sweeper.reproduce.design: {design!r}; allowed: {', '.join(DESIGNS)}")
     plan = []
-    for rank, trial in enumerate(top_trials(study, top_k)):
+    top = top_trials(study, top_k)
+    fresh_seeds = fresh_seed_values(top, n_seeds)
+    for rank, trial in enumerate(top):
         seed, data_seed = int(trial.user_attrs["seed"]), int(trial.user_attrs["data_seed"])
         base = {k: v for k, v in trial.params.items() if k not in ("seed", "data_seed")}
         if design == "crossed":
             for i in range(n_seeds):
                 for j in range(n_seeds):
-                    entry = _entry(trial, rank, "crossed", i * n_seeds + j, base, FRESH_SEED_BASE + i,
-                                   FRESH_SEED_BASE + j)
+                    entry = _entry(trial, rank, "crossed", i * n_seeds + j, base, fresh_seeds[i], fresh_seeds[j])
                     plan.append(entry)
         for kind in (seed_kinds if design == "one_at_a_time" else []):
             for i in range(n_seeds):
-                fresh = FRESH_SEED_BASE + i
+                fresh = fresh_seeds[i]
                 new_seed = fresh if kind in ("seed", "both") else seed
                 new_data_seed = fresh if kind in ("data_seed", "both") else data_seed
                 plan.append(_entry(trial, rank, kind, i, base, new_seed, new_data_seed))

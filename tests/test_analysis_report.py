@@ -126,8 +126,9 @@ def test_report_content(sweep):
     assert "95% Welch t-interval" in md
     assert "1 of 2 re-run(s) with the original seeds reproduced every metric bit for bit" in md
     assert "NVIDIA H100 80GB HBM3" in md
-    # what was really enforced, not "deterministic algorithms on": CUDA runs only warned
-    assert "Determinism enforced in the replicate runs: warn_only in 24 of 26, strict in 2 of 26." in md
+    # what was really enforced, not "deterministic algorithms on": CUDA runs only warned, also the
+    # two re-runs that recorded only the old boolean (their environment had CUDA 12.8)
+    assert "Determinism enforced in the replicate runs: warn_only in 26 of 26." in md
     assert "bitwise equality of re-runs is not guaranteed" in md
     # the pruned trial counts at its last value (dropping it would keep only the survivors)
     assert "Growing the budget from 6 to 13 trials" in md
@@ -194,3 +195,36 @@ def test_small_studies_still_report(tmp_path, n, directions, caplog):
         assert (out / "rank_alpha_heatmap.png").exists() and (out / "expected_max.png").exists()
         assert (out / "pareto.png").exists() and "(minimize)" in md
     assert not EXTERNAL.search((out / "report.html").read_text())
+
+
+def test_crossed_reproduction_report_shows_components_with_intervals_and_n(tmp_path):
+    """A crossed replication (2 configs × 3 init × 3 data-order seeds) where init seeds dominate:
+    the report shows the variance table with intervals, df and n, the per-config intervals on
+    the grid's df, and tests the lead on the paired seed cells."""
+    storage = optuna.storages.InMemoryStorage()
+    study = optuna.create_study(storage=storage, study_name="x", direction="maximize")
+    study.set_user_attr("objective_metric", "eval_accuracy")
+    dists = {"train.learning_rate": Flt(1e-4, 1e-2, log=True)}
+    for i, value in enumerate((0.90, 0.85, 0.70)):
+        study.add_trial(create_trial(params={"train.learning_rate": 1e-3 * (i + 1)}, distributions=dists, value=value,
+                                     user_attrs={"seed": 0, "data_seed": 0}))
+    rep = optuna.create_study(storage=storage, study_name="x--reproduce", direction="maximize")
+    init, order = [0.06, -0.05, 0.0], [0.004, -0.003, 0.0]
+    for config, effect in ((0, 0.82), (1, 0.80)):
+        for i in range(3):
+            for j in range(3):
+                v = effect + init[i] + order[j] + 0.001 * ((i * 3 + j + config) % 4)
+                rep.add_trial(create_trial(value=v, user_attrs={
+                    "replicates_trial": config, "seed_kind": "crossed", "seed": 10_000 + i, "data_seed": 10_000 + j}))
+    md = (build_report(storage, "x", tmp_path / "r", log_to_mlflow=False) / "report.md").read_text()
+    assert "n = 18 runs: #0: 3 × 3, #1: 3 × 3" in md
+    rows = re.findall(r"^\| (init seed|data order|interaction \+ residual) \| 18 \| ([^|]+) \| ([^|]+) \| ([^|]+) \|"
+                      r" [^|]+ \| (\d+) \|$", md, re.M)
+    assert [(r[0], r[4]) for r in rows] == [("init seed", "4"), ("data order", "4"), ("interaction + residual", "8")]
+    low, high = float(rows[0][2]), float(rows[0][3])
+    assert 0 < low <= float(rows[0][1]) <= high  # init seeds dominate: its interval is above 0
+    assert "The initialisation seed contributes more variance than data order" in md
+    # per-config means: n = 9 and the crossed grid's Satterthwaite df (far below the 8 of 9 independent runs)
+    per_config = re.findall(r"^\| (0|1) \| [^|]+ \| 9 \| [^|]+ \| [^|]+ \| [^|]+ \| [^|]+ \| ([^|]+) \|", md, re.M)
+    assert len(per_config) == 2 and all(float(df) < 3 for _, df in per_config)
+    assert "paired on the 9 seed cells both ran (n = 9)" in md and "One-sided paired test of the winner's lead" in md

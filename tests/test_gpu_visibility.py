@@ -184,3 +184,16 @@ def test_determinism_is_logged_as_enforced(monkeypatch):
         assert determinism_mode() == "warn_only" and environment_fingerprint()["deterministic"] == "warn_only"
     finally:
         torch.use_deterministic_algorithms(before[0], warn_only=before[1])
+
+
+def test_old_studies_boolean_reads_as_what_was_enforced():
+    """Older runs stored `deterministic_algorithms: True` on CUDA too, where torch only warned."""
+    from analysis.reproducibility import determinism_of
+
+    rows = [({"deterministic_algorithms": True, "env.cuda": "12.8"}, "warn_only"),
+            ({"deterministic_algorithms": True, "env.cuda": "none"}, "strict"),
+            ({"deterministic_algorithms": False, "env.cuda": "12.8"}, "off"),
+            ({"deterministic_algorithms": True}, "on (strict on CPU, warn_only on CUDA; device not recorded)"),
+            ({"deterministic": "warn_only", "deterministic_algorithms": True, "env.cuda": "none"}, "warn_only"),
+            ({"seed": 1}, None)]
+    assert [determinism_of(pd.Series(row)) for row, _ in rows] == [mode for _, mode in rows]
