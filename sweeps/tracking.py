@@ -9,12 +9,14 @@ the runs of a dead worker as FAILED and those of an interrupted sweep as KILLED.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import logging
 import os
 import time
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
@@ -47,6 +49,24 @@ def artifact_root(uri: str, cwd: str | os.PathLike | None = None) -> str | None:
     return None
 
 
+@contextlib.contextmanager
+def sqlite_init_lock(uri: str) -> Iterator[None]:
+    """One process at a time opens a local SQLite store: the first access runs MLflow's schema
+    migrations, and two sweep processes starting together (SLURM tasks, a second terminal) would
+    otherwise run them at once and break each other's (alembic on SQLite rebuilds tables)."""
+    if not uri.startswith("sqlite:///"):
+        yield
+        return
+    path = Path(uri[len("sqlite:///"):])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_name(path.name + ".init.lock"), "a+") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
 def params_from_config(config: dict[str, Any]) -> dict[str, str]:
     """Flattened, redacted resolved config as MLflow params (strings, length-capped)."""
     return {k: str(v)[:_MAX_PARAM_LEN] for k, v in flatten(redact(config)).items()}
@@ -58,12 +78,13 @@ class RunBook:
     def __init__(self, uri: str, experiment_name: str, parent_run_id: str | None = None, retry_s: float | None = None):
         from sweeps.storage import Retrying, retry_first_open
 
-        # Every call rides out a blip of the tracking store (see storage.retry_call).
-        self.client = Retrying(retry_first_open(lambda: MlflowClient(tracking_uri=uri), "the MLflow store"),
-                               retry_s, "MLflow")
         self.uri = uri
-        self.experiment_id = retry_first_open(lambda: self._experiment(experiment_name, artifact_root(uri)),
-                                              "the MLflow store")
+        with sqlite_init_lock(uri):  # the client's store runs the schema migrations when it opens
+            # Every call rides out a blip of the tracking store (see storage.retry_call).
+            self.client = Retrying(retry_first_open(lambda: MlflowClient(tracking_uri=uri), "the MLflow store"),
+                                   retry_s, "MLflow")
+            self.experiment_id = retry_first_open(lambda: self._experiment(experiment_name, artifact_root(uri)),
+                                                  "the MLflow store")
         self.parent_run_id = parent_run_id
         self.open_runs: dict[str, str] = {}  # trial key -> run id, for runs not yet closed
 

@@ -20,7 +20,7 @@ pytestmark = [pytest.mark.timeout(900), pytest.mark.slow]
 
 # Trials of a few seconds: long enough to be caught mid-flight, short enough for CI.
 LONGER = [o for o in TINY if not o.startswith(("train.max_steps", "train.eval_every_steps"))] + [
-    "train.max_steps=120", "train.eval_every_steps=40", "data.max_train_samples=96"]
+    "train.max_steps=240", "train.eval_every_steps=40", "data.max_train_samples=96"]
 
 
 def _fresh_database(url: str) -> str:
