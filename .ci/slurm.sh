@@ -19,7 +19,7 @@ mkdir -p /run/munge /var/log/munge /var/lib/munge /etc/munge
 [ -s /etc/munge/munge.key ] || { dd if=/dev/urandom bs=1 count=1024 of=/etc/munge/munge.key 2>/dev/null; chmod 400 /etc/munge/munge.key; }
 chown -R munge:munge /run/munge /var/log/munge /var/lib/munge /etc/munge
 if ! munge -n >/dev/null 2>&1; then
-  runuser -u munge -- munged
+  runuser -u munge -- munged 3>&- </dev/null  # daemons must not hold the caller's pipe open
   for _ in $(seq 20); do munge -n >/dev/null 2>&1 && break; sleep 0.5; done
 fi
 
@@ -52,9 +52,9 @@ PartitionName=debug Nodes=$host Default=YES MaxTime=INFINITE State=UP OverSubscr
 EOF
 
 running() { [ -s "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
-running "$state/slurmctld.pid" || slurmctld
+running "$state/slurmctld.pid" || slurmctld 3>&- </dev/null
 for _ in $(seq 30); do scontrol ping >/dev/null 2>&1 && break; sleep 0.5; done
-running "$state/slurmd.pid" || slurmd
+running "$state/slurmd.pid" || slurmd 3>&- </dev/null
 for _ in $(seq 60); do
   sinfo -h -o %T 2>/dev/null | grep -q -E '^(idle|mixed|allocated)' && break
   scontrol update nodename="$host" state=resume >/dev/null 2>&1 || true
