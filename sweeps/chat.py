@@ -83,27 +83,39 @@ class Session:
     def task_type(self) -> str:
         return self.models.type
 
-    def answer(self, text: str) -> str:
-        """One reply (causal LM) or `label (probabilities)` (classification)."""
+    def answer(self, text: str, history: list[dict[str, str]] | None = None) -> str:
+        """One reply (causal LM; `history`: earlier turns of this chat, extended in place) or
+        `label (probabilities)` (classification)."""
         if self.task_type == "classification":
             label, probs = self.classify([text])[0]
             return f"{label}  " + "  ".join(f"{name}={p:.4f}" for name, p in probs.items())
         from trainer.generation import generate_answers
 
-        prompt = self.prompt_ids(text)
-        return generate_answers(self.model, self.models.tok, [prompt], self.max_new_tokens, 1, self.models.device)[0]
+        turns = (history if history is not None else []) + [{"role": "user", "content": text}]
+        prompt = self.prompt_ids(turns)
+        reply = generate_answers(self.model, self.models.tok, [prompt], self.max_new_tokens, 1, self.models.device,
+                                 end_of_turn=self.end_of_turn())[0]
+        if history is not None:
+            history += [turns[-1], {"role": "assistant", "content": reply}]
+        return reply
 
-    def prompt_ids(self, text: str) -> list[int]:
-        """A user turn rendered with the trial's chat template, else the trial's prompt template."""
+    def end_of_turn(self) -> str:
+        from trainer.chat_templates import end_of_turn
+
+        return end_of_turn(self.models.tok) if self.task_type == "sft" else ""
+
+    def prompt_ids(self, turns: list[dict[str, str]]) -> list[int]:
+        """The chat so far rendered with the trial's chat template and its generation prompt (as
+        the trial's eval prompts were: the text, tokenized without extra special tokens), else the
+        last user turn in the trial's prompt template."""
         from trainer.config import get
 
         tok, task = self.models.tok, get(self.cfg, "task")
-        if getattr(tok, "chat_template", None):
-            ids = tok.apply_chat_template([{"role": "user", "content": text}], add_generation_prompt=True,
-                                          tokenize=True)
-            return list(ids["input_ids"] if isinstance(ids, dict) else ids)
+        if self.task_type == "sft":
+            text = tok.apply_chat_template(turns, add_generation_prompt=True, tokenize=False)
+            return tok(text, add_special_tokens=False)["input_ids"]
         template = task.get("prompt_template") or "{text}"
-        return tok(template.format(text=text), add_special_tokens=True)["input_ids"]
+        return tok(template.format(text=turns[-1]["content"]), add_special_tokens=True)["input_ids"]
 
     def classify(self, texts: list[str]) -> list[tuple[str, dict[str, float]]]:
         import torch
@@ -180,6 +192,7 @@ def _placeholder_labels(path: Path, data_cfg: dict[str, Any]) -> bool:
 
 def interactive(session: Session) -> None:
     print(f"chatting with the trial's model ({session.task_type}); an empty line or Ctrl-D quits")
+    history: list[dict[str, str]] | None = [] if session.task_type == "sft" else None
     while True:
         try:
             text = input("you> ").strip()
@@ -188,7 +201,7 @@ def interactive(session: Session) -> None:
             return
         if not text:
             return
-        print(f"model> {session.answer(text)}")
+        print(f"model> {session.answer(text, history)}")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -189,7 +189,7 @@ class Models:
 
         self.model_cfg, self.quant, self.task = get(cfg, "model"), get(cfg, "quant"), get(cfg, "task")
         self.type, self.device = self.task["type"], resolve_device(get(cfg, "train.device"))
-        self.tok = load_tokenizer(self.model_cfg)
+        self.tok = load_tokenizer(self.model_cfg, self.task)
         data_cfg = get(cfg, "data")
         data = encode(load_raw(data_cfg, self.type), self.tok, data_cfg, self.task, get(cfg, "train.max_seq_length"))
         rows = [{k: v for k, v in f.items() if k != "labels"} for f in data.eval.features[:N_SAMPLES]]

@@ -8,6 +8,7 @@ from typing import Any, Callable
 from omegaconf import DictConfig
 
 from sweeps.compose import ComposeSpec
+from sweeps.progress import console, data_fit_note
 from sweeps.samplers import kwargs_of, SweeperConfigError, make_pruner, make_sampler
 from sweeps.search_space import SearchSpace
 from sweeps.worker_plan import DeviceError, plan_for
@@ -85,7 +86,9 @@ def validate_sweep(conf: DictConfig, job: DictConfig, space: SearchSpace, compos
 
     check_sweeper_settings(conf, space, objectives)
     trainer.validate_config(job)
-    trainer.preflight(job)
+    note = data_fit_note(trainer.preflight(job).data_stats)
+    if note:
+        console.print(note)
     for key, value in config_variants(space):
         where = f" (from hydra.sweeper.params {key}={value!r})"
         try:

@@ -80,3 +80,12 @@ def _fmt(value) -> str:
     if isinstance(value, float):
         return f"{value:.3g}"
     return "" if value is None else str(value)
+
+
+def data_fit_note(stats: dict[str, float]) -> str | None:
+    """One console line when conversations were cut or skipped to fit train.max_seq_length."""
+    parts = [f"{split}: {int(stats.get(f'{split}_rows_truncated', 0))} truncated, "
+             f"{int(stats.get(f'{split}_rows_dropped', 0))} dropped" for split in ("train", "eval")]
+    if not any(v for k, v in stats.items() if k.endswith(("_truncated", "_dropped"))):
+        return None
+    return f"[yellow]conversations over train.max_seq_length[/] ({'; '.join(parts)}); the counts are on every MLflow run"

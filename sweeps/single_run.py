@@ -11,7 +11,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from sweeps.progress import console
+from sweeps.progress import console, data_fit_note
 from sweeps.run_writer import RunWriter
 
 
@@ -73,10 +73,12 @@ def _train_and_log(cfg: DictConfig, writer: RunWriter) -> float:
     import trainer
     from hydra.core.hydra_config import HydraConfig
 
-    from sweeps.worker import adapter_sha256
+    from sweeps.worker import SAMPLES_TABLE, adapter_sha256
 
     trainer.validate_config(cfg)
-    trainer.preflight(cfg)
+    note = data_fit_note(trainer.preflight(cfg).data_stats)
+    if note:
+        console.print(note)
     output_dir = Path(HydraConfig.get().runtime.output_dir)
     tags = {"sweep.kind": "single", **{f"env.{k}": str(v) for k, v in trainer.environment_fingerprint().items()}}
     writer.send("open", experiment=str(cfg.mlflow.experiment_name),
@@ -95,7 +97,7 @@ def _train_and_log(cfg: DictConfig, writer: RunWriter) -> float:
     artifacts = [(str(result.adapter_dir), "adapter")] if result.adapter_dir else []
     writer.send("close", status="FINISHED", metrics=result.summary_metrics(),
                 tags={"adapter_sha256": adapter_sha256(result.adapter_dir) or ""}, artifacts=artifacts,
-                step=result.steps,
+                step=result.steps, tables={SAMPLES_TABLE: result.samples},
                 curves={"history": result.history, "path": str(output_dir / "curves.png"), "title": "single run"})
     writer.finish()
     console.print(f"done: {cfg.task.metric} = {result.objective:.4f} (run {writer.run_id}, outputs in "

@@ -152,8 +152,9 @@ class RunBook:
 
     def close_trial(self, key: str, status: str, metrics: dict[str, float] | None = None,
                     tags: dict[str, str] | None = None, artifacts: Iterable[tuple[str, str | None]] = (),
-                    step: int | None = None) -> None:
-        """End a trial's run: FINISHED (complete), KILLED (pruned/interrupted) or FAILED."""
+                    step: int | None = None, tables: dict[str, list[dict[str, Any]]] | None = None) -> None:
+        """End a trial's run: FINISHED (complete), KILLED (pruned/interrupted) or FAILED. `tables`
+        (artifact file -> rows) appear in the run's artifacts and the UI's evaluation view."""
         run_id = self.open_runs.pop(key, None)
         if run_id is None:
             return
@@ -162,6 +163,11 @@ class RunBook:
                 self.log_metric_dict(run_id, metrics, step=step)
             if tags:
                 self.set_tags(run_id, tags)
+            for name, rows in (tables or {}).items():
+                if rows:
+                    import pandas as pd
+
+                    self.client.log_table(run_id, data=pd.DataFrame(redact(rows)), artifact_file=name)
             for local, artifact_path in artifacts:
                 if Path(local).is_dir():
                     self.client.log_artifacts(run_id, local, artifact_path)

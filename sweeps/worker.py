@@ -70,6 +70,7 @@ class WorkerSpec:
     store_retry_s: float | None = None  # hydra.sweeper.store_retry_s: ride out a database blip this long
 
 
+SAMPLES_TABLE = "sample_generations.json"  # SFT trials: prompt, reference, answer per logged eval row
 WORKER_ENV = {"TRANSFORMERS_VERBOSITY": "error", "HF_DATASETS_DISABLE_PROGRESS_BARS": "1",
               "HF_HUB_DISABLE_PROGRESS_BARS": "1", "TOKENIZERS_PARALLELISM": "false", "OMP_WAIT_POLICY": "PASSIVE",
               "MPLBACKEND": "Agg"}
@@ -329,7 +330,7 @@ class Worker:
                 artifacts.append((str(result.adapter_dir), "adapter"))
             self._close(key, "FINISHED", final, {"optuna.state": "COMPLETE", "adapter_sha256": sha or "",
                                                  "deterministic": attrs["deterministic"]}, artifacts,
-                        step=result.steps)
+                        step=result.steps, tables={SAMPLES_TABLE: result.samples})
             self._finished(key, number, "COMPLETE", values[0])
         except optuna.TrialPruned as exc:
             if heartbeat.taken_away(refresh=True):
@@ -419,9 +420,10 @@ class Worker:
                                                 "traceback": detail[-4000:]}, [])
         self._finished(key, trial.number, "FAIL", None, reason)
 
-    def _close(self, key, status, metrics, tags, artifacts, step: int | None = None) -> None:
+    def _close(self, key, status, metrics, tags, artifacts, step: int | None = None, tables=None) -> None:
         self.events.put(("call", None, ("close_trial", {"key": key, "status": status, "metrics": metrics,
-                                                        "tags": tags, "artifacts": artifacts, "step": step})))
+                                                        "tags": tags, "artifacts": artifacts, "step": step,
+                                                        "tables": tables})))
 
     def _finished(self, key, number, state, value, reason: str = "") -> None:
         self.events.put(("trial_finished", self.spec.worker_id, {"key": key, "number": number, "state": state,

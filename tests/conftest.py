@@ -119,6 +119,50 @@ def tiny_gpt2_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
+CHAT_SPECIALS = ["<unk>", "<s>", "</s>", "<|im_start|>", "<|im_end|>", "<|start_header_id|>", "<|end_header_id|>",
+                 "<|eot_id|>"]
+
+
+def chat_tokenizer(path: Path, chat_template: str = "chatml") -> None:
+    """A byte-level BPE (GPT-2 / Llama 3 style, real merges learnt from the demo chat set), with
+    the special tokens of the chatml and llama3 templates and `chat_template` set on it."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    from trainer.chat_templates import NAMED_TEMPLATES
+    from trainer.demo_chat import demo_chat_splits
+
+    train, _ = demo_chat_splits(400, 2)
+    corpus = [f"{m['role']} {m['content']}" for conv in train for m in conv] + ["system user assistant ANSWER"]
+    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.train_from_iterator(corpus, trainers.BpeTrainer(vocab_size=400, special_tokens=CHAT_SPECIALS,
+                                                        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>",
+                                   additional_special_tokens=CHAT_SPECIALS[3:])
+    fast.chat_template = NAMED_TEMPLATES[chat_template]
+    fast.save_pretrained(path)
+
+
+@pytest.fixture(scope="session")
+def tiny_chat_llama_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """2-layer Llama causal LM (hidden 32) with a byte-level BPE tokenizer carrying the chatml
+    chat template (an instruct model's shape)."""
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    path = tmp_path_factory.mktemp("tiny_chat_llama")
+    chat_tokenizer(path)
+    tok = AutoTokenizer.from_pretrained(path)
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=256,
+                         bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, tie_word_embeddings=False)
+    LlamaForCausalLM(config).save_pretrained(path)
+    return path
+
+
 @pytest.fixture
 def torch_single_thread():
     """One intra-op thread for tiny-model tests: their ops are too small to gain from threads,

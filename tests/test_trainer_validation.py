@@ -47,7 +47,13 @@ def test_default_config_is_valid() -> None:
         ("task.metric=perplexity", "task.metric", "accuracy, macro_f1, loss"),
         ("task.direction=minimize", "task.direction", "maximize"),
         ("quant=8bit,lora.use_dora=true", "lora.use_dora", "8bit on cpu"),
-        ("data.source=parquet", "data.source", "demo, sst2, jsonl, csv, hub"),
+        ("data.source=arrow", "data.source", "demo, demo_chat, sst2, jsonl, csv, parquet, hub"),
+        ("task=sft,data=demo_chat,task.train_on=prompt", "task.train_on", "assistant, last_assistant, all"),
+        ("task=sft,data=demo_chat,task.metric=accuracy", "task.metric", "loss, perplexity, exact_match, token_f1"),
+        ("task=sft,data=demo_chat,task.truncation=right", "task.truncation", "left_turns, drop"),
+        ("task=sft,data=demo_chat,task.max_new_tokens=0", "task.max_new_tokens", ">= 1"),
+        ("data=demo_chat", "data.format", "text_label for task=classification"),
+        ("task=sft,data=jsonl,data.path=x,data.format=text_label", "data.format", "messages, sharegpt, alpaca"),
     ],
 )
 def test_config_errors_name_key_and_allowed_values(override: str, key: str, fragment: str) -> None:

@@ -21,12 +21,12 @@ MODEL_KEYS = ("model.name_or_path", "model.revision", "model.trust_remote_code")
 
 
 def tokenizer_key(cfg: DictConfig) -> str:
-    return key_of(cfg, *MODEL_KEYS)
+    return key_of(cfg, *MODEL_KEYS, "task.type", "task.chat_template")
 
 
 def data_key(cfg: DictConfig) -> str:
     return key_of(cfg, *MODEL_KEYS, "data", "task.type", "task.prompt_template", "task.verbalizer",
-                  "train.max_seq_length")
+                  "task.chat_template", "task.train_on", "task.truncation", "train.max_seq_length")
 
 
 def model_key(cfg: DictConfig, num_labels: int | None, device: Any) -> str:

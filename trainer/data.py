@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from trainer.conversations import read_jsonl, resolve_format, to_messages
 from trainer.errors import ConfigError
 
 SUBSET_SEED = 1234  # fixed: the max_*_samples subset must not depend on any trial seed
@@ -22,7 +23,7 @@ class RawData:
 
 
 def _local_files(source: str, data: dict[str, Any]) -> dict[str, str]:
-    ext = {"jsonl": "jsonl", "csv": "csv", "sst2": "jsonl"}[source]
+    ext = {"jsonl": "jsonl", "csv": "csv", "parquet": "parquet", "sst2": "jsonl"}[source]
     folder = Path(data["path"]).expanduser()
     folder = folder if folder.is_absolute() else Path.cwd() / folder
     files = {s: folder / f"{data[k]}.{ext}" for s, k in (("train", "train_split"), ("eval", "eval_split"))}
@@ -44,8 +45,8 @@ def _load_source(data: dict[str, Any]) -> tuple[Any, Any]:
     if source == "sst2" and not (data.get("path") and Path(data["path"]).expanduser().is_dir()):
         ds = datasets.load_dataset(data["hub_id"], data.get("hub_config"))
         return ds[data["train_split"]], ds[data["eval_split"]]
-    if source in ("sst2", "jsonl", "csv"):
-        builder = "csv" if source == "csv" else "json"
+    if source in ("sst2", "jsonl", "csv", "parquet"):
+        builder = {"csv": "csv", "parquet": "parquet"}.get(source, "json")
         ds = datasets.load_dataset(builder, data_files=_local_files(source, data))
         return ds["train"], ds["eval"]
     ds = datasets.load_dataset(data["hub_id"], data.get("hub_config"))
@@ -83,8 +84,41 @@ def _check_labels(ds: Any, column: str, num_labels: int, split: str) -> None:
                           f"bad label values in the {split} split of column {column!r}")
 
 
+def _conversation_splits(data: dict[str, Any], fmt: str) -> tuple[Any, Any]:
+    """Both splits as a `messages` column; every row checked (trainer.conversations) before
+    any subsetting, so a bad row is reported by its number in the file."""
+    import datasets
+
+    source = data["source"]
+    if source == "demo_chat":
+        from trainer.demo_chat import demo_chat_splits
+
+        train, eval_ = demo_chat_splits(data["demo_train_size"], data["demo_eval_size"])
+        return datasets.Dataset.from_dict({"messages": train}), datasets.Dataset.from_dict({"messages": eval_})
+    out = []
+    if source == "jsonl":
+        for file in _local_files(source, data).values():
+            out.append(to_messages(read_jsonl(file), data, fmt, file))
+    elif source in ("csv", "parquet"):
+        files = _local_files(source, data)
+        ds = datasets.load_dataset(source, data_files=files)
+        out = [to_messages(ds[split].to_list(), data, fmt, files[split]) for split in ("train", "eval")]
+    else:
+        if source == "demo":
+            raise ConfigError("data", "demo", "chat data (data=demo_chat, jsonl, csv, parquet or hub) for task=sft",
+                              "data=demo is a text/label set")
+        ds = datasets.load_dataset(data["hub_id"], data.get("hub_config"))
+        out = [to_messages(ds[data[k]].to_list(), data, fmt, f"{data['hub_id']} split {data[k]}")
+               for k in ("train_split", "eval_split")]
+    return tuple(datasets.Dataset.from_dict({"messages": m}) for m in out)  # type: ignore[return-value]
+
+
 def load_raw(data: dict[str, Any], task_type: str) -> RawData:
-    """Splits for a `data` config group (plain dict); validates columns and labels."""
+    """Splits for a `data` config group (plain dict); validates columns and labels (and, for
+    task=sft, every conversation)."""
+    if task_type == "sft":
+        train, eval_ = _conversation_splits(data, resolve_format(data, task_type))
+        return RawData(_cap(train, data.get("max_train_samples")), _cap(eval_, data.get("max_eval_samples")), None, None)
     train, eval_ = _load_source(data)
     train, eval_ = _cap(train, data.get("max_train_samples")), _cap(eval_, data.get("max_eval_samples"))
     for split, ds in (("train", train), ("eval", eval_)):
@@ -115,6 +149,11 @@ def with_eval_rows(raw: RawData, path: str, data: dict[str, Any], task_type: str
     import datasets
 
     builder = "csv" if str(path).endswith(".csv") else "json"
+    if task_type == "sft":  # conversations in the trial's data.format, checked row by row
+        records = (read_jsonl(path) if builder == "json"
+                   else datasets.load_dataset(builder, data_files={"eval": str(path)})["eval"].to_list())
+        messages = to_messages(records, data, resolve_format(data, task_type), str(path))
+        return RawData(raw.train, datasets.Dataset.from_dict({"messages": messages}), None, None)
     rows = datasets.load_dataset(builder, data_files={"eval": str(path)})["eval"]
     _check_column(rows, "--input", data["text_column"], f"--input {path}")
     if task_type == "causal_lm" and data.get("completion_column"):

@@ -4,6 +4,10 @@ Classification: text -> input ids, label -> `labels`.
 Causal LM: prompt = task.prompt_template.format(text=...), completion = the completion column
 or the verbalised label; `labels` are -100 on prompt (and, after collation, padding) tokens so
 the loss is on the completion + eos only.
+SFT: each conversation rendered with the chat template (trainer.chat_templates); `labels` keep
+the assistant turns (task.train_on), each with its end-of-turn marker. Conversations longer than
+train.max_seq_length lose whole exchanges from the front (task.truncation=left_turns) or are
+dropped (drop); the counts are in EncodedData.stats.
 """
 
 from __future__ import annotations
@@ -25,7 +29,8 @@ class EncodedSplit:
 
     features: list[dict[str, Any]]
     class_labels: list[int] | None = None  # causal LM with labels: gold class per example
-    prompts: list[list[int]] | None = None  # causal LM with labels: prompt ids per example
+    prompts: list[list[int]] | None = None  # causal LM with labels / SFT eval: prompt ids per example
+    references: list[str] | None = None  # SFT eval: the last assistant turn's text per example
 
 
 @dataclass
@@ -110,6 +115,61 @@ def _encode_causal(ds: Any, tok: Any, template: str, text: str, completions: Cal
     return EncodedSplit(mapped, prompts=prompts if with_prompts else None)
 
 
+def _fit_conversation(tok: Any, messages: list[dict[str, str]], train_on: str, max_len: int, truncation: str
+                      ) -> tuple[list[dict[str, str]], list[list[int]], Any] | None:
+    """The conversation as token spans within max_len: whole exchanges (user turn through the
+    assistant's answer) dropped from the front, a leading system turn kept; None when even the
+    last exchange does not fit (or truncation=drop and the whole does not)."""
+    from trainer.chat_templates import render_spans
+
+    while True:
+        rendered = render_spans(tok, messages, train_on)
+        spans = tok(rendered.spans, add_special_tokens=False)["input_ids"]
+        if sum(map(len, spans)) <= max_len:
+            return messages, spans, rendered
+        first = 1 if messages[0]["role"] == "system" else 0
+        answers = [i for i, m in enumerate(messages) if m["role"] == "assistant"]
+        if truncation == "drop" or len(answers) < 2:
+            return None
+        messages = messages[:first] + messages[answers[0] + 1:]
+
+
+def _encode_sft(conversations: list[list[dict[str, str]]], tok: Any, train_on: str, max_len: int,
+                truncation: str, split: str, stats: dict[str, float]) -> EncodedSplit:
+    features, prompts, references = [], [], []
+    truncated = dropped = 0
+    for messages in conversations:
+        fitted = _fit_conversation(tok, messages, train_on, max_len, truncation)
+        if fitted is None:
+            dropped += 1
+            continue
+        kept, spans, rendered = fitted
+        truncated += len(kept) != len(messages)
+        ids = [t for span in spans for t in span]
+        labels = [t if trained else IGNORE_INDEX for span, trained in zip(spans, rendered.trained) for t in span]
+        features.append({"input_ids": ids, "attention_mask": [1] * len(ids), "labels": labels})
+        prompts.append([t for span in spans[: rendered.last] for t in span])
+        references.append(kept[-1]["content"].strip())
+    stats[f"{split}_rows_truncated"], stats[f"{split}_rows_dropped"] = truncated, dropped
+    if not features:
+        raise ConfigError("train.max_seq_length", max_len, "long enough for at least one conversation",
+                          f"all {dropped} {split} conversations are longer (task.truncation={truncation})")
+    return EncodedSplit(features, prompts=prompts, references=references)
+
+
+def encode_sft(raw: RawData, tok: Any, task: dict[str, Any], max_len: int) -> EncodedData:
+    """Both splits of chat data; the eval loss is on assistant tokens even with train_on=all."""
+    from trainer.chat_templates import use_chat_template
+
+    use_chat_template(tok, task.get("chat_template"))
+    train_on, truncation = task.get("train_on", "assistant"), task.get("truncation", "left_turns")
+    stats: dict[str, float] = {}
+    train = _encode_sft(list(raw.train["messages"]), tok, train_on, max_len, truncation, "train", stats)
+    eval_on = "assistant" if train_on == "all" else train_on
+    eval_ = _encode_sft(list(raw.eval["messages"]), tok, eval_on, max_len, truncation, "eval", stats)
+    return EncodedData(train, eval_, None, None, stats=stats)
+
+
 def encode(raw: RawData, tok: Any, data: dict[str, Any], task: dict[str, Any], max_len: int) -> EncodedData:
     """Tokenize both splits for the task type (see module doc)."""
     with _quiet_datasets():
@@ -117,6 +177,8 @@ def encode(raw: RawData, tok: Any, data: dict[str, Any], task: dict[str, Any], m
 
 
 def _encode(raw: RawData, tok: Any, data: dict[str, Any], task: dict[str, Any], max_len: int) -> EncodedData:
+    if task["type"] == "sft":
+        return encode_sft(raw, tok, task, max_len)
     text, label = data["text_column"], data.get("label_column")
     if task["type"] == "classification":
         train = _encode_classification(raw.train, tok, text, label, max_len)

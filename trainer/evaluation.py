@@ -122,6 +122,22 @@ def evaluate(model: Any, data: EncodedData, collate: Collate, task_type: str, ba
         model.train(was_training)
 
 
+def answer_eval(model: Any, data: EncodedData, tokenizer: Any, max_new_tokens: int, batch_size: int, device: Any,
+                autocast: Any, n_samples: int = 0) -> tuple[dict[str, float], list[dict[str, str]]]:
+    """Greedy answers to every eval conversation (its history up to the last assistant turn):
+    eval_exact_match and eval_token_f1 against that turn, and the first `n_samples` rows as
+    {prompt, reference, answer} for the sample-generations table."""
+    from trainer.chat_templates import end_of_turn
+    from trainer.generation import answer_metrics, generate_answers
+
+    prompts, references = data.eval.prompts or [], data.eval.references or []
+    answers = generate_answers(model, tokenizer, prompts, max_new_tokens, batch_size, device, autocast,
+                               end_of_turn(tokenizer))
+    samples = [{"prompt": tokenizer.decode(p, skip_special_tokens=False), "reference": r, "answer": a}
+               for p, r, a in list(zip(prompts, references, answers))[:n_samples]]
+    return answer_metrics(answers, references), samples
+
+
 def answer_prompts(data: EncodedData) -> tuple[list[list[int]], list[list[int]]]:
     """Per eval row of a causal LM: the prompt (every token before the last answer span, so a
     multi-turn conversation keeps its history) and the reference answer tokens (that span)."""
@@ -161,6 +177,10 @@ def predictions(model: Any, data: EncodedData, collate: Collate, task_type: str,
         model.train(was_training)
     from trainer.generation import generate_answers
 
+    if data.eval.references is not None:  # SFT: the conversations' last answers, as the trial scored them
+        _, samples = answer_eval(model, data, tokenizer, max_new_tokens, batch_size, device, autocast,
+                                 len(data.eval.features))
+        return samples
     prompts, refs = answer_prompts(data)
     eos = {tokenizer.eos_token_id}
     answers = generate_answers(model, tokenizer, prompts, max_new_tokens, batch_size, device, autocast)

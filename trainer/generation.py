@@ -62,11 +62,12 @@ def left_padded(prompts: Sequence[Sequence[int]], pad_id: int) -> tuple[Any, Any
 
 
 def generate_answers(model: Any, tokenizer: Any, prompts: Sequence[Sequence[int]], max_new_tokens: int,
-                     batch_size: int, device: Any, autocast: Any = None) -> list[str]:
+                     batch_size: int, device: Any, autocast: Any = None, end_of_turn: str = "") -> list[str]:
     """Greedy answer text per prompt (token ids of the conversation up to the answer, the
     generation prompt included). Prompts run shortest first, so batches carry little padding;
-    the answers come back in prompt order. The answer stops at the tokenizer's end-of-sequence
-    (and the model's own eos ids); special tokens are dropped from the text."""
+    the answers come back in prompt order. The answer stops at the tokenizer's end-of-sequence,
+    the model's own eos ids and the chat template's `end_of_turn` marker (a token when it is one,
+    else cut from the text); special tokens are dropped from the text."""
     import contextlib
 
     import torch
@@ -76,6 +77,9 @@ def generate_answers(model: Any, tokenizer: Any, prompts: Sequence[Sequence[int]
     autocast = autocast or contextlib.nullcontext
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     eos = _eos_ids(model, tokenizer)
+    marker = tokenizer(end_of_turn, add_special_tokens=False)["input_ids"] if end_of_turn else []
+    if len(marker) == 1 and marker[0] not in eos:
+        eos.append(marker[0])
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
     answers = [""] * len(prompts)
     was_training = model.training
@@ -90,8 +94,8 @@ def generate_answers(model: Any, tokenizer: Any, prompts: Sequence[Sequence[int]
                                          max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
                                          pad_token_id=pad_id, eos_token_id=eos)
                 for row, i in enumerate(idx):
-                    answers[i] = tokenizer.decode(_until_eos(out[row, ids.shape[1]:].tolist(), eos),
-                                                  skip_special_tokens=True).strip()
+                    text = tokenizer.decode(_until_eos(out[row, ids.shape[1]:].tolist(), eos), skip_special_tokens=True)
+                    answers[i] = (text.split(end_of_turn)[0] if end_of_turn else text).strip()
     finally:
         model.train(was_training)
     return answers

@@ -18,8 +18,9 @@ def head_names(task_type: str) -> tuple[str, ...]:
     return CLASSIFIER_HEADS if task_type == "classification" else LM_HEADS
 
 
-def load_tokenizer(model: dict[str, Any]) -> Any:
-    """Tokenizer with a pad token (eos when it has none) and right padding (causal-LM training)."""
+def load_tokenizer(model: dict[str, Any], task: dict[str, Any] | None = None) -> Any:
+    """Tokenizer with a pad token (eos when it has none) and right padding (causal-LM training);
+    for task=sft, with the chat template the task renders conversations with."""
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(
@@ -30,6 +31,10 @@ def load_tokenizer(model: dict[str, Any]) -> Any:
             raise ConfigError("model.name_or_path", model["name_or_path"], "a model whose tokenizer has a pad or eos token")
         tok.pad_token = tok.eos_token
     tok.padding_side = "right"
+    if task is not None and task.get("type") == "sft":
+        from trainer.chat_templates import use_chat_template
+
+        use_chat_template(tok, task.get("chat_template"))
     return tok
 
 

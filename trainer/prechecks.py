@@ -27,6 +27,18 @@ def _raw_data(data_json: str, task_type: str) -> RawData:
 
 
 @lru_cache(maxsize=8)
+def _sft_stats(model_json: str, data_json: str, task_json: str, max_len: int) -> dict[str, float]:
+    """Render and tokenize every conversation once: a template that cannot locate the assistant
+    turns, a tokenizer without a template, or data that never fits fails here, before any trial."""
+    from trainer.encoding import encode
+    from trainer.model import load_tokenizer
+
+    data, task = json.loads(data_json), json.loads(task_json)
+    tok = load_tokenizer(json.loads(model_json), task)
+    return encode(_raw_data(data_json, "sft"), tok, data, task, max_len).stats
+
+
+@lru_cache(maxsize=8)
 def _meta_model(name: str, revision: str | None, trust_remote_code: bool, task_type: str, num_labels: int | None) -> Any:
     """Model skeleton with shapes but no storage (torch meta device): no weights are read."""
     import torch
@@ -94,6 +106,7 @@ class PreflightReport:
     head_params: int = 0  # trained in full for classification (0 for causal LMs)
     body_bias_params: int = 0
     linear_shapes: Shapes = field(default_factory=dict, repr=False)
+    data_stats: dict[str, float] = field(default_factory=dict)  # SFT: rows truncated / dropped per split
 
     def estimate_memory_mb(self, cfg: DictConfig) -> float:
         """Rough peak training memory of one trial in MiB (excluding the CUDA context / Python runtime):
@@ -122,7 +135,7 @@ class PreflightReport:
         acts = per_layer * self.num_layers
         if train.get("gradient_checkpointing"):
             acts = b * t * self.hidden_size * self.num_layers * w + per_layer
-        logits = b * t * self.vocab_size * 8 if get(cfg, "task.type") == "causal_lm" else 0
+        logits = b * t * self.vocab_size * 8 if get(cfg, "task.type") != "classification" else 0
         return (weights + adapter + acts + logits) / MB
 
 
@@ -190,6 +203,10 @@ def preflight(cfg: DictConfig) -> PreflightReport:
         raise ConfigError("quant.mode", get(cfg, "quant.mode"), "none (bitsandbytes is not installed)")
     raw = _raw_data(json.dumps(get(cfg, "data"), sort_keys=True), task_type)
     _check_data(raw, cfg)
+    stats = {}
+    if task_type == "sft":
+        stats = _sft_stats(json.dumps(model, sort_keys=True), json.dumps(get(cfg, "data"), sort_keys=True),
+                           json.dumps(get(cfg, "task"), sort_keys=True), get(cfg, "train.max_seq_length"))
     meta = _meta_model(model["name_or_path"], model.get("revision"), bool(model.get("trust_remote_code")),
                        task_type, raw.num_labels)
     config = meta.config
@@ -232,4 +249,5 @@ def preflight(cfg: DictConfig) -> PreflightReport:
         head_params=head,
         body_bias_params=body_bias,
         linear_shapes=shapes,
+        data_stats=stats,
     )

@@ -54,6 +54,27 @@ def _give_back(cache: WarmCache, key: str, base: Any, peft_model: Any, lora: dic
     cache.evict("model", key)
 
 
+class _AnswerEval:
+    """SFT generation metrics (exact_match, token_f1) and the sample table: at the end of a
+    trial, or at every eval when task.generate_every_eval is set or the objective needs them."""
+
+    def __init__(self, model: Any, data: Any, tok: Any, task: dict[str, Any], batch_size: int, device: Any,
+                 autocast: Any) -> None:
+        from trainer.validation import GENERATION_METRICS
+
+        self.enabled = task["type"] == "sft"
+        self.every_eval = self.enabled and (bool(task.get("generate_every_eval")) or task["metric"] in GENERATION_METRICS)
+        self.args = (model, data, tok, int(task.get("max_new_tokens", 32)), batch_size, device, autocast,
+                     int(task.get("num_logged_samples", 16)))
+        self.samples: list[dict[str, str]] = []
+
+    def __call__(self) -> dict[str, float]:
+        from trainer.evaluation import answer_eval
+
+        metrics, self.samples = answer_eval(*self.args)
+        return metrics
+
+
 def run_trial(cfg: DictConfig, reporter: Reporter | None = None, cache: WarmCache | None = None,
               output_dir: str | Path | None = None) -> TrialResult:
     """Fine-tune once with the composed job config; exceptions from `reporter` propagate."""
@@ -71,7 +92,7 @@ def run_trial(cfg: DictConfig, reporter: Reporter | None = None, cache: WarmCach
     timing: dict[str, float] = {}
 
     t0 = time.perf_counter()
-    tok = cache.get("tokenizer", tokenizer_key(cfg), lambda: load_tokenizer(model_cfg))
+    tok = cache.get("tokenizer", tokenizer_key(cfg), lambda: load_tokenizer(model_cfg, task))
     data = cache.get("data", data_key(cfg), lambda: encode(load_raw(data_cfg, task_type), tok, data_cfg, task,
                                                           train["max_seq_length"]))
     timing["tokenize_s"] = time.perf_counter() - t0
@@ -96,10 +117,20 @@ def run_trial(cfg: DictConfig, reporter: Reporter | None = None, cache: WarmCach
         collate = make_collator(tok, task_type)
         autocast = autocast_for(device, train["precision"])
         plan = LoopPlan.build(train, len(data.train.features))
-        run_eval = lambda: evaluate(peft_model, data, collate, task_type, train["batch_size"], device, autocast,  # noqa: E731
-                                    task.get("label_scoring", "mean"))
+        answers = _AnswerEval(peft_model, data, tok, task, train["batch_size"], device, autocast)
+
+        def run_eval() -> dict[str, float]:
+            metrics = evaluate(peft_model, data, collate, task_type, train["batch_size"], device, autocast,
+                               task.get("label_scoring", "mean"))
+            return {**metrics, **answers()} if answers.every_eval else metrics
+
         outcome = train_loop(peft_model, data.train.features, collate, run_eval, train, plan, device,
                              get(cfg, "data_seed"), reporter, causal=task_type != "classification")
+        if answers.enabled and not answers.every_eval:  # generation metrics of the final model
+            final = answers()
+            outcome.final_metrics.update(final)
+            outcome.history[-1].update(final)
+            reporter.log_metrics(final, outcome.steps)
 
         adapter_dir = None
         if output_dir is not None and train.get("save_adapter", True):
@@ -125,6 +156,7 @@ def run_trial(cfg: DictConfig, reporter: Reporter | None = None, cache: WarmCach
         peak_memory_mb=_peak_memory_mb(device),
         history=outcome.history,
         adapter_dir=adapter_dir,
+        samples=answers.samples,
         resolved={
             "lora_alpha": lora_alpha(lora),
             "target_modules": targets,
@@ -142,6 +174,7 @@ def run_trial(cfg: DictConfig, reporter: Reporter | None = None, cache: WarmCach
             "total_steps": plan.total_steps,
             "warmup_steps": plan.warmup_steps,
             "steps_per_epoch": plan.steps_per_epoch,
+            **data.stats,
             "num_train": len(data.train.features),
             "num_eval": len(data.eval.features),
             "warm_model": warm,

@@ -22,6 +22,7 @@ class TrialResult:
     history: list[dict[str, Any]] = field(default_factory=list)
     adapter_dir: Path | None = None
     resolved: dict[str, Any] = field(default_factory=dict)
+    samples: list[dict[str, str]] = field(default_factory=list)  # SFT: {prompt, reference, answer} rows
 
     def summary_metrics(self) -> dict[str, float]:
         """What a run logs when it ends: the final eval metrics plus what the trial cost. One
@@ -31,4 +32,7 @@ class TrialResult:
                 "peak_memory_mb": self.peak_memory_mb}
         if self.resolved.get("train_padding_fraction") is not None:
             cost["train_padding_fraction"] = self.resolved["train_padding_fraction"]
+        for key in ("train_rows_truncated", "train_rows_dropped", "eval_rows_truncated", "eval_rows_dropped"):
+            if key in self.resolved:  # SFT: conversations cut or skipped to fit train.max_seq_length
+                cost[key] = self.resolved[key]
         return {**self.metrics, **cost}

@@ -20,8 +20,10 @@ from trainer.targets import TARGET_PRESETS
 TASK_METRICS: dict[str, dict[str, str]] = {  # metric -> optimisation direction
     "classification": {"accuracy": "maximize", "macro_f1": "maximize", "loss": "minimize"},
     "causal_lm": {"loss": "minimize", "perplexity": "minimize", "accuracy": "maximize"},
+    "sft": {"loss": "minimize", "perplexity": "minimize", "exact_match": "maximize", "token_f1": "maximize"},
 }
-DATA_SOURCES = ("demo", "sst2", "jsonl", "csv", "hub")
+DATA_SOURCES = ("demo", "demo_chat", "sst2", "jsonl", "csv", "parquet", "hub")
+GENERATION_METRICS = ("exact_match", "token_f1")
 QUANT_MODES = ("none", "4bit", "8bit")
 QUANT_TYPES = ("nf4", "fp4")
 COMPUTE_DTYPES = ("float32", "bfloat16", "float16", "auto")
@@ -204,7 +206,9 @@ def _check_task(cfg: DictConfig) -> None:
     if direction is not None:
         want = TASK_METRICS[task][metric]
         _require(direction == want, "task.direction", direction, f"{want} for task.metric={metric}")
-    if task == "causal_lm":
+    if task == "sft":
+        _check_sft(cfg)
+    elif task == "causal_lm":
         template = get(cfg, "task.prompt_template")
         _require(isinstance(template, str) and "{text}" in template, "task.prompt_template", template,
                  "a string containing {text}")
@@ -219,20 +223,57 @@ def _check_task(cfg: DictConfig) -> None:
         _require(isinstance(label, str), "data.label_column", label, "a column name for classification")
 
 
+def _check_sft(cfg: DictConfig) -> None:
+    from trainer.chat_templates import TRAIN_ON, TRUNCATION
+
+    _one_of(cfg, "task.train_on", TRAIN_ON)
+    _one_of(cfg, "task.truncation", TRUNCATION)
+    _int_at_least(cfg, "task.max_new_tokens", 1)
+    _int_at_least(cfg, "task.num_logged_samples", 0)
+    template = get(cfg, "task.chat_template")
+    _require(template is None or (isinstance(template, str) and bool(template)), "task.chat_template", template,
+             "null (the tokenizer's own), a named template or a Jinja string")
+    every = get(cfg, "task.generate_every_eval", False)
+    _require(isinstance(every, bool), "task.generate_every_eval", every, "true or false")
+
+
+def _check_format(cfg: DictConfig, task: str) -> str:
+    from trainer.conversations import CHAT_FORMATS, FORMATS, resolve_format
+
+    fmt = get(cfg, "data.format")
+    _require(fmt is None or fmt in FORMATS, "data.format", fmt, f"null or one of {', '.join(FORMATS)}")
+    allowed = (*CHAT_FORMATS, "prompt_completion") if task == "sft" else ("text_label", "prompt_completion")
+    if task == "classification":
+        allowed = ("text_label",)
+    _require(fmt is None or fmt in allowed, "data.format", fmt, f"one of {', '.join(allowed)} for task={task}",
+             "chat formats need task=sft" if fmt in CHAT_FORMATS else None)
+    resolved = resolve_format(get(cfg, "data") or {}, task)
+    if get(cfg, "data.source") == "demo_chat":
+        _require(task == "sft", "task", task, "sft for data=demo_chat (a chat data set)")
+        _require(resolved == "messages", "data.format", fmt, "messages (or null) for data=demo_chat")
+    return resolved
+
+
 def _check_data(cfg: DictConfig) -> None:
     source = _one_of(cfg, "data.source", DATA_SOURCES)
-    if source in ("jsonl", "csv"):
+    fmt = _check_format(cfg, _one_of(cfg, "task.type", tuple(TASK_METRICS)))
+    if source in ("jsonl", "csv", "parquet"):
         path = get(cfg, "data.path")
         _require(isinstance(path, str) and bool(path), "data.path", path,
                  f"a folder with {{train,validation}}.{source} files")
     if source == "hub":
         hub_id = get(cfg, "data.hub_id")
         _require(isinstance(hub_id, str) and bool(hub_id), "data.hub_id", hub_id, "a hub dataset id")
-    if source == "demo":
+    if source in ("demo", "demo_chat"):
         _int_at_least(cfg, "data.demo_train_size", 2)
         _int_at_least(cfg, "data.demo_eval_size", 2)
-    text = get(cfg, "data.text_column")
-    _require(isinstance(text, str) and bool(text), "data.text_column", text, "a column name")
+    if fmt in ("text_label", "prompt_completion"):
+        text = get(cfg, "data.text_column")
+        _require(isinstance(text, str) and bool(text), "data.text_column", text, "a column name")
+    if fmt == "prompt_completion":
+        completion = get(cfg, "data.completion_column")
+        _require(isinstance(completion, str) and bool(completion), "data.completion_column", completion,
+                 "a column name for data.format=prompt_completion")
     _int_at_least(cfg, "data.num_labels", 2, optional=True)
     _int_at_least(cfg, "data.max_train_samples", 1, optional=True)
     _int_at_least(cfg, "data.max_eval_samples", 1, optional=True)
@@ -247,6 +288,6 @@ def validate_config(cfg: DictConfig) -> None:
     _check_lora(cfg)
     _check_quant(cfg)
     _check_loftq(cfg)
-    _check_task(cfg)
     _check_data(cfg)
+    _check_task(cfg)
     _check_train(cfg)
