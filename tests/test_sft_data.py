@@ -194,3 +194,17 @@ def test_a_template_that_rewrites_history_is_refused(tmp_path):
                  "{% endif %}{% endfor %}{% if add_generation_prompt %}assistant: {% endif %}")
     with pytest.raises(ConfigError, match="renders differently"):
         _encode(tmp_path, [CONVERSATION], chat_template=rewriting)
+
+
+def test_a_generation_metric_as_the_objective_is_measured_at_every_eval(tiny_chat_llama_dir, torch_single_thread):
+    import trainer
+
+    cfg = compose_cfg(["task=sft", "data=demo_chat", f"model.name_or_path={tiny_chat_llama_dir}", "quant=none",
+                       "data.demo_train_size=16", "data.demo_eval_size=4", "train.max_steps=4",
+                       "train.eval_every_steps=2", "train.batch_size=8", "train.max_seq_length=128",
+                       "task.metric=exact_match", "task.direction=maximize", "task.max_new_tokens=2"])
+    result = trainer.run_trial(cfg)
+    evals = [h for h in result.history if h["event"] == "eval"]
+    assert [h["step"] for h in evals] == [2, 4] and all("eval_exact_match" in h for h in evals)
+    assert result.objective == result.metrics["eval_exact_match"]
+    assert len(result.samples) == 4 and result.samples[0]["reference"]
