@@ -97,6 +97,14 @@ def summary(d: ReportData, storage_label: str) -> list[Block]:
         blocks.append(Paragraph(
             f"**Best trial #{int(best['number'])}**: {d.metric} = **{fmt(best['value'])}**, trainable parameters "
             f"{fmt(best.get('trainable_params'))}, MLflow run `{fmt(best.get('mlflow_run_id'))}`."))
+        base_rows = d.done[d.done["attr.base"] == True] if "attr.base" in d.done else d.done.iloc[0:0]  # noqa: E712
+        if not base_rows.empty:
+            base = base_rows.iloc[0]
+            gain = (best["value"] - base["value"]) * (1 if d.maximize else -1)
+            blocks.append(Paragraph(
+                f"Base config (the defaults plus the sweep's overrides, run as trial #{int(base['number'])}): "
+                f"{d.metric} = {fmt(base['value'])}; the best trial gains {_pts(gain, d.points_scale)} over it on "
+                "the validation split (a single run each: see the reproducibility section for what survives fresh seeds)."))
         params = _params_of(best)
         if params:
             blocks.append(Table(pd.DataFrame({"hyperparameter": list(params), "value": list(params.values())}),

@@ -36,6 +36,8 @@ def check_sweeper_settings(conf: DictConfig, space: SearchSpace, objectives: lis
     if conf.n_jobs is not None and int(conf.n_jobs) < 1:
         raise SweeperConfigError(
             f"hydra.sweeper.n_jobs: must be >= 1 or null (one per GPU, else one per CPU core), got {conf.n_jobs}")
+    if conf.get("objective_at", "best") not in ("best", "last"):
+        raise SweeperConfigError(f"hydra.sweeper.objective_at: must be best or last, got {conf.objective_at!r}")
     if int(conf.max_retry) < 0:
         raise SweeperConfigError(f"hydra.sweeper.max_retry: must be >= 0, got {conf.max_retry}")
     retry_s = conf.get("store_retry_s", 120.0)

@@ -67,11 +67,11 @@ def top_trials_table(study: optuna.Study, k: int = 10, title: str = "Top trials"
     for key in keys:
         table.add_column(key.split(".")[-1])
     table.add_column("trainable", justify="right")
-    table.add_column("MLflow run id")
+    table.add_column("MLflow run id", min_width=32, no_wrap=True)  # whole: users copy it
     for trial in complete[:k]:
         value = ", ".join(f"{v:.4f}" if abs(v) < 1e4 else f"{v:.0f}" for v in trial.values)
         params = [_fmt(trial.params.get(key)) for key in keys]
-        table.add_row(str(trial.number), value, *params, f"{trial.user_attrs.get('trainable_params', '')}",
+        table.add_row(f"{trial.number}{' base' if trial.user_attrs.get('base') else ''}", value, *params, f"{trial.user_attrs.get('trainable_params', '')}",
                       str(trial.user_attrs.get("mlflow_run_id", "")))
     return table
 
@@ -89,3 +89,29 @@ def data_fit_note(stats: dict[str, float]) -> str | None:
     if not any(v for k, v in stats.items() if k.endswith(("_truncated", "_dropped"))):
         return None
     return f"[yellow]conversations over train.max_seq_length[/] ({'; '.join(parts)}); the counts are on every MLflow run"
+
+
+def base_trial(study: optuna.Study) -> optuna.trial.FrozenTrial | None:
+    """The completed trial that ran the user's own config (hydra.sweeper.include_base)."""
+    return next((t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+                 if t.user_attrs.get("base")), None)
+
+
+def gain_over_base(study: optuna.Study) -> tuple[optuna.trial.FrozenTrial, float] | None:
+    """(base trial, best value minus the base's, signed so that > 0 is better)."""
+    base = base_trial(study)
+    if base is None or len(study.directions) != 1:
+        return None
+    sign = 1 if study.directions[0] == optuna.study.StudyDirection.MAXIMIZE else -1
+    return base, sign * (study.best_value - base.value)
+
+
+def base_text(study: optuna.Study) -> str | None:
+    found = gain_over_base(study)
+    if found is None:
+        return None
+    base, gain = found
+    if study.best_trial.number == base.number:
+        return f"the base config (#{base.number}, your defaults and overrides) is the best trial: {base.value:.4f}"
+    return (f"best #{study.best_trial.number} {study.best_value:.4f} vs the base config #{base.number} "
+            f"{base.value:.4f}: {gain:+.4f}")

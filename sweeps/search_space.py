@@ -159,3 +159,36 @@ def suggest(trial, key: str, dist: BaseDistribution) -> Any:
     if isinstance(dist, IntDistribution):
         return trial.suggest_int(key, dist.low, dist.high, step=dist.step, log=dist.log)
     return trial.suggest_float(key, dist.low, dist.high, step=dist.step, log=dist.log)
+
+
+def _inside(dist: BaseDistribution, value: Any) -> bool:
+    if isinstance(dist, CategoricalDistribution):
+        return any(value == c and isinstance(value, bool) == isinstance(c, bool) for c in dist.choices)
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    if isinstance(dist, IntDistribution):
+        return float(value).is_integer() and dist.low <= value <= dist.high and (int(value) - dist.low) % dist.step == 0
+    if isinstance(dist, FloatDistribution):
+        if not dist.low <= value <= dist.high:
+            return False
+        return dist.step is None or abs(round((value - dist.low) / dist.step) * dist.step - (value - dist.low)) < 1e-9
+    return False
+
+
+def base_params(job: Any, space: SearchSpace) -> tuple[dict[str, Any], list[str]]:
+    """The swept keys' values in the composed job config (the defaults plus the user's
+    overrides), and a `key=value not in ...` note for each value the space cannot hold."""
+    from omegaconf import OmegaConf
+
+    params: dict[str, Any] = {}
+    outside: list[str] = []
+    for key, dist in space.distributions.items():
+        value = OmegaConf.select(job, key, default=None)
+        value = OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
+        if isinstance(dist, IntDistribution) and isinstance(value, float) and value.is_integer():
+            value = int(value)
+        if _inside(dist, value):
+            params[key] = value
+        else:
+            outside.append(f"{key}={value!r} not in {space.grammar.get(key, type(dist).__name__)}")
+    return params, outside

@@ -16,10 +16,10 @@ from omegaconf import DictConfig, OmegaConf
 from optuna.trial import TrialState
 
 from sweeps.compose import ComposeSpec
-from sweeps.progress import SweepProgress, console, top_trials_table
+from sweeps.progress import SweepProgress, base_text, console, gain_over_base, top_trials_table
 from sweeps.redact import redact, redact_override
 from sweeps.samplers import kwargs_of
-from sweeps.search_space import SearchSpace
+from sweeps.search_space import SearchSpace, base_params
 from sweeps.storage import STORE_RETRY_S, mask_url, open_storage
 from sweeps.study import TrialBudget, fail_orphaned_trials, open_study, process_started
 from sweeps.supervisor import Outcome, Supervisor, SweepAborted
@@ -58,6 +58,8 @@ class SweepSession:
         study = open_study(storage, self.study_name, self.directions)
         self.fail_orphans(study, max_retry=int(conf.max_retry))
         self._describe(study)
+        if conf.get("include_base", True):
+            self.enqueue_base(study)
         deadline = time.time() + float(conf.timeout) if conf.timeout is not None else None
         specs = self.worker_specs(self.study_name, n_trials, self.space, self.objectives,
                                   session_index=self._register_session(study, n_trials), deadline=deadline)
@@ -112,6 +114,23 @@ class SweepSession:
             raise SystemExit("sweep interrupted; finished trials are kept. Rerun the same command to resume.")
 
     # -- search ---------------------------------------------------------------------------------
+    def enqueue_base(self, study: optuna.Study) -> None:
+        """The config the user ran the sweep from (defaults + overrides) as the first trial, so the
+        winner is never worse than where they started; once per study, and only when every swept
+        value of it lies inside the search space."""
+        if any(t.user_attrs.get("base") for t in study.get_trials(deepcopy=False)):
+            return
+        if str(self.conf.sampler) == "grid":
+            console.print("base config: not enqueued with sampler=grid (the grid decides every trial)")
+            return
+        params, outside = base_params(self.job, self.space)
+        if outside:
+            console.print(f"[yellow]base config: not a trial, it lies outside the search space ({'; '.join(outside)})")
+            return
+        study.enqueue_trial(params, user_attrs={"base": True})
+        console.print("base config: enqueued as the first trial (hydra.sweeper.include_base=false to skip it)")
+
+
     def worker_specs(self, study_name: str, n_trials: int, space: SearchSpace, objectives: list[str],
                      replay_only: bool = False, session_index: int = 0,
                      deadline: float | None = None) -> list[WorkerSpec]:
@@ -125,7 +144,8 @@ class SweepSession:
                            cuda_device=device, threads=plan.threads, oom_retry=bool(conf.oom_retry),
                            heartbeat_interval=self._heartbeat(), replay_only=replay_only,
                            session_index=session_index, deadline=deadline, sweep_pid=os.getpid(),
-                           sweep_started=process_started(os.getpid()), store_retry_s=self.store_retry_s)
+                           sweep_started=process_started(os.getpid()), store_retry_s=self.store_retry_s,
+                           objective_at=str(conf.get("objective_at", "best")))
                 for i, device in enumerate(plan.cuda_devices)]
 
     @property
@@ -252,6 +272,11 @@ class SweepSession:
             tags.update({"best.trial_number": str(trial.number), "best.mlflow_run_id": str(trial.user_attrs.get("mlflow_run_id", ""))})
             best = {"number": trial.number, "value": trial.value, "params": trial.params,
                     "mlflow_run_id": trial.user_attrs.get("mlflow_run_id"), "metrics": trial.user_attrs.get("metrics")}
+            found = gain_over_base(study)
+            if found is not None:
+                metrics.update(base_value=float(found[0].value), gain_over_base=float(found[1]))
+                tags["base.trial_number"] = str(found[0].number)
+                best["base"] = {"number": found[0].number, "value": found[0].value, "gain": found[1]}
         elif complete:
             best = {"pareto_front": [{"number": t.number, "values": t.values, "params": t.params} for t in study.best_trials]}
         try:
@@ -259,6 +284,9 @@ class SweepSession:
         except Exception as exc:  # the summary below matters more than the parent's last tags
             console.print(f"[yellow]could not finalise the MLflow parent run: {exc}")
         console.print(top_trials_table(study, title=f"Top trials of {self.study_name}"))
+        note = base_text(study)
+        if note:
+            console.print(note)
         console.print(f"trials: {counts['complete']} complete, {counts['pruned']} pruned, {counts['fail']} failed · "
                       f"MLflow: mlflow ui --backend-store-uri {mask_url(self.tracking_uri)} · "
                       f"optuna-dashboard {mask_url(self.url).replace('journal:///', '/')}")

@@ -33,6 +33,8 @@ class LoraOptunaSweeperConf:
     sampler_kwargs: Any = None          # extra sampler arguments, e.g. {n_startup_trials: 5}
     pruner: str = "median"              # median | hyperband | successive_halving | percentile | none
     pruner_kwargs: Any = None           # extra pruner arguments, e.g. {min_resource: 2, reduction_factor: 3}
+    include_base: bool = True           # the composed config (defaults + your overrides) runs as the first trial
+    objective_at: str = "best"          # best: a trial scores its best eval and keeps that eval's adapter | last
     max_retry: int = 1                  # retries of a trial whose worker died
     max_failure_rate: float = 0.5       # abort once failed trials exceed this fraction of n_trials
     oom_retry: bool = True              # on CUDA OOM retry once with half micro-batch, 2x accumulation

@@ -68,6 +68,7 @@ class WorkerSpec:
     sweep_pid: int | None = None     # the sweep process (owner of this worker's trials); None = parent
     sweep_started: float | None = None  # its start time: a reused pid is not mistaken for it
     store_retry_s: float | None = None  # hydra.sweeper.store_retry_s: ride out a database blip this long
+    objective_at: str = "best"       # hydra.sweeper.objective_at: best (that eval's adapter is kept) | last
 
 
 SAMPLES_TABLE = "sample_generations.json"  # SFT trials: prompt, reference, answer per logged eval row
@@ -383,7 +384,8 @@ class Worker:
         import torch
 
         try:
-            return self.trainer.run_trial(cfg, reporter=reporter, cache=self.cache, output_dir=trial_dir)
+            return self.trainer.run_trial(cfg, reporter=reporter, cache=self.cache, output_dir=trial_dir,
+                                          **self._selection())
         except torch.OutOfMemoryError:
             if not self.spec.oom_retry or cfg.train.batch_size < 2:
                 raise
@@ -394,7 +396,15 @@ class Worker:
                                               "gradient_accumulation_steps": int(cfg.train.gradient_accumulation_steps)})
             self.events.put(("call", None, ("set_trial_tags", {"key": f"{self.spec.study_name}:{trial.number}",
                                                                 "tags": {"oom_retry": "true"}})))
-            return self.trainer.run_trial(cfg, reporter=reporter, cache=self.cache, output_dir=trial_dir)
+            return self.trainer.run_trial(cfg, reporter=reporter, cache=self.cache, output_dir=trial_dir,
+                                          **self._selection())
+
+    def _selection(self) -> dict[str, Any]:
+        """hydra.sweeper.objective_at for a single eval-metric objective; the last eval otherwise."""
+        name = self.spec.objectives[0]
+        if len(self.spec.objectives) != 1 or not name.startswith("eval_"):
+            return {}
+        return {"objective": (name, self.study.directions[0].name.lower()), "objective_at": self.spec.objective_at}
 
     @staticmethod
     def _objective_value(name: str, result) -> float:

@@ -7,7 +7,8 @@ import pytest
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
 from sweeps.samplers import SweeperConfigError, make_pruner, make_sampler, sampler_seed
-from sweeps.search_space import SearchSpaceError, override_line, parse_search_space, split_overrides, suggest
+from sweeps.search_space import (SearchSpaceError, base_params, override_line, parse_search_space, split_overrides,
+                                 suggest)
 
 
 @pytest.mark.parametrize("text, expected", [
@@ -110,3 +111,18 @@ def test_unknown_sampler_and_pruner_list_the_choices():
         make_sampler("cmaes", 0, space, 2)
     for name in ("tpe", "random", "grid", "cmaes", "gp", "nsgaii", "qmc"):
         assert make_sampler(name, 0, space, 1) is not None
+
+
+def test_base_params_are_the_job_values_when_the_space_holds_them():
+    from omegaconf import OmegaConf
+
+    space = parse_search_space({"lora.r": "choice(4, 8, 16)", "train.learning_rate": "tag(log, interval(5e-4, 1e-2))",
+                                "seed": "range(0, 4)", "lora.target_modules": "choice(qv, attn)", "flag": "choice(true, false)"})
+    job = OmegaConf.create({"lora": {"r": 8, "target_modules": "qv"}, "train": {"learning_rate": 3e-3}, "seed": 0,
+                            "flag": False})
+    params, outside = base_params(job, space)
+    assert outside == [] and params == {"lora.r": 8, "train.learning_rate": 3e-3, "seed": 0, "lora.target_modules": "qv",
+                                        "flag": False}
+    job.lora.r, job.train.learning_rate, job.seed, job.flag = 32, 1e-4, 7, 0
+    _, outside = base_params(job, space)
+    assert [o.split("=")[0] for o in outside] == ["lora.r", "train.learning_rate", "seed", "flag"]

@@ -48,7 +48,7 @@ def test_qlora_sft_sweep_on_demo_chat_then_chat_with_a_trial(tmp_path, tiny_chat
     assert len(children) == 2
     for child in children:
         steps = lambda name: sorted({m.step for m in client.get_metric_history(child.info.run_id, name)})  # noqa: E731
-        assert steps("eval_loss") == [2, 4, 6] and steps("eval_exact_match") == [6]
+        assert steps("eval_loss") == [2, 4, 6] and len(steps("eval_exact_match")) == 1  # at the kept eval
         assert child.data.params["task.type"] == "sft" and child.data.metrics["train_rows_dropped"] == 0
         table_path = client.download_artifacts(child.info.run_id, "sample_generations.json", str(tmp_path / child.info.run_id))
         table = json.loads(open(table_path).read())

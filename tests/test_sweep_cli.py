@@ -26,6 +26,12 @@ def test_four_trial_sweep_then_resume(tmp_path, tiny_bert_dir):
     study = only_study(tmp_path)
     assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 4
     assert "Top trials" in out
+    # the config the sweep was started from (the defaults + overrides) is trial 0, and the summary compares with it
+    base = study.trials[0]
+    assert base.user_attrs["base"] is True
+    assert base.params == {"lora.r": 8, "lora.lora_alpha": 16, "lora.lora_dropout": 0.05, "lora.target_modules": "qv",
+                           "train.learning_rate": 3e-3, "train.lr_scheduler_type": "linear", "seed": 0}
+    assert "base config" in out and ("vs the base config #0" in out or "is the best trial" in out)
 
     client, parents, children = runs(tmp_path)
     assert len(parents) == 1 and len(children) == 4
@@ -34,6 +40,8 @@ def test_four_trial_sweep_then_resume(tmp_path, tiny_bert_dir):
     assert study.user_attrs["mlflow_parent_run_id"] == parent.info.run_id
     assert parent.data.metrics["best_value"] == pytest.approx(study.best_value)
     assert parent.data.tags["best.trial_number"] == str(study.best_trial.number)
+    assert parent.data.metrics["base_value"] == base.value and parent.data.tags["base.trial_number"] == "0"
+    assert parent.data.metrics["gain_over_base"] == pytest.approx(study.best_value - base.value)
 
     by_number = {int(r.data.tags["optuna.trial_number"]): r for r in children}
     for trial in study.trials:
@@ -64,6 +72,7 @@ def test_four_trial_sweep_then_resume(tmp_path, tiny_bert_dir):
     assert len(parents) == 1 and len(children) == 5  # same parent, reattached
     run_sweep(tmp_path, *args[:-2], "hydra.sweeper.n_trials=5", "hydra.sweeper.pruner=none")
     assert len(only_study(tmp_path).trials) == 5
+    assert sum(bool(t.user_attrs.get("base")) for t in only_study(tmp_path).trials) == 1  # enqueued once per study
 
 
 def test_pruner_prunes_and_mlflow_shows_it(tmp_path, tiny_bert_dir):

@@ -59,6 +59,7 @@ class LoopOutcome:
     train_s: float = 0.0
     eval_s: float = 0.0
     padding_fraction: float = 0.0  # padded share of the training micro-batches' token slots
+    stopped_early_at: int | None = None  # train.early_stopping_patience ended the trial at this step
 
 
 def autocast_for(device: Any, precision: str) -> Callable[[], contextlib.AbstractContextManager]:
@@ -149,9 +150,10 @@ def _make_scheduler(train: dict[str, Any], optimizer: Any, plan: LoopPlan) -> An
 
 def train_loop(model: Any, features: list[dict[str, Any]], collate: Callable, evaluate: Callable[[], dict[str, float]],
                train: dict[str, Any], plan: LoopPlan, device: Any, data_seed: int, reporter: Reporter,
-               causal: bool = False) -> LoopOutcome:
+               causal: bool = False, selection: Any = None) -> LoopOutcome:
     """Train for plan.total_steps, evaluating every eval_every_steps and at the end; `causal`:
-    the loss is over label tokens (causal LM) rather than examples (classification)."""
+    the loss is over label tokens (causal LM) rather than examples (classification);
+    `selection` (trainer.selection.EvalSelection) sees every eval and may stop the trial early."""
     import torch
 
     params = [p for p in model.parameters() if p.requires_grad]
@@ -231,6 +233,9 @@ def train_loop(model: Any, features: list[dict[str, Any]], collate: Callable, ev
             if plateau:
                 scheduler.step(metrics["eval_loss"])
             reporter.report(step, metrics)
+            if selection is not None and selection.update(model, step, metrics) and step < plan.total_steps:
+                out.stopped_early_at = step
+                break
     out.train_s = time.perf_counter() - start - out.eval_s
     out.padding_fraction = pad_slots / all_slots if all_slots else 0.0
     return out

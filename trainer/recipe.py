@@ -29,8 +29,9 @@ from trainer.model import (apply_lora, is_pristine, load_base_model, load_tokeni
 from trainer.reporting import RecordingReporter, Reporter
 from trainer.result import TrialResult
 from trainer.seeding import seed_everything
+from trainer.selection import EvalSelection
 from trainer.targets import resolve_target_modules
-from trainer.validation import validate_config
+from trainer.validation import task_direction, validate_config
 
 
 def _peak_memory_mb(device: Any) -> float:
@@ -76,8 +77,12 @@ class _AnswerEval:
 
 
 def run_trial(cfg: DictConfig, reporter: Reporter | None = None, cache: WarmCache | None = None,
-              output_dir: str | Path | None = None) -> TrialResult:
-    """Fine-tune once with the composed job config; exceptions from `reporter` propagate."""
+              output_dir: str | Path | None = None, objective: tuple[str, str] | None = None,
+              objective_at: str = "last") -> TrialResult:
+    """Fine-tune once with the composed job config; exceptions from `reporter` propagate.
+
+    `objective` is (eval metric, direction), by default the task's; `objective_at="best"` scores
+    the trial by its best evaluation and keeps that evaluation's adapter (trainer.selection)."""
     import torch
 
     validate_config(cfg)
@@ -124,13 +129,19 @@ def run_trial(cfg: DictConfig, reporter: Reporter | None = None, cache: WarmCach
                                task.get("label_scoring", "mean"))
             return {**metrics, **answers()} if answers.every_eval else metrics
 
+        metric, direction = objective or ("eval_" + task["metric"], task_direction(task))
+        selection = EvalSelection(metric, direction, objective_at, train.get("early_stopping_patience"))
         outcome = train_loop(peft_model, data.train.features, collate, run_eval, train, plan, device,
-                             get(cfg, "data_seed"), reporter, causal=task_type != "classification")
-        if answers.enabled and not answers.every_eval:  # generation metrics of the final model
+                             get(cfg, "data_seed"), reporter, causal=task_type != "classification",
+                             selection=selection)
+        scored_step = outcome.steps
+        if selection.restore(peft_model):  # the adapter of the best evaluation, scored by its metrics
+            outcome.final_metrics, scored_step = dict(selection.best_metrics), selection.best_step
+        if answers.enabled and not answers.every_eval:  # generation metrics of the model kept
             final = answers()
             outcome.final_metrics.update(final)
-            outcome.history[-1].update(final)
-            reporter.log_metrics(final, outcome.steps)
+            next(h for h in reversed(outcome.history) if h["event"] == "eval" and h["step"] == scored_step).update(final)
+            reporter.log_metrics(final, scored_step)
 
         adapter_dir = None
         if output_dir is not None and train.get("save_adapter", True):
@@ -170,6 +181,9 @@ def run_trial(cfg: DictConfig, reporter: Reporter | None = None, cache: WarmCach
             "optim": train.get("optim", "adamw_torch"),
             "group_by_length": bool(train.get("group_by_length", False)),
             "train_padding_fraction": outcome.padding_fraction,
+            "objective_at": objective_at,
+            "best_step": selection.best_step,
+            "stopped_early_at": outcome.stopped_early_at,
             "effective_batch_size": plan.effective_batch_size,
             "total_steps": plan.total_steps,
             "warmup_steps": plan.warmup_steps,

@@ -39,6 +39,11 @@ LORA_INITS = ("true", "false", "gaussian", "orthogonal", "pissa", "pissa_niter_<
 LOFTQ_BITS = (4, 8)  # what peft's loftq_init quantises to
 
 
+def task_direction(task: dict[str, Any]) -> str:
+    """task.direction, or the direction its metric is optimised in."""
+    return task.get("direction") or TASK_METRICS[task["type"]][task["metric"]]
+
+
 def _is_int(v: Any) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
@@ -131,6 +136,7 @@ def _check_train(cfg: DictConfig) -> None:
     _int_at_least(cfg, "train.max_seq_length", 8)
     _int_at_least(cfg, "train.eval_every_steps", 0)
     _int_at_least(cfg, "train.log_every_steps", 0)
+    _int_at_least(cfg, "train.early_stopping_patience", 1, optional=True)
     for flag in ("train.gradient_checkpointing", "train.save_adapter", "train.group_by_length"):
         value = get(cfg, flag, False)
         _require(isinstance(value, bool), flag, value, "true or false")
