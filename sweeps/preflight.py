@@ -9,6 +9,7 @@ from omegaconf import DictConfig
 
 from sweeps.compose import ComposeSpec
 from sweeps.progress import console, data_fit_note
+from sweeps.pruning import prune_guard
 from sweeps.samplers import kwargs_of, SweeperConfigError, make_pruner, make_sampler
 from sweeps.search_space import SearchSpace
 from sweeps.worker_plan import DeviceError, plan_for
@@ -57,7 +58,7 @@ def check_sweeper_settings(conf: DictConfig, space: SearchSpace, objectives: lis
     except DeviceError as exc:
         raise SweeperConfigError(str(exc)) from None
     make_sampler(conf.sampler, 0, space, len(objectives), kwargs_of(conf.sampler_kwargs))
-    make_pruner(conf.pruner, kwargs_of(conf.pruner_kwargs))
+    make_pruner(conf.pruner, kwargs_of(conf.pruner_kwargs), prune_guard(conf))
     reproduce = conf.reproduce
     if int(reproduce.top_k) < 0 or int(reproduce.n_seeds) < 0:
         raise SweeperConfigError("hydra.sweeper.reproduce.top_k / n_seeds: must be >= 0")

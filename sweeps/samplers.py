@@ -7,10 +7,11 @@ from typing import Any, Callable, Mapping
 
 import optuna
 
+from sweeps.pruning import GuardedPruner, PruneGuard
 from sweeps.search_space import SearchSpace
 
 SAMPLERS = ("tpe", "random", "grid", "cmaes", "gp", "nsgaii", "qmc")
-PRUNERS = ("median", "hyperband", "successive_halving", "percentile", "none")
+PRUNERS = ("median", "hyperband", "successive_halving", "percentile", "threshold", "none")
 
 
 class SweeperConfigError(ValueError):
@@ -79,19 +80,36 @@ def make_sampler(name: str, seed: int | None, space: SearchSpace, n_objectives: 
         raise SweeperConfigError(f"hydra.sweeper.sampler_kwargs: {exc}") from exc
 
 
-def make_pruner(name: str, kwargs: Mapping[str, Any] | None = None) -> optuna.pruners.BasePruner:
+def make_pruner(name: str, kwargs: Mapping[str, Any] | None = None, guard: PruneGuard | None = None,
+                total_steps: int | None = None) -> optuna.pruners.BasePruner:
+    """The named Optuna pruner behind the guard (sweeps.pruning): nothing is pruned before
+    `guard.prune_after` of a trial nor before `guard.min_trials` trials finished. Hyperband and
+    successive halving take their first rung from the guard (`min_resource`) when `total_steps`,
+    the base config's length, is known and the kwargs do not set it."""
     kwargs = dict(kwargs or {})
+    guard = guard or PruneGuard()
+    try:
+        guard.check()
+    except ValueError as exc:
+        raise SweeperConfigError(str(exc)) from None
     name = str(name).lower()
+    rung = {"min_resource": guard.first_step(total_steps)} if total_steps else {}
     makers: dict[str, Callable[[], optuna.pruners.BasePruner]] = {
-        "median": lambda: optuna.pruners.MedianPruner(**{"n_startup_trials": 2, "n_warmup_steps": 1, **kwargs}),
-        "hyperband": lambda: optuna.pruners.HyperbandPruner(**kwargs),
-        "successive_halving": lambda: optuna.pruners.SuccessiveHalvingPruner(**kwargs),
-        "percentile": lambda: optuna.pruners.PercentilePruner(**{"percentile": 25.0, **kwargs}),
+        "median": lambda: optuna.pruners.MedianPruner(**{"n_startup_trials": 0, "n_warmup_steps": 0, **kwargs}),
+        "hyperband": lambda: optuna.pruners.HyperbandPruner(**{**rung, **kwargs}),
+        "successive_halving": lambda: optuna.pruners.SuccessiveHalvingPruner(**{**rung, **kwargs}),
+        "percentile": lambda: optuna.pruners.PercentilePruner(**{"percentile": 25.0, "n_startup_trials": 0, "n_warmup_steps": 0, **kwargs}),
+        "threshold": lambda: optuna.pruners.ThresholdPruner(**kwargs),
         "none": lambda: optuna.pruners.NopPruner(),
     }
     if name not in makers:
         raise SweeperConfigError(f"hydra.sweeper.pruner: unknown pruner {name!r}; allowed: {', '.join(PRUNERS)}")
     try:
-        return makers[name]()
+        inner = makers[name]()
     except TypeError as exc:
         raise SweeperConfigError(f"hydra.sweeper.pruner_kwargs: {exc}") from exc
+    if name == "none":
+        return inner
+    if guard.patience:
+        inner = optuna.pruners.PatientPruner(inner, patience=guard.patience)
+    return GuardedPruner(inner, guard)

@@ -18,6 +18,7 @@ from optuna.trial import TrialState
 from sweeps.compose import ComposeSpec
 from sweeps.progress import SweepProgress, base_text, console, gain_over_base, top_trials_table
 from sweeps.redact import redact, redact_override
+from sweeps.pruning import prune_guard
 from sweeps.samplers import kwargs_of
 from sweeps.search_space import SearchSpace, base_params
 from sweeps.storage import STORE_RETRY_S, mask_url, open_storage
@@ -145,8 +146,20 @@ class SweepSession:
                            heartbeat_interval=self._heartbeat(), replay_only=replay_only,
                            session_index=session_index, deadline=deadline, sweep_pid=os.getpid(),
                            sweep_started=process_started(os.getpid()), store_retry_s=self.store_retry_s,
-                           objective_at=str(conf.get("objective_at", "best")))
+                           objective_at=str(conf.get("objective_at", "best")), prune_guard=prune_guard(conf),
+                           base_total_steps=self.base_total_steps())
                 for i, device in enumerate(plan.cuda_devices)]
+
+    def base_total_steps(self) -> int | None:
+        """Optimizer steps of the base config (its data size from the pre-flight, cached)."""
+        import trainer
+        from trainer.config import get
+        from trainer.loop import LoopPlan
+
+        try:
+            return LoopPlan.build(get(self.job, "train"), trainer.preflight(self.job).num_train).total_steps
+        except trainer.ConfigError:
+            return None
 
     @property
     def store_retry_s(self) -> float:

@@ -32,6 +32,9 @@ class LoraOptunaSweeperConf:
     sampler_seed: Optional[int] = 0
     sampler_kwargs: Any = None          # extra sampler arguments, e.g. {n_startup_trials: 5}
     pruner: str = "median"              # median | hyperband | successive_halving | percentile | none
+    prune_after: float = 0.5            # no trial is pruned before this fraction of its optimizer steps
+    prune_min_trials: int = 4           # ... nor before this many trials completed
+    prune_patience: Optional[int] = None  # also require this many evals without improvement (Optuna's PatientPruner)
     pruner_kwargs: Any = None           # extra pruner arguments, e.g. {min_resource: 2, reduction_factor: 3}
     include_base: bool = True           # the composed config (defaults + your overrides) runs as the first trial
     objective_at: str = "best"          # best: a trial scores its best eval and keeps that eval's adapter | last

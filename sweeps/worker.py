@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from sweeps.compose import ComposeSpec
+from sweeps.pruning import PruneGuard
 from sweeps.search_space import SearchSpace
 
 
@@ -69,6 +70,8 @@ class WorkerSpec:
     sweep_started: float | None = None  # its start time: a reused pid is not mistaken for it
     store_retry_s: float | None = None  # hydra.sweeper.store_retry_s: ride out a database blip this long
     objective_at: str = "best"       # hydra.sweeper.objective_at: best (that eval's adapter is kept) | last
+    prune_guard: PruneGuard = field(default_factory=PruneGuard)  # prune_after, prune_min_trials, prune_patience
+    base_total_steps: int | None = None  # the base config's optimizer steps (Hyperband's first rung)
 
 
 SAMPLES_TABLE = "sample_generations.json"  # SFT trials: prompt, reference, answer per logged eval row
@@ -201,6 +204,10 @@ class TrialReporter:
         self.history.append({"step": step, **metrics})
         self.events.put(("call", None, ("log_metrics", {"key": self.key, "step": step, "metrics": metrics})))
 
+    def planned(self, total_steps: int) -> None:
+        """The trial's length, for the pruner's warm-up (hydra.sweeper.prune_after is a fraction of it)."""
+        self.trial.set_user_attr("total_steps", int(total_steps))
+
     def report(self, step: int, metrics: dict[str, float]) -> None:
         import optuna
 
@@ -232,7 +239,8 @@ class Worker:
         seed = sampler_seed(spec.sampler, spec.sampler_seed, spec.study_name, spec.worker_id, spec.session_index)
         sampler = make_sampler(spec.sampler, seed, spec.space, len(spec.objectives), spec.sampler_kwargs)
         self.study = optuna.load_study(study_name=spec.study_name, storage=storage, sampler=sampler,
-                                       pruner=make_pruner(spec.pruner, spec.pruner_kwargs))
+                                       pruner=make_pruner(spec.pruner, spec.pruner_kwargs, spec.prune_guard,
+                                                          spec.base_total_steps))
         self.storage = storage
         self.budget = TrialBudget(self.study, spec.storage_url, spec.n_trials, retry_s=spec.store_retry_s)
         self.cache = trainer.WarmCache()

@@ -39,6 +39,7 @@ class Stores:
 
     def __init__(self, cwd, kind: str):
         self.cwd, self.kind = cwd, kind
+        self._opened = None
         if kind == "journal":
             self.storage, self.tracking = str(cwd / "optuna-journal.log"), f"sqlite:///{cwd / 'mlflow.db'}"
             self.args = []
@@ -55,7 +56,9 @@ class Stores:
     def study(self, suffix: str = "") -> optuna.Study | None:
         from sweeps.storage import open_storage
 
-        storage = open_storage(self.storage)
+        if self._opened is None:  # one storage for all the polling: each RDB storage holds connections
+            self._opened = open_storage(self.storage)
+        storage = self._opened
         names = [s.study_name for s in optuna.get_all_study_summaries(storage)
                  if s.study_name.endswith("--reproduce") == bool(suffix)]
         return optuna.load_study(study_name=names[0], storage=storage) if names else None

@@ -79,6 +79,7 @@ def test_pruner_prunes_and_mlflow_shows_it(tmp_path, tiny_bert_dir):
     run_sweep(tmp_path, *TINY, _model(tiny_bert_dir), "task.metric=loss", "task.direction=minimize",
               "hydra.sweeper.n_trials=5", "hydra.sweeper.n_jobs=1", "hydra.sweeper.pruner=percentile",
               "hydra.sweeper.pruner_kwargs={percentile: 1.0, n_startup_trials: 1, n_warmup_steps: 0}",
+              "hydra.sweeper.prune_after=0", "hydra.sweeper.prune_min_trials=1",
               "train.learning_rate=tag(log, interval(1e-4, 0.3))")
     study = only_study(tmp_path)
     pruned = [t for t in study.trials if t.state == TrialState.PRUNED]

@@ -171,6 +171,8 @@ def train_loop(model: Any, features: list[dict[str, Any]], collate: Callable, ev
     # themselves; other models return a mean, rescaled below to the same quantity
     step_total_kwarg = causal and accepts_loss_kwargs(model)
 
+    if callable(getattr(reporter, "planned", None)):
+        reporter.planned(plan.total_steps)
     out = LoopOutcome(steps=0, samples=0, final_metrics={})
     window: list[float] = []
     pad_slots = all_slots = 0

@@ -10,7 +10,9 @@ class Reporter(Protocol):
     """Receives progress from a running trial.
 
     `report` may raise any exception (e.g. `optuna.TrialPruned`) to stop the trial; the
-    trainer cleans up its warm state and lets the exception propagate unchanged.
+    trainer cleans up its warm state and lets the exception propagate unchanged. A reporter may
+    also define `planned(total_steps)`, called once before the first step (a pruner that reasons
+    in fractions of a trial needs its length).
     """
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
