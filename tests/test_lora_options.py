@@ -81,3 +81,23 @@ def test_loftq_on_cpu_is_rejected_with_the_reason(tiny_llama_dir: Path) -> None:
 def test_loftq_settings_are_checked(tiny_llama_dir: Path, override: str, key: str) -> None:
     with pytest.raises(ConfigError, match=rf"^{key}: must be "):
         validate_config(cfg(tiny_llama_dir, "quant=none", "lora.init_lora_weights=loftq", override))
+
+
+@pytest.mark.parametrize(("scaling", "factor"), [("standard", 16 / 8), ("rslora", 16 / 8 ** 0.5)])
+def test_lora_scaling_sets_the_update_scale(tiny_llama_dir: Path, scaling: str, factor: float) -> None:
+    import torch
+
+    from trainer.config import get
+    from trainer.model import apply_lora, load_base_model, load_tokenizer
+    from trainer.targets import resolve_target_modules
+
+    c = cfg(tiny_llama_dir, "quant=none", "lora.r=8", "lora.lora_alpha=16", f"lora.scaling={scaling}")
+    validate_config(c)
+    tok = load_tokenizer(get(c, "model"))
+
+    base = load_base_model(get(c, "model"), get(c, "quant"), "causal_lm", None, tok.pad_token_id, torch.device("cpu"), False)
+    model = apply_lora(base, get(c, "lora"), resolve_target_modules(base, "qv"), "causal_lm", "fp32")
+    scales = [m.scaling["default"] for m in model.modules() if isinstance(getattr(m, "scaling", None), dict)]
+    assert scales and all(s == pytest.approx(factor) for s in scales)
+    with pytest.raises(ConfigError, match="lora.scaling"):
+        validate_config(cfg(tiny_llama_dir, "lora.scaling=sqrt"))

@@ -187,7 +187,7 @@ def apply_lora(base: Any, lora: dict[str, Any], targets: list[str], task_type: s
         lora_dropout=lora["lora_dropout"],
         target_modules=targets,
         bias=lora.get("bias", "none"),
-        use_rslora=bool(lora.get("use_rslora", False)),
+        use_rslora=bool(lora.get("use_rslora", False)) or lora.get("scaling", "standard") == "rslora",
         use_dora=bool(lora.get("use_dora", False)),
         init_lora_weights=init,
         task_type=TaskType.SEQ_CLS if task_type == "classification" else TaskType.CAUSAL_LM,

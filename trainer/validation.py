@@ -92,6 +92,8 @@ def _check_lora(cfg: DictConfig) -> None:
             isinstance(targets, list) and bool(targets) and all(isinstance(t, str) and t for t in targets),
             "lora.target_modules", targets, allowed,
         )
+    scaling = get(cfg, "lora.scaling", "standard")
+    _require(scaling in ("standard", "rslora"), "lora.scaling", scaling, "standard (alpha / r) or rslora (alpha / sqrt(r))")
     for flag in ("lora.use_rslora", "lora.use_dora"):
         value = get(cfg, flag, False)
         _require(isinstance(value, bool), flag, value, "true or false")
