@@ -82,22 +82,35 @@ def config_variants(space: SearchSpace) -> list[tuple[str, Any]]:
 
 
 def validate_sweep(conf: DictConfig, job: DictConfig, space: SearchSpace, compose: ComposeSpec,
-                   objectives: list[str], composer: Composer) -> None:
+                   objectives: list[str], composer: Composer) -> float:
     """Static checks on the sweeper settings, then on the job config under every search-space
-    extreme (validate_config), then on the real model and data (trainer.preflight)."""
+    extreme (validate_config), then on the real model and data (trainer.preflight). Returns the
+    estimated peak memory (MiB) of the largest trial: every key at its costliest extreme at once."""
     import trainer
 
     check_sweeper_settings(conf, space, objectives)
     trainer.validate_config(job)
-    note = data_fit_note(trainer.preflight(job).data_stats)
+    report = trainer.preflight(job)
+    note = data_fit_note(report.data_stats)
     if note:
         console.print(note)
+    largest = report.estimate_memory_mb(job)
+    costliest: dict[str, tuple[float, Any]] = {}
     for key, value in config_variants(space):
         where = f" (from hydra.sweeper.params {key}={value!r})"
         try:
             variant = composer({**space.fixed, key: value})
             trainer.validate_config(variant)
-            trainer.preflight(variant)
+            estimate = trainer.preflight(variant).estimate_memory_mb(variant)
         except trainer.ConfigError as exc:
             raise SweeperConfigError(f"{exc}{where}") from None
+        largest = max(largest, estimate)
+        if key not in costliest or estimate > costliest[key][0]:
+            costliest[key] = (estimate, value)
+    try:  # the extremes together (r=64 with all_linear and the longest batch): what auto packing must fit
+        combined = composer({**space.fixed, **{k: v for k, (_, v) in costliest.items()}})
+        largest = max(largest, trainer.preflight(combined).estimate_memory_mb(combined))
+    except trainer.ConfigError:
+        pass  # a combination the space never samples together; the single extremes stand
+    return largest
 

@@ -47,8 +47,10 @@ def ctrl_c_deferred():
 
 class SweepSession:
     def __init__(self, conf: DictConfig, job: DictConfig, space: SearchSpace, compose: ComposeSpec, url: str,
-                 study_name: str, objectives: list[str], directions: list[str], tracking_uri: str, trial_root: str):
+                 study_name: str, objectives: list[str], directions: list[str], tracking_uri: str, trial_root: str,
+                 largest_mb: float | None = None):
         self.conf, self.job, self.space, self.compose = conf, job, space, compose
+        self.largest_mb = largest_mb  # the pre-flight's memory estimate of the largest trial (auto packing)
         self.url, self.study_name, self.objectives, self.directions = url, study_name, objectives, directions
         self.tracking_uri, self.trial_root = tracking_uri, trial_root
 
@@ -68,6 +70,8 @@ class SweepSession:
                                             else f", {specs[0].threads} CPU thread(s) each")
         limit = f", for at most {float(conf.timeout):g} s" if deadline else ""
         console.print(f"search: {n_trials} trials{limit}, {where}")
+        for line in self.plan(n_trials).lines:
+            console.print(f"  {line}")
         supervisor = self.supervisor(study, None, specs, n_trials).start()
         runbook = None
         try:
@@ -226,7 +230,7 @@ class SweepSession:
         return index
 
     def plan(self, n_trials: int | None = None) -> WorkerPlan:
-        return plan_for(self.conf, n_trials)
+        return plan_for(self.conf, n_trials, self.largest_mb)
 
     def supervisor(self, study: optuna.Study, runbook: RunBook | None, specs: list[WorkerSpec],
                    n_trials: int) -> Supervisor:
@@ -269,7 +273,10 @@ class SweepSession:
         conf = self.conf
         return {"sweep.role": "parent", "optuna.study_name": self.study_name, "optuna.storage": mask_url(self.url),
                 "sweep.n_trials": str(conf.n_trials), "sweep.sampler": str(conf.sampler),
-                "sweep.pruner": str(conf.pruner), "sweep.n_jobs": str(conf.n_jobs)}
+                "sweep.pruner": str(conf.pruner), "sweep.n_jobs": str(conf.n_jobs),
+                "sweep.workers_per_device": str(conf.get("workers_per_device", 1)),
+                "sweep.worker_plan": "; ".join(self.plan(int(conf.n_trials)).lines) or "-",
+                "sweep.largest_trial_estimate_mb": f"{self.largest_mb:.0f}" if self.largest_mb else "-"}
 
     def _finish(self, study: optuna.Study, runbook: RunBook, status: str) -> None:
         trials = study.get_trials(deepcopy=False)

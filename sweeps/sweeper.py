@@ -45,7 +45,7 @@ class Sweep:
         compose = ComposeSpec(self.config_dir(), str(self.config.hydra.job.config_name), tuple(plain))
         if not conf.dry_run:
             warm_up_workers(conf)
-        validate_sweep(conf, job, space, compose, objectives, self.compose_variant(plain))
+        largest_mb = validate_sweep(conf, job, space, compose, objectives, self.compose_variant(plain))
         url = storage_url(conf.storage)
         study_name = conf.study_name or default_name(self.job_config(resolve=False), space, objectives, directions)
         if conf.dry_run:
@@ -58,7 +58,7 @@ class Sweep:
         from sweeps.session import SweepSession
 
         SweepSession(conf, job, space, compose, url, study_name, objectives, directions,
-                     self.tracking_uri(job), self.trial_root()).run()
+                     self.tracking_uri(job), self.trial_root(), largest_mb=largest_mb).run()
 
     # -- helpers --------------------------------------------------------------------------------
     def job_config(self, resolve: bool = True) -> DictConfig:

@@ -23,6 +23,7 @@ class LoraOptunaSweeperConf:
     n_trials: int = 10                  # finished (complete + pruned) trials, across all workers and machines
     timeout: Optional[float] = None     # seconds of wall clock for the search: no trial starts after it, running ones finish
     n_jobs: Optional[int] = None        # worker processes on this machine; null = one per GPU, else one per CPU core
+    workers_per_device: Any = 1         # GPU workers per device: 1 | N | auto (as many as the largest config's memory estimate fits)
     devices: Optional[List[Any]] = None # indices into this process's visible GPUs, one worker each; null = all (Any: the pre-flight explains a non-index)
     direction: Any = None               # maximize | minimize | a list for several objectives; null = task.direction
     objectives: Optional[List[str]] = None  # null = [eval_<task.metric>]; e.g. [eval_accuracy, trainable_params]

@@ -10,7 +10,7 @@ from __future__ import annotations
 import multiprocessing as mp
 import os
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from omegaconf import DictConfig
 
@@ -79,33 +79,97 @@ def check_devices(devices: list, count: int, visible: list[str] | None) -> None:
                           "(use hydra.sweeper.n_jobs for several workers over the listed GPUs)")
 
 
+@dataclass(frozen=True)
+class GpuInfo:
+    """One GPU as the planner sees it: the CUDA_VISIBLE_DEVICES entry a worker gets, and memory."""
+
+    entry: str
+    name: str
+    total_mb: float
+    free_mb: float
+
+
+CUDA_CONTEXT_MB = 600.0  # per worker process on a GPU: CUDA context, cuBLAS workspace, allocator slack
+MEMORY_SAFETY = 0.85     # share of a GPU's free memory the packed workers may plan to use
+
+
+def pack_workers(gpu: GpuInfo, per_device: int | str, estimate_mb: float | None, cores: int) -> int:
+    """Workers on one GPU: `per_device` as given, or for `auto` as many as the largest config's
+    estimated peak (plus a CUDA context each) fits in MEMORY_SAFETY of the free memory, capped by
+    the CPU cores that feed them; at least one."""
+    if per_device != "auto":
+        return int(per_device)
+    if not estimate_mb:
+        return 1
+    fit = int(gpu.free_mb * MEMORY_SAFETY // (estimate_mb + CUDA_CONTEXT_MB))
+    return max(1, min(fit, cores))
+
+
 @dataclass
 class WorkerPlan:
     """Which worker gets which device and how many CPU threads."""
 
     cuda_devices: list[str | None]
     threads: int | None
+    lines: list[str] = field(default_factory=list)  # the plan in words, per GPU
 
     @property
     def on_gpu(self) -> bool:
         return any(device is not None for device in self.cuda_devices)
 
     @classmethod
-    def make(cls, n_jobs: int | None, devices: list[int] | None, n_trials: int | None = None) -> "WorkerPlan":
-        count = cuda_device_count() if devices is None or devices else 0
+    def make(cls, n_jobs: int | None, devices: list[int] | None, n_trials: int | None = None,
+             per_device: int | str = 1, estimate_mb: float | None = None,
+             inventory: list[GpuInfo] | None = None) -> "WorkerPlan":
+        """`inventory`: the visible GPUs (probed when None and needed); `per_device` (1, N or auto)
+        packs several workers on each GPU; `estimate_mb`: the search space's largest trial."""
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        count = (len(inventory) if inventory is not None else cuda_device_count()) if devices is None or devices else 0
         if devices is None:
             devices = list(range(count))
-        if devices:
+        if devices and per_device == 1:
             n = int(n_jobs or len(devices))
-            return cls(list(worker_devices(devices, n, visible_devices(), count)), None)
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+            visible = [g.entry for g in inventory] if inventory is not None else visible_devices()
+            return cls(list(worker_devices(devices, n, visible, count)), None)
+        if devices:
+            visible = [g.entry for g in inventory] if inventory is not None else visible_devices()
+            check_devices(devices, count, visible)
+            gpus = inventory if inventory is not None else gpu_inventory(count, visible)
+            share = max(1, cores // len(devices))
+            out, lines = [], []
+            for d in devices:
+                k = pack_workers(gpus[d], per_device, estimate_mb, share)
+                out += [gpus[d].entry] * k
+                estimate = f", about {estimate_mb / 1024:.1f} GiB each (estimated, largest config)" if estimate_mb else ""
+                lines.append(f"GPU {d} = {gpus[d].entry} ({gpus[d].name}, {gpus[d].free_mb / 1024:.1f} of "
+                             f"{gpus[d].total_mb / 1024:.1f} GiB free): {k} worker(s){estimate}")
+            return cls(out, max(1, cores // len(out)), lines)
         n = int(n_jobs or auto_cpu_workers(cores, n_trials))
         return cls([None] * n, max(1, cores // n))
 
 
-def plan_for(conf: DictConfig, n_trials: int | None = None) -> WorkerPlan:
-    """The plan of a sweep from its sweeper settings (`n_jobs`, `devices`)."""
-    return WorkerPlan.make(conf.n_jobs, list(conf.devices) if conf.devices is not None else None, n_trials)
+def gpu_inventory(count: int, visible: list[str] | None) -> list[GpuInfo]:
+    """Name and memory of each visible GPU, asked in a child process (no CUDA context here)."""
+    from trainer.devices import cuda_properties
+
+    out = []
+    for i in range(count):
+        props = cuda_properties(i)
+        out.append(GpuInfo(visible[i] if visible is not None else str(i), props["name"], props["total_mb"],
+                           props["free_mb"]))
+    return out
+
+
+def plan_for(conf: DictConfig, n_trials: int | None = None, estimate_mb: float | None = None) -> WorkerPlan:
+    """The plan of a sweep from its sweeper settings (`n_jobs`, `devices`, `workers_per_device`)."""
+    per_device = conf.get("workers_per_device", 1)
+    if per_device != "auto" and (isinstance(per_device, bool) or not isinstance(per_device, int) or per_device < 1):
+        raise DeviceError(f"hydra.sweeper.workers_per_device: must be an integer >= 1 or auto, got {per_device!r}")
+    if per_device != 1 and conf.n_jobs is not None:
+        raise DeviceError("hydra.sweeper.workers_per_device and hydra.sweeper.n_jobs: set one of them "
+                          "(workers_per_device decides the number of GPU workers)")
+    return WorkerPlan.make(conf.n_jobs, list(conf.devices) if conf.devices is not None else None, n_trials,
+                           per_device, estimate_mb)
 
 
 def gpu_driver_present() -> bool:

@@ -58,13 +58,16 @@ def supported_precisions(device: Any) -> list[str]:
 _PROBE = """
 import json, sys, torch
 i = int(sys.argv[1])
-print(json.dumps({"name": torch.cuda.get_device_name(i), "bf16": torch.cuda.get_device_capability(i)[0] >= 8}))
+free, total = torch.cuda.mem_get_info(i)
+print(json.dumps({"name": torch.cuda.get_device_name(i), "bf16": torch.cuda.get_device_capability(i)[0] >= 8,
+                  "free_mb": free / 2**20, "total_mb": total / 2**20}))
 """
 
 
 @lru_cache(maxsize=16)
 def cuda_properties(index: int) -> dict[str, Any]:
-    """Name and native-bf16 support of a visible GPU, without a CUDA context in this process.
+    """Name, native-bf16 support and memory (free, total MiB) of a visible GPU, without a CUDA
+    context in this process.
 
     Asking torch here (get_device_name, is_bf16_supported) would initialise CUDA: the sweep
     process, which only plans and validates, would then hold a context and its memory on that GPU
@@ -74,7 +77,9 @@ def cuda_properties(index: int) -> dict[str, Any]:
     import torch
 
     if torch.cuda.is_initialized():
-        return {"name": torch.cuda.get_device_name(index), "bf16": torch.cuda.get_device_capability(index)[0] >= 8}
+        free, total = torch.cuda.mem_get_info(index)
+        return {"name": torch.cuda.get_device_name(index), "bf16": torch.cuda.get_device_capability(index)[0] >= 8,
+                "free_mb": free / 2**20, "total_mb": total / 2**20}
     import json
     import subprocess
     import sys
