@@ -215,3 +215,21 @@ def crossed_grids(reps: pd.DataFrame) -> dict[int, pd.DataFrame]:
         if grid.shape[0] >= 2 and grid.shape[1] >= 2:
             out[int(config)] = grid
     return out
+
+
+def held_out(repro: pd.DataFrame | None, reps: pd.DataFrame, metric: str,
+             tuned_seeds: frozenset[str] | set[str] = frozenset()) -> pd.DataFrame:
+    """Per replicated config, over its fresh-seed replicates: the validation mean beside the mean
+    and t-interval of the same metric on data.test_split (`test_<name>`), so the optimism of
+    selecting on validation shows. Empty when no replicate was scored on a test split."""
+    column = "metric.test_" + metric.removeprefix("eval_")
+    cols = ["config", "n", "validation_mean", "test_mean", "test_ci_low", "test_ci_high"]
+    if repro is None or repro.empty or column not in repro.columns or reps.empty:
+        return pd.DataFrame(columns=cols)
+    kept = fresh(reps, tuned_seeds).merge(repro[["number", column]], on="number", how="left")
+    rows = []
+    for config, group in kept.dropna(subset=[column]).groupby("config"):
+        s = summarize(group[column].astype(float))
+        rows.append({"config": int(config), "n": s["n"], "validation_mean": float(group["value"].mean()),
+                     "test_mean": s["mean"], "test_ci_low": s["ci_low"], "test_ci_high": s["ci_high"]})
+    return pd.DataFrame(rows, columns=cols)

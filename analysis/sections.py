@@ -12,7 +12,7 @@ from analysis.context import ReportData
 from analysis.document import Block, Bullets, Callout, Heading, Image, Paragraph, Table, fmt
 from analysis.frames import param_columns
 from analysis.reproducibility import (crossed_grids, determinism_check, determinism_of, environment_table, fresh,
-                                      lead_significance, per_config_summary)
+                                      held_out, lead_significance, per_config_summary)
 from analysis.stats import (expected_max, expected_max_std, rank_stability, seed_variance_components,
                             variance_by_seed_kind)
 from sweeps.redact import scrub_text
@@ -363,6 +363,13 @@ def reproducibility(d: ReportData, figure: FigureResult | None) -> list[Block]:
                + (f" ({', '.join(dropped)} replicates left out: they keep a tuned seed)" if dropped else "")
                + "; determinism re-runs excluded; the 95% CI is a t-interval over n replicates on df degrees of "
                "freedom (a crossed seed grid: the two-way random-effects standard error, as its cells share seeds)")
+    test = held_out(d.repro, d.reps, d.metric, d.tuned_seeds)
+    if not test.empty:
+        blocks.append(Table(test.rename(columns={"config": "trial", "validation_mean": "validation mean",
+                                                 "test_mean": "held-out test mean", "test_ci_low": "test 95% CI low",
+                                                 "test_ci_high": "test 95% CI high"}),
+                            "Held-out test (data.test_split), same fresh-seed replicates: validation picked the "
+                            "config, so its validation mean is optimistic; the test mean is not"))
     blocks += [Table(shown, caption),
                _figure(figure, "Replicate scores per config (boxes: the replicates the table counts); red star = "
                                "sweep-time score")]

@@ -119,4 +119,29 @@ def run_reproduction(study: optuna.Study, storage, session, runbook) -> optuna.S
     fixed = SearchSpace(fixed=dict(session.space.fixed))
     specs = session.worker_specs(repro.study_name, n, fixed, session.objectives[:1], replay_only=True)
     session.watch(session.supervisor(repro, runbook, specs, n), repro, n, "reproduce")
+    report_held_out(storage, study, runbook)
     return repro
+
+
+def report_held_out(storage, study: optuna.Study, runbook) -> None:
+    """The winner's score on data.test_split over its fresh-seed replicates, beside its validation
+    mean: printed, and on the MLflow parent run (`winner_test_mean`, its 95% interval, n)."""
+    from analysis.context import load_report_data
+    from analysis.reproducibility import held_out
+
+    d = load_report_data(storage, study.study_name)
+    best = d.best()
+    table = held_out(d.repro, d.reps, d.metric, d.tuned_seeds)
+    row = table[table["config"] == int(best["number"])] if best is not None and not table.empty else table
+    if row.empty:
+        return
+    r = row.iloc[0]
+    name = "test_" + d.metric.removeprefix("eval_")
+    console.print(f"held-out {name} of the winner #{int(r['config'])}: {r['test_mean']:.4f} "
+                  f"[{r['test_ci_low']:.4f}, {r['test_ci_high']:.4f}] over {int(r['n'])} fresh-seed replicates "
+                  f"(their validation mean {r['validation_mean']:.4f})")
+    if runbook is not None and runbook.parent_run_id:
+        runbook.log_metric_dict(runbook.parent_run_id, {
+            "winner_test_mean": float(r["test_mean"]), "winner_test_ci_low": float(r["test_ci_low"]),
+            "winner_test_ci_high": float(r["test_ci_high"]), "winner_test_n": float(r["n"]),
+            "winner_replicate_validation_mean": float(r["validation_mean"])}, step=None)

@@ -393,7 +393,7 @@ class Worker:
 
         try:
             return self.trainer.run_trial(cfg, reporter=reporter, cache=self.cache, output_dir=trial_dir,
-                                          **self._selection())
+                                          **self._selection(trial))
         except torch.OutOfMemoryError:
             if not self.spec.oom_retry or cfg.train.batch_size < 2:
                 raise
@@ -405,14 +405,17 @@ class Worker:
             self.events.put(("call", None, ("set_trial_tags", {"key": f"{self.spec.study_name}:{trial.number}",
                                                                 "tags": {"oom_retry": "true"}})))
             return self.trainer.run_trial(cfg, reporter=reporter, cache=self.cache, output_dir=trial_dir,
-                                          **self._selection())
+                                          **self._selection(trial))
 
-    def _selection(self) -> dict[str, Any]:
-        """hydra.sweeper.objective_at for a single eval-metric objective; the last eval otherwise."""
+    def _selection(self, trial) -> dict[str, Any]:
+        """hydra.sweeper.objective_at for a single eval-metric objective (the last eval otherwise);
+        seed replicates are also scored on data.test_split."""
+        held_out = {"evaluate_test": trial.user_attrs.get("replicates_trial") is not None}
         name = self.spec.objectives[0]
         if len(self.spec.objectives) != 1 or not name.startswith("eval_"):
-            return {}
-        return {"objective": (name, self.study.directions[0].name.lower()), "objective_at": self.spec.objective_at}
+            return held_out
+        return {"objective": (name, self.study.directions[0].name.lower()), "objective_at": self.spec.objective_at,
+                **held_out}
 
     @staticmethod
     def _objective_value(name: str, result) -> float:

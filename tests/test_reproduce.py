@@ -42,9 +42,14 @@ def test_sweep_reruns_the_top_configs_with_fresh_seeds(reproduced):
         kind = trial.user_attrs["seed_kind"]
         assert (trial.user_attrs["seed"] == original.user_attrs["seed"]) == (kind in ("data_seed", "determinism"))
         assert (trial.user_attrs["data_seed"] == original.user_attrs["data_seed"]) == (kind in ("seed", "determinism"))
+    # Replicates are also scored on the held-out split (data=demo: test_split=test); search trials never are.
+    assert all("test_accuracy" in t.user_attrs["metrics"] for t in trials)
+    assert not any(k.startswith("test_") for t in study.trials for k in t.user_attrs.get("metrics", {}))
     # The replicates are child runs of the same MLflow parent, tagged with the config they replicate.
     client = mlflow_client(reproduced)
     parent = study.user_attrs["mlflow_parent_run_id"]
+    held_out = client.get_run(parent).data.metrics
+    assert 0.0 <= held_out["winner_test_mean"] <= 1.0 and held_out["winner_test_n"] == 4
     for trial in trials:
         run = client.get_run(trial.user_attrs["mlflow_run_id"])
         assert run.data.tags["mlflow.parentRunId"] == parent
@@ -82,6 +87,7 @@ def test_report_has_the_reproducibility_section_and_lands_on_the_parent(reproduc
     # the per-config means carry the crossed grid's interval and n; the lead is tested on paired cells
     assert "One-sided paired test of the winner's lead" in md and "paired on the 4 seed cells both ran (n = 4)" in md
     assert "optimistically biased" in md  # the default search space tunes the seed
+    assert "Held-out test (data.test_split)" in md and "held-out test mean" in md
     html = (out / "report.html").read_text()
     assert "data:image/png;base64," in html and not re.search(r"""(src|href)=["']https?://""", html)
     client = mlflow_client(reproduced)

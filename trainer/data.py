@@ -141,6 +141,44 @@ def load_raw(data: dict[str, Any], task_type: str) -> RawData:
     return RawData(train, eval_, num_labels, names)
 
 
+def check_test_split(data: dict[str, Any]) -> None:
+    """A local data.test_split file must exist before the sweep starts (replicates read it last)."""
+    local_sst2 = data["source"] == "sst2" and data.get("path") and Path(data["path"]).expanduser().is_dir()
+    if data.get("test_split") and data["source"] == "sst2" and not local_sst2:
+        raise ConfigError("data.test_split", data["test_split"], "null with the hub's SST-2",
+                          "its test split is unlabelled; point data.path at a folder with a labelled test.jsonl")
+    if data.get("test_split") and (data["source"] in ("jsonl", "csv", "parquet") or local_sst2):
+        try:
+            _local_files(data["source"], {**data, "eval_split": data["test_split"]})
+        except ConfigError as exc:
+            raise ConfigError("data.test_split", data["test_split"], exc.allowed, str(exc)) from None
+
+
+def load_test(data: dict[str, Any], task_type: str) -> RawData:
+    """The held-out split `data.test_split` in the place of the eval split, checked, capped
+    (`data.max_test_samples`) and label-mapped exactly as the eval split is. Only reproduce
+    replicates are scored on it: no trial is ever selected by it."""
+    import datasets
+
+    split = data.get("test_split")
+    if not split:
+        raise ConfigError("data.test_split", split, "the name of a held-out split (e.g. test)")
+    as_eval = {**data, "eval_split": split, "max_eval_samples": data.get("max_test_samples")}
+    if data["source"] == "demo":
+        from trainer.demo_data import demo_test_split
+
+        raw = load_raw({**as_eval, "demo_eval_size": 2}, task_type)
+        test = datasets.Dataset.from_dict(demo_test_split(int(data.get("demo_test_size") or 300)))
+        return RawData(raw.train, _cap(test, as_eval["max_eval_samples"]), raw.num_labels, raw.label_names)
+    if data["source"] == "demo_chat":
+        from trainer.demo_chat import demo_chat_test_split
+
+        raw = load_raw({**as_eval, "demo_eval_size": 2}, task_type)
+        test = datasets.Dataset.from_dict({"messages": demo_chat_test_split(int(data.get("demo_test_size") or 40))})
+        return RawData(raw.train, _cap(test, as_eval["max_eval_samples"]), None, None)
+    return load_raw(as_eval, task_type)
+
+
 def with_eval_rows(raw: RawData, path: str, data: dict[str, Any], task_type: str) -> RawData:
     """`raw` with its eval split replaced by the rows of a file (JSON lines, JSON or CSV by suffix),
     checked and label-mapped exactly as the trial's own eval split was: same columns, the label

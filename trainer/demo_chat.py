@@ -16,7 +16,7 @@ SYSTEMS = ("you are a careful assistant. answer with the result only.",
 COLORS = ("red", "blue", "green", "black", "white", "yellow", "pink", "gray")
 ANIMALS = ("cat", "dog", "cow", "fox", "owl", "bee", "ant", "pig")
 NUMBER_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten")
-TRAIN_SEED, EVAL_SEED = 20261203, 20261204
+TRAIN_SEED, EVAL_SEED, TEST_SEED = 20261203, 20261204, 20261205
 
 Exchange = tuple[str, str]
 
@@ -93,3 +93,8 @@ def generate(n: int, seed: int) -> list[list[dict[str, str]]]:
 def demo_chat_splits(train_size: int, eval_size: int) -> tuple[list[list[dict[str, str]]], list[list[dict[str, str]]]]:
     """Train and eval conversations (messages format), each split from its own fixed seed."""
     return generate(train_size, TRAIN_SEED), generate(eval_size, EVAL_SEED)
+
+
+def demo_chat_test_split(size: int) -> list[list[dict[str, str]]]:
+    """A held-out split from a third fixed seed (data.test_split=test)."""
+    return generate(size, TEST_SEED)

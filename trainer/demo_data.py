@@ -36,7 +36,7 @@ DISTRACTORS = (
 BE = ("is", "was", "seems", "felt")
 
 LABEL_NOISE = 0.08
-TRAIN_SEED, EVAL_SEED = 20240611, 20240612
+TRAIN_SEED, EVAL_SEED, TEST_SEED = 20240611, 20240612, 20240613
 
 # (weight, generator) pairs: the mix sets how hard the task is.
 Example = tuple[str, int]
@@ -95,3 +95,8 @@ def generate(n: int, seed: int) -> dict[str, list]:
 def demo_splits(train_size: int, eval_size: int) -> tuple[dict[str, list], dict[str, list]]:
     """Train and eval columns, each from its own fixed seed."""
     return generate(train_size, TRAIN_SEED), generate(eval_size, EVAL_SEED)
+
+
+def demo_test_split(size: int) -> dict[str, list]:
+    """A held-out split from a third fixed seed (data.test_split=test)."""
+    return generate(size, TEST_SEED)

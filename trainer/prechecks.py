@@ -12,7 +12,7 @@ from typing import Any
 from omegaconf import DictConfig
 
 from trainer.config import get
-from trainer.data import RawData, load_raw
+from trainer.data import RawData, check_test_split, load_raw
 from trainer.errors import ConfigError
 from trainer.targets import TARGET_PRESETS, matches, is_head, leaf_names, resolve_target_modules
 from trainer.validation import validate_config
@@ -201,6 +201,7 @@ def preflight(cfg: DictConfig) -> PreflightReport:
     task_type, lora, model = get(cfg, "task.type"), get(cfg, "lora"), get(cfg, "model")
     if get(cfg, "quant.mode") != "none" and importlib.util.find_spec("bitsandbytes") is None:
         raise ConfigError("quant.mode", get(cfg, "quant.mode"), "none (bitsandbytes is not installed)")
+    check_test_split(get(cfg, "data"))
     raw = _raw_data(json.dumps(get(cfg, "data"), sort_keys=True), task_type)
     _check_data(raw, cfg)
     stats = {}

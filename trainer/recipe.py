@@ -19,7 +19,7 @@ from omegaconf import DictConfig
 
 from trainer.cache import WarmCache, data_key, model_key, tokenizer_key
 from trainer.config import get
-from trainer.data import load_raw
+from trainer.data import load_raw, load_test
 from trainer.devices import device_name, resolve_compute_dtype, resolve_device
 from trainer.encoding import encode, make_collator
 from trainer.evaluation import evaluate
@@ -78,11 +78,13 @@ class _AnswerEval:
 
 def run_trial(cfg: DictConfig, reporter: Reporter | None = None, cache: WarmCache | None = None,
               output_dir: str | Path | None = None, objective: tuple[str, str] | None = None,
-              objective_at: str = "last") -> TrialResult:
+              objective_at: str = "last", evaluate_test: bool = False) -> TrialResult:
     """Fine-tune once with the composed job config; exceptions from `reporter` propagate.
 
     `objective` is (eval metric, direction), by default the task's; `objective_at="best"` scores
-    the trial by its best evaluation and keeps that evaluation's adapter (trainer.selection)."""
+    the trial by its best evaluation and keeps that evaluation's adapter (trainer.selection).
+    `evaluate_test`: also score the kept model on `data.test_split` (metrics `test_*`; for seed
+    replicates, never for the search)."""
     import torch
 
     validate_config(cfg)
@@ -142,6 +144,15 @@ def run_trial(cfg: DictConfig, reporter: Reporter | None = None, cache: WarmCach
             outcome.final_metrics.update(final)
             next(h for h in reversed(outcome.history) if h["event"] == "eval" and h["step"] == scored_step).update(final)
             reporter.log_metrics(final, scored_step)
+
+        if evaluate_test and data_cfg.get("test_split"):
+            held_out = cache.get("data", data_key(cfg) + " test", lambda: encode(
+                load_test(data_cfg, task_type), tok, data_cfg, task, train["max_seq_length"]))
+            scores = evaluate(peft_model, held_out, collate, task_type, train["batch_size"], device, autocast,
+                              task.get("label_scoring", "mean"))
+            if answers.enabled:
+                scores.update(_AnswerEval(peft_model, held_out, tok, task, train["batch_size"], device, autocast)())
+            outcome.final_metrics.update({"test_" + k.removeprefix("eval_"): v for k, v in scores.items()})
 
         adapter_dir = None
         if output_dir is not None and train.get("save_adapter", True):

@@ -285,6 +285,10 @@ def _check_data(cfg: DictConfig) -> None:
     _int_at_least(cfg, "data.num_labels", 2, optional=True)
     _int_at_least(cfg, "data.max_train_samples", 1, optional=True)
     _int_at_least(cfg, "data.max_eval_samples", 1, optional=True)
+    _int_at_least(cfg, "data.max_test_samples", 1, optional=True)
+    test = get(cfg, "data.test_split")
+    _require(test is None or (isinstance(test, str) and bool(test)), "data.test_split", test,
+             "null or the name of a held-out split (e.g. test)")
 
 
 def validate_config(cfg: DictConfig) -> None:
