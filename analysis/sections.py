@@ -91,6 +91,16 @@ def summary(d: ReportData, storage_label: str) -> list[Block]:
                      f"`{get('mlflow_parent_run_id', '–')}`, tracking `{get('mlflow_tracking_uri', '–')}`")
     blocks: list[Block] = [Heading(SUMMARY), Bullets(tuple(items))]
     best = d.best()
+    race = d.attrs.get("race")
+    if race:
+        test = (f"; held-out test mean {fmt(race['test_mean'])} [{fmt(race['test_ci_low'])}, {fmt(race['test_ci_high'])}]"
+                if race.get("test_mean") is not None and race["test_mean"] == race["test_mean"] else "")
+        blocks.append(Paragraph(
+            f"**Winner (seed race): trial #{race['winner']}**, {d.metric} mean over {race['n']} fresh seed pairs "
+            f"**{fmt(race['mean'])}** (95% CI {fmt(race['ci_low'])} to {fmt(race['ci_high'])}){test}. The single "
+            f"best trial, #{race['best_single_trial']}, scored {fmt(race['best_single_value'])} on its one seed. "
+            f"{race['runs']} race runs; survivors {race['survivors']}, eliminated (config: round) "
+            f"{race['eliminated'] or 'none'}, by a paired one-sided t-test at alpha / (rivals x rounds)."))
     if best is None:
         blocks.append(Paragraph("No completed trial yet, so there is no best trial and most sections are empty."))
     else:

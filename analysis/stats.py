@@ -362,3 +362,31 @@ def seed_variance_components(grids: Sequence[np.ndarray], confidence: float = 0.
     return {"table": table, "verdict": verdict, "n_configs": len(grids),
             "runs": int(sum(g.size for g in grids)), "shape": [list(g.shape) for g in grids],
             "confidence": confidence}
+
+
+def race_eliminations(scores: dict[int, Sequence[float]], maximize: bool, alpha: float, looks: int) -> set[int]:
+    """Configs a seed race may drop now: each rival whose paired one-sided t-test against the
+    leader (the best mean) rejects "the rival is at least as good" at level alpha / (rivals x
+    looks). `scores[c][i]` is config c's score on the i-th shared seed pair, so differences pair
+    seed for seed. Bonferroni over the rivals and over every look the race may take keeps the
+    chance of dropping a config that is in fact as good as the leader below alpha for the whole
+    race (sequential testing without it would inflate that chance with each round)."""
+    n = min(len(v) for v in scores.values())
+    if len(scores) < 2 or n < 2:
+        return set()
+    arrays = {c: np.asarray(v[:n], dtype=float) for c, v in scores.items()}
+    sign = 1.0 if maximize else -1.0
+    leader = max(arrays, key=lambda c: sign * arrays[c].mean())
+    level = alpha / ((len(arrays) - 1) * max(looks, 1))
+    dropped = set()
+    for config, values in arrays.items():
+        if config == leader:
+            continue
+        diff = sign * (arrays[leader] - values)  # > 0: the leader is better on that seed pair
+        if np.allclose(diff, diff[0]):
+            if diff[0] > 0:  # the same gap on every seed pair: no noise left to doubt it
+                dropped.add(config)
+            continue
+        if st.ttest_1samp(diff, 0.0, alternative="greater").pvalue < level:
+            dropped.add(config)
+    return dropped

@@ -130,14 +130,15 @@ def find_trial(storage: str | None, study_name: str | None, number: int | None, 
         raise BadInput("--trial", f"study {name!r} has no complete trial to export")
     if number is not None and number not in trials:
         raise BadInput("--trial", f"study {name!r} has no trial {number}; allowed: 0..{max(trials, default=-1)}")
-    trial = trials[study.best_trial.number if number is None else number]
+    default = (study.user_attrs.get("race") or {}).get("winner", study.best_trial.number)  # the race winner first
+    trial = trials[int(default) if number is None else number]
     if trial.state != TrialState.COMPLETE:
         raise BadInput("--trial", f"trial {trial.number} is {trial.state.name}; only COMPLETE trials have a trained "
                        f"adapter ({_hint(study)})")
     given = tracking_uri or study.user_attrs.get("mlflow_tracking_uri")
     uri = given if given and "***" not in given and not (
         given.startswith("sqlite:///") and not Path(given[len("sqlite:///"):]).is_file()) else None
-    kind = "reproduce" if name.endswith("--reproduce") else "trial"
+    kind = "reproduce" if name.endswith("--reproduce") else "race" if name.endswith("--race") else "trial"
     root = study.user_attrs.get("trial_root")
     local = Path(root) / f"{kind}_{trial.number:04d}" / "adapter" if root else None
     local = local if local is not None and local.is_dir() else None

@@ -59,6 +59,12 @@ def check_sweeper_settings(conf: DictConfig, space: SearchSpace, objectives: lis
         raise SweeperConfigError(str(exc)) from None
     make_sampler(conf.sampler, 0, space, len(objectives), kwargs_of(conf.sampler_kwargs))
     make_pruner(conf.pruner, kwargs_of(conf.pruner_kwargs), prune_guard(conf))
+    race = conf.get("race")
+    if race is not None and race.enabled:
+        if int(race.top_k) < 2 or int(race.max_runs) < 2 * int(race.top_k) or not 0 < float(race.alpha) < 1:
+            raise SweeperConfigError(
+                "hydra.sweeper.race: needs top_k >= 2, max_runs >= 2 x top_k (two rounds) and alpha in (0, 1), got "
+                f"top_k={race.top_k}, max_runs={race.max_runs}, alpha={race.alpha}")
     reproduce = conf.reproduce
     if int(reproduce.top_k) < 0 or int(reproduce.n_seeds) < 0:
         raise SweeperConfigError("hydra.sweeper.reproduce.top_k / n_seeds: must be >= 0")

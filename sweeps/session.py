@@ -101,10 +101,15 @@ class SweepSession:
             outcome = self.watch(supervisor, study, n_trials, "search")
             if outcome.interrupted:
                 status = "KILLED"
-            elif int(conf.reproduce.top_k) > 0 and int(conf.reproduce.n_seeds) > 0:
-                from sweeps.reproduce import run_reproduction
+            else:
+                if conf.get("race") is not None and conf.race.enabled:
+                    from sweeps.race import run_race
 
-                run_reproduction(study, storage, self, runbook)
+                    run_race(study, storage, self, runbook)
+                if int(conf.reproduce.top_k) > 0 and int(conf.reproduce.n_seeds) > 0:
+                    from sweeps.reproduce import run_reproduction
+
+                    run_reproduction(study, storage, self, runbook)
         except SweepAborted as exc:
             status = "FAILED"
             self._finish(study, runbook, status)
@@ -297,6 +302,10 @@ class SweepSession:
                 metrics.update(base_value=float(found[0].value), gain_over_base=float(found[1]))
                 tags["base.trial_number"] = str(found[0].number)
                 best["base"] = {"number": found[0].number, "value": found[0].value, "gain": found[1]}
+            race = study.user_attrs.get("race")
+            tags["winner.trial_number"] = str(race["winner"] if race else trial.number)
+            if race:
+                best["race"] = race
         elif complete:
             best = {"pareto_front": [{"number": t.number, "values": t.values, "params": t.params} for t in study.best_trials]}
         try:
@@ -307,6 +316,12 @@ class SweepSession:
         note = base_text(study)
         if note:
             console.print(note)
+        race = study.user_attrs.get("race")
+        if race:
+            console.print(f"[bold]winner[/] (seed race): #{race['winner']}, mean {race['mean']:.4f} "
+                          f"[{race['ci_low']:.4f}, {race['ci_high']:.4f}] over {race['n']} fresh seed pairs; "
+                          f"the single best trial #{race['best_single_trial']} scored {race['best_single_value']:.4f} "
+                          "on its one seed. Export and chat default to the race winner.")
         console.print(f"trials: {counts['complete']} complete, {counts['pruned']} pruned, {counts['fail']} failed · "
                       f"MLflow: mlflow ui --backend-store-uri {mask_url(self.tracking_uri)} · "
                       f"optuna-dashboard {mask_url(self.url).replace('journal:///', '/')}")

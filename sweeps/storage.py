@@ -25,6 +25,8 @@ from optuna.storages._heartbeat import BaseHeartbeat
 
 DEFAULT_JOURNAL = "optuna-journal.log"
 REPRODUCE_SUFFIX = "--reproduce"
+RACE_SUFFIX = "--race"
+COMPANION_SUFFIXES = (REPRODUCE_SUFFIX, RACE_SUFFIX)  # studies of re-runs beside a search study
 STORE_RETRY_S = 120.0  # default of hydra.sweeper.store_retry_s
 T = TypeVar("T")
 log = logging.getLogger(__name__)
@@ -278,9 +280,9 @@ RetryingStorage.__abstractmethods__ = frozenset()
 
 
 def latest_study_name(storage: optuna.storages.BaseStorage) -> str:
-    """The most recently started search study (reproduce companions excluded)."""
+    """The most recently started search study (reproduce and race companions excluded)."""
     summaries = [s for s in optuna.get_all_study_summaries(storage, include_best_trial=False)
-                 if not s.study_name.endswith(REPRODUCE_SUFFIX)]
+                 if not s.study_name.endswith(COMPANION_SUFFIXES)]
     if not summaries:
         raise LookupError("no study in this storage; run `python sweep.py -m` first or pass --storage/--study")
     def started(s):

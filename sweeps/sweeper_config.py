@@ -18,6 +18,14 @@ class ReproduceConf:
 
 
 @dataclass
+class RaceConf:
+    enabled: bool = False        # race the best configs on fresh seeds after the search (see sweeps/race.py)
+    top_k: int = 3               # configs that enter the race
+    max_runs: int = 24           # race runs at most (rounds = max_runs // top_k, one seed pair each)
+    alpha: float = 0.05          # race-wide chance of dropping a config as good as the leader
+
+
+@dataclass
 class LoraOptunaSweeperConf:
     _target_: str = "hydra_plugins.lora_optuna_sweeper.lora_optuna_sweeper.LoraOptunaSweeper"
     n_trials: int = 10                  # finished (complete + pruned) trials, across all workers and machines
@@ -46,6 +54,7 @@ class LoraOptunaSweeperConf:
     store_retry_s: float = 120.0        # ride out a database/MLflow outage this long (retries with back-off), then stop the workers and fail
     dry_run: bool = False               # validate, print the space and samples, train nothing
     reproduce: ReproduceConf = field(default_factory=ReproduceConf)
+    race: RaceConf = field(default_factory=RaceConf)
     params: Dict[str, Any] = field(default_factory=dict)  # the search space (Hydra override grammar)
 
 

@@ -23,6 +23,7 @@ from typing import Any
 from sweeps.compose import ComposeSpec
 from sweeps.pruning import PruneGuard
 from sweeps.search_space import SearchSpace
+from sweeps.storage import RACE_SUFFIX
 
 
 class Interrupted(BaseException):
@@ -284,7 +285,7 @@ class Worker:
 
         spec, number = self.spec, trial.number
         key = f"{spec.study_name}:{number}"
-        kind = "reproduce" if spec.replay_only else "trial"
+        kind = "race" if spec.study_name.endswith(RACE_SUFFIX) else "reproduce" if spec.replay_only else "trial"
         trial_dir = Path(spec.trial_root) / f"{kind}_{number:04d}"
         self.events.put(("trial_started", spec.worker_id, {"key": key, "trial_id": trial._trial_id, "number": number,
                                                           "params": dict(trial.params), "user_attrs": dict(trial.user_attrs)}))

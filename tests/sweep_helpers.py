@@ -51,7 +51,7 @@ def journal(cwd: Path) -> optuna.storages.BaseStorage:
 def only_study(cwd: Path, suffix: str = "") -> optuna.Study:
     storage = journal(cwd)
     names = [s.study_name for s in optuna.get_all_study_summaries(storage) if s.study_name.endswith(suffix)
-             and (suffix or not s.study_name.endswith("--reproduce"))]
+             and (suffix or not s.study_name.endswith(("--reproduce", "--race")))]
     assert len(names) == 1, names
     return optuna.load_study(study_name=names[0], storage=storage)
 

@@ -1,0 +1,117 @@
+"""The seed race (`hydra.sweeper.race`): after the search, the best few configs run again on
+fresh init and data-order seeds, one shared seed pair per round, in the sweep's own worker pool;
+after each round every rival that a paired one-sided test says is worse than the leader is
+dropped (analysis.stats.race_eliminations: Bonferroni over rivals and rounds). The race ends when
+one config is left or `race.max_runs` runs are spent, and its winner (the best mean over fresh
+seeds) is what the sweep reports, tags and exports.
+
+Race runs live in a companion study (`<study>--race`) so the search's sampler never learns from
+them as new configs; the search study records the outcome in its `race` user attr.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import optuna
+from optuna.trial import TrialState
+
+from sweeps.progress import console
+from sweeps.reproduce import fresh_seed_values, top_trials
+from sweeps.search_space import SearchSpace
+from sweeps.storage import RACE_SUFFIX
+from sweeps.study import open_study
+
+
+
+def _scores(race: optuna.Study) -> dict[int, dict[int, float]]:
+    """config (search trial number) -> round -> objective, over the race's completed runs."""
+    out: dict[int, dict[int, float]] = {}
+    for t in race.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        out.setdefault(int(t.user_attrs["replicates_trial"]), {})[int(t.user_attrs["race_round"])] = float(t.values[0])
+    return out
+
+
+def _enqueue_round(race: optuna.Study, configs: list[optuna.trial.FrozenTrial], rnd: int, seed: int,
+                   data_seed: int) -> int:
+    have = {t.user_attrs.get("replicate_key") for t in race.get_trials(deepcopy=False)
+            if t.state in (TrialState.COMPLETE, TrialState.WAITING, TrialState.RUNNING)}
+    n = 0
+    for trial in configs:
+        key = f"{trial.number}:race:{rnd}"
+        if key in have:
+            continue
+        race.enqueue_trial({}, user_attrs={
+            "overrides": {**trial.params, "seed": seed, "data_seed": data_seed}, "replicates_trial": trial.number,
+            "race_round": rnd, "seed_kind": "race", "replicate_key": key,
+            "replicate_seed": seed, "replicate_data_seed": data_seed, "sweep_value": trial.values[0]})
+        n += 1
+    return n
+
+
+def run_race(study: optuna.Study, storage: Any, session: Any, runbook: Any) -> dict[str, Any] | None:
+    """Race the top `race.top_k` configs; returns (and stores on the study) the outcome."""
+    from analysis.stats import race_eliminations, summarize
+
+    conf = session.conf.race
+    top = top_trials(study, int(conf.top_k))
+    if len(top) < 2:
+        return None
+    maximize = study.directions[0] == optuna.study.StudyDirection.MAXIMIZE
+    rounds = max(2, int(conf.max_runs) // len(top))
+    seeds = fresh_seed_values(top, 2 * rounds)
+    race = open_study(storage, study.study_name + RACE_SUFFIX, [study.directions[0].name.lower()])
+    session.fail_orphans(race, max_retry=None)
+    session.close_dead_runs(race, runbook)
+    for key in ("objective_metric", "mlflow_parent_run_id", "mlflow_tracking_uri", "mlflow_experiment_name"):
+        if key in study.user_attrs:
+            race.set_user_attr(key, study.user_attrs[key])
+    console.print(f"race: top {len(top)} configs {[t.number for t in top]} on fresh seed pairs, at most "
+                  f"{rounds} rounds ({int(conf.max_runs)} runs), dropping a rival at one-sided "
+                  f"alpha={float(conf.alpha)} / (rivals x rounds)")
+    alive = {t.number: t for t in top}
+    eliminated: dict[int, int] = {}
+    fixed = SearchSpace(fixed=dict(session.space.fixed))
+    for rnd in range(rounds):
+        if _enqueue_round(race, list(alive.values()), rnd, seeds[2 * rnd], seeds[2 * rnd + 1]):
+            total = len([t for t in race.get_trials(deepcopy=False) if t.state != TrialState.FAIL])  # the budget counts them all
+            specs = session.worker_specs(race.study_name, total, fixed, session.objectives[:1], replay_only=True)
+            session.watch(session.supervisor(race, runbook, specs, total), race, total, f"race round {rnd + 1}")
+        scores = _scores(race)
+        shared = [r for r in range(rnd + 1) if all(r in scores.get(c, {}) for c in alive)]
+        paired = {c: [scores[c][r] for r in shared] for c in alive}
+        for config in race_eliminations(paired, maximize, float(conf.alpha), looks=rounds):
+            eliminated[config] = rnd + 1
+            del alive[config]
+        if len(alive) == 1:
+            break
+    scores = _scores(race)
+    sign = 1 if maximize else -1
+    metric = str(study.user_attrs.get("objective_metric", "eval_objective"))
+    test_key = "test_" + metric.removeprefix("eval_")
+    winner = max(alive, key=lambda c: sign * summarize(list(scores.get(c, {}).values()))["mean"])
+    s = summarize(list(scores[winner].values()))
+    held_out = summarize([t.user_attrs["metrics"][test_key] for t in race.get_trials(deepcopy=False, states=(
+        TrialState.COMPLETE,)) if t.user_attrs.get("replicates_trial") == winner and test_key in t.user_attrs.get(
+        "metrics", {})])
+    outcome = {"winner": winner, "mean": s["mean"], "ci_low": s["ci_low"], "ci_high": s["ci_high"], "n": s["n"],
+               "test_mean": held_out["mean"], "test_ci_low": held_out["ci_low"], "test_ci_high": held_out["ci_high"],
+               "survivors": sorted(alive), "eliminated": {str(c): r for c, r in eliminated.items()},
+               "runs": sum(len(v) for v in scores.values()), "best_single_trial": study.best_trial.number,
+               "best_single_value": study.best_value}
+    study.set_user_attr("race", outcome)
+    console.print(f"race winner: #{winner} mean {s['mean']:.4f} [{s['ci_low']:.4f}, {s['ci_high']:.4f}] over "
+                  f"{s['n']} fresh seed pairs ({outcome['runs']} race runs; eliminated "
+                  f"{ {c: f'round {r}' for c, r in eliminated.items()} or 'none'}); the single best trial was "
+                  f"#{study.best_trial.number} at {study.best_value:.4f}"
+                  + (f"; held-out {test_key} {held_out['mean']:.4f} [{held_out['ci_low']:.4f}, {held_out['ci_high']:.4f}]"
+                     if held_out["n"] else ""))
+    if runbook is not None and runbook.parent_run_id:
+        runbook.log_metric_dict(runbook.parent_run_id, {"race_winner_mean": s["mean"], "race_winner_ci_low": s["ci_low"],
+                                                        "race_winner_ci_high": s["ci_high"], "race_winner_n": s["n"],
+                                                        "race_runs": float(outcome["runs"]),
+                                                        **({"race_winner_test_mean": held_out["mean"]}
+                                                           if held_out["n"] else {})}, step=None)
+        runbook.set_tags(runbook.parent_run_id, {"race.winner": str(winner),
+                                                 "race.survivors": ",".join(map(str, sorted(alive)))})
+    return outcome
