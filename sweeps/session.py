@@ -156,7 +156,7 @@ class SweepSession:
                            session_index=session_index, deadline=deadline, sweep_pid=os.getpid(),
                            sweep_started=process_started(os.getpid()), store_retry_s=self.store_retry_s,
                            objective_at=str(conf.get("objective_at", "best")), prune_guard=prune_guard(conf),
-                           base_total_steps=self.base_total_steps())
+                           base_total_steps=None if replay_only else self.base_total_steps())
                 for i, device in enumerate(plan.cuda_devices)]
 
     def base_total_steps(self) -> int | None:
@@ -167,7 +167,7 @@ class SweepSession:
 
         try:
             return LoopPlan.build(get(self.job, "train"), trainer.preflight(self.job).num_train).total_steps
-        except trainer.ConfigError:
+        except Exception:  # noqa: BLE001 - without it Hyperband keeps Optuna's own first rung
             return None
 
     @property
