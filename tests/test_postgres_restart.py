@@ -152,9 +152,11 @@ def test_a_worker_whose_trial_was_taken_away_stops_it_and_records_nothing_twice(
         def in_flight():
             if not (tmp_path / "optuna.db").exists():
                 return None
+            import sqlalchemy
+
             try:
                 study = optuna.load_study(study_name="taken", storage=storage)
-            except KeyError:
+            except (KeyError, sqlalchemy.exc.SQLAlchemyError):  # the sweep is still creating the schema
                 return None
             running = [t for t in study.get_trials() if t.state == TrialState.RUNNING and t.intermediate_values]
             return (study, running[0]) if running else None
