@@ -61,6 +61,9 @@ def check_sweeper_settings(conf: DictConfig, space: SearchSpace, objectives: lis
     make_pruner(conf.pruner, kwargs_of(conf.pruner_kwargs), prune_guard(conf))
     race = conf.get("race")
     if race is not None and race.enabled:
+        if len(objectives) > 1:
+            raise SweeperConfigError("hydra.sweeper.race: races one objective; with several objectives the "
+                                     "Pareto front has no single winner to race for (set race.enabled=false)")
         if int(race.top_k) < 2 or int(race.max_runs) < 2 * int(race.top_k) or not 0 < float(race.alpha) < 1:
             raise SweeperConfigError(
                 "hydra.sweeper.race: needs top_k >= 2, max_runs >= 2 x top_k (two rounds) and alpha in (0, 1), got "

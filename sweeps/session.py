@@ -17,8 +17,8 @@ from optuna.trial import TrialState
 
 from sweeps.compose import ComposeSpec
 from sweeps.progress import SweepProgress, base_text, console, gain_over_base, top_trials_table
-from sweeps.redact import redact, redact_override
 from sweeps.pruning import prune_guard
+from sweeps.redact import redact, redact_override
 from sweeps.samplers import kwargs_of
 from sweeps.search_space import SearchSpace, base_params
 from sweeps.storage import STORE_RETRY_S, mask_url, open_storage
@@ -140,12 +140,12 @@ class SweepSession:
         study.enqueue_trial(params, user_attrs={"base": True})
         console.print("base config: enqueued as the first trial (hydra.sweeper.include_base=false to skip it)")
 
-
     def worker_specs(self, study_name: str, n_trials: int, space: SearchSpace, objectives: list[str],
                      replay_only: bool = False, session_index: int = 0,
                      deadline: float | None = None) -> list[WorkerSpec]:
         conf = self.conf
         plan = self.plan(n_trials)
+        total_steps = None if replay_only else self.base_total_steps()
         return [WorkerSpec(worker_id=i, study_name=study_name, storage_url=self.url, n_trials=n_trials, space=space,
                            compose=self.compose, objectives=objectives, trial_root=self.trial_root,
                            sampler=str(conf.sampler), sampler_seed=conf.sampler_seed,
@@ -156,7 +156,7 @@ class SweepSession:
                            session_index=session_index, deadline=deadline, sweep_pid=os.getpid(),
                            sweep_started=process_started(os.getpid()), store_retry_s=self.store_retry_s,
                            objective_at=str(conf.get("objective_at", "best")), prune_guard=prune_guard(conf),
-                           base_total_steps=None if replay_only else self.base_total_steps())
+                           base_total_steps=total_steps)
                 for i, device in enumerate(plan.cuda_devices)]
 
     def base_total_steps(self) -> int | None:
