@@ -68,7 +68,8 @@ def print_dry_run(conf: DictConfig, job: DictConfig, space: SearchSpace, compose
         count = report.trainable_params_by_preset[preset]
         table.add_row(preset, ", ".join(modules), f"{count:,}", f"{100 * count / max(report.base_params, 1):.2f}%")
     console.print(table)
-    console.print(f"data: {report.num_train} train / {report.num_eval} eval examples, {report.num_labels} labels")
+    labels = f", {report.num_labels} labels" if report.num_labels else ""
+    console.print(f"data: {report.num_train} train / {report.num_eval} eval examples{labels}")
     estimates = [report.estimate_memory_mb(job)]
     console.print(f"estimated memory per trial (base config, batch {job.train.batch_size}, "
                   f"length {job.train.max_seq_length}, quant {job.quant.mode}): {estimates[0]:,.0f} MB")
