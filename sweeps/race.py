@@ -74,9 +74,12 @@ def run_race(study: optuna.Study, storage: Any, session: Any, runbook: Any) -> d
     fixed = SearchSpace(fixed=dict(session.space.fixed))
     for rnd in range(rounds):
         if _enqueue_round(race, list(alive.values()), rnd, seeds[2 * rnd], seeds[2 * rnd + 1]):
-            total = len([t for t in race.get_trials(deepcopy=False) if t.state != TrialState.FAIL])  # the budget counts them all
+            # the workers' budget counts every run of the race study, earlier rounds included
+            total = len([t for t in race.get_trials(deepcopy=False) if t.state != TrialState.FAIL])
             specs = session.worker_specs(race.study_name, total, fixed, session.objectives[:1], replay_only=True)
-            session.watch(session.supervisor(race, runbook, specs, total), race, total, f"race round {rnd + 1}")
+            if session.watch(session.supervisor(race, runbook, specs, total), race, total,
+                             f"race round {rnd + 1}").interrupted:
+                return None
         scores = _scores(race)
         shared = [r for r in range(rnd + 1) if all(r in scores.get(c, {}) for c in alive)]
         paired = {c: [scores[c][r] for r in shared] for c in alive}
@@ -90,7 +93,7 @@ def run_race(study: optuna.Study, storage: Any, session: Any, runbook: Any) -> d
     metric = str(study.user_attrs.get("objective_metric", "eval_objective"))
     test_key = "test_" + metric.removeprefix("eval_")
     winner = max(alive, key=lambda c: sign * summarize(list(scores.get(c, {}).values()))["mean"])
-    s = summarize(list(scores[winner].values()))
+    s = summarize(list(scores.get(winner, {}).values()))
     held_out = summarize([t.user_attrs["metrics"][test_key] for t in race.get_trials(deepcopy=False, states=(
         TrialState.COMPLETE,)) if t.user_attrs.get("replicates_trial") == winner and test_key in t.user_attrs.get(
         "metrics", {})])
