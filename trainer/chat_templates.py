@@ -87,7 +87,7 @@ def render_spans(tok: Any, messages: list[dict[str, str]], train_on: str) -> Ren
         before, through = _render(tok, messages[:i], True), _render(tok, messages[: i + 1], False)
         end = len(through.rstrip())
         if not (through.startswith(before) and full.startswith(through)) or len(before) < pos or end <= len(before):
-            raise ConfigError("task.chat_template", "(the tokenizer's)" if not tok.chat_template else "(set)",
+            raise ConfigError("task.chat_template", "the template in use (the tokenizer's or this key's)",
                               "a template that renders earlier turns the same whatever follows",
                               f"turn {i} renders differently once later turns are added, so the assistant "
                               "tokens cannot be located; use a named template or fix the Jinja")
