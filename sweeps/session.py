@@ -29,20 +29,42 @@ from sweeps.worker import WorkerSpec
 from sweeps.worker_plan import WorkerPlan, plan_for
 
 
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)  # Ctrl-C; SLURM preemption or time limit, kill, spot reclaim
+
+
 @contextmanager
 def ctrl_c_deferred():
-    """Hold Ctrl-C back until the block is done, then raise it (KeyboardInterrupt)."""
+    """Hold Ctrl-C and SIGTERM back until the block is done, then raise KeyboardInterrupt."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
     caught: list[int] = []
-    previous = signal.signal(signal.SIGINT, lambda signum, frame: caught.append(signum))
+    previous = {sig: signal.signal(sig, lambda signum, frame: caught.append(signum)) for sig in STOP_SIGNALS}
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
     if caught:
         raise KeyboardInterrupt
+
+
+@contextmanager
+def sigterm_as_ctrl_c():
+    """SIGTERM stops a sweep as Ctrl-C does (workers checkpoint their trials, runs are closed)
+    instead of killing the sweep process on the spot."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum, frame):  # noqa: ARG001
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 class SweepSession:
@@ -55,6 +77,10 @@ class SweepSession:
         self.tracking_uri, self.trial_root = tracking_uri, trial_root
 
     def run(self) -> None:
+        with sigterm_as_ctrl_c():
+            self._run()
+
+    def _run(self) -> None:
         conf = self.conf
         n_trials = int(conf.n_trials)
         storage = open_storage(self.url, heartbeat_interval=self._heartbeat(), retry_s=self.store_retry_s)

@@ -189,6 +189,19 @@ def requeue(study: optuna.Study, failed: optuna.trial.FrozenTrial, max_retry: in
     return True
 
 
+CONTINUATION_DROPPED_KEYS = RETRY_OWNER_KEYS + ("preempted_at_step", "resumed_from_step", "total_steps")
+
+
+def enqueue_continuation(study: optuna.Study, preempted: optuna.trial.FrozenTrial) -> None:
+    """Queue the continuation of a trial preempted after a checkpoint: the same params (and
+    seeds), `resumes_trial` linking it to the attempt, the same checkpoint folder, and the MLflow
+    run to reopen (`resume_run_id`), so the config keeps one run and gets one finished trial."""
+    attrs = {k: v for k, v in preempted.user_attrs.items() if k not in CONTINUATION_DROPPED_KEYS}
+    run_id = preempted.user_attrs.get("mlflow_run_id") or preempted.user_attrs.get("resume_run_id")
+    attrs.update(resumes_trial=preempted.number, resume_run_id=run_id)
+    study.enqueue_trial(preempted.params, user_attrs=attrs)
+
+
 def fail_orphaned_trials(study: optuna.Study, max_retry: int | None = None) -> list[int]:
     """Resume after the sweep process itself died (kill -9, OOM killer, reboot): its RUNNING
     trials on this host become FAIL, so they no longer count as in flight, and with `max_retry`

@@ -42,6 +42,7 @@ class Outcome:
     pruned: int = 0
     failed: int = 0
     retried: int = 0
+    preempted: int = 0   # checkpointed on SIGTERM and queued to continue (not a failure)
     dead_workers: int = 0
     interrupted: bool = False
     failures: list[str] = field(default_factory=list)
@@ -74,6 +75,7 @@ class Supervisor:
         self._next_id = max(s.worker_id for s in specs) + 1
         self._spec_by_id: dict[int, WorkerSpec] = {}
         self._stopping = False
+        self._preempted_workers: set[int] = set()
 
     # -- lifecycle ----------------------------------------------------------------------------
     def start(self) -> "Supervisor":
@@ -175,6 +177,9 @@ class Supervisor:
                 self.outcome.complete += 1
             elif state == "PRUNED":
                 self.outcome.pruned += 1
+            elif state == "PREEMPTED":
+                self.outcome.preempted += 1
+                self._preempted_workers.add(worker_id)
             else:
                 self.outcome.failed += 1
                 self.outcome.failures.append(f"trial {payload['number']}: {payload['reason']}")
@@ -202,16 +207,23 @@ class Supervisor:
             self._drain_all(cap_s=10.0)  # what it sent before it ended (its trial may have finished)
             running = self.running.pop(worker_id, None)
             if proc.exitcode == 0:  # budget used up, or stopped by us: it closed its own trial
+                if worker_id in self._preempted_workers and not self._stopping \
+                        and count_finished(self.study) < self.n_trials:
+                    # SIGTERM reached this worker alone: a replacement continues its checkpointed trial
+                    self._replace(worker_id, f"worker {worker_id} was stopped by SIGTERM and checkpointed its trial")
                 continue
             self.outcome.dead_workers += 1
             reason = f"worker {worker_id} died (exit code {proc.exitcode}) during trial"
             if running is not None:
                 self._fail_dead_trial(running, reason)
             if count_finished(self.study) < self.n_trials:
-                spec = replace(self._spec_by_id[worker_id], worker_id=self._next_id)
-                self._next_id += 1
-                log.warning("%s; starting worker %d", reason, spec.worker_id)
-                self._start(spec)
+                self._replace(worker_id, reason)
+
+    def _replace(self, worker_id: int, reason: str) -> None:
+        spec = replace(self._spec_by_id[worker_id], worker_id=self._next_id)
+        self._next_id += 1
+        log.warning("%s; starting worker %d", reason, spec.worker_id)
+        self._start(spec)
 
     def _fail_dead_trial(self, running: _Running, reason: str) -> None:
         frozen = self.study._storage.get_trial(running.trial_id)  # the params it had sampled by then

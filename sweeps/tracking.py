@@ -129,7 +129,14 @@ class RunBook:
         self.client.set_terminated(self.parent_run_id, status=status)
 
     # -- trials (the methods workers call through events) --------------------------------
-    def open_trial(self, key: str, run_name: str, config: dict[str, Any], tags: dict[str, str], config_yaml: str) -> str:
+    def open_trial(self, key: str, run_name: str, config: dict[str, Any], tags: dict[str, str], config_yaml: str,
+                   reopen_run_id: str | None = None) -> str:
+        """A trial's run; `reopen_run_id`: the run of the preempted attempt this trial continues,
+        set RUNNING again (its params, config and the metrics up to the checkpoint are kept), so
+        a config has one run however often it was preempted."""
+        if reopen_run_id and self._reopen(reopen_run_id, tags):
+            self.open_runs[key] = reopen_run_id
+            return reopen_run_id
         all_tags = {MLFLOW_RUN_NAME: run_name, **tags}
         if self.parent_run_id:
             all_tags[MLFLOW_PARENT_RUN_ID] = self.parent_run_id
@@ -139,6 +146,20 @@ class RunBook:
         self._log_params(run_id, params_from_config(config))
         self.client.log_text(run_id, redact_yaml(config_yaml), "config.yaml")  # same masking as the params
         return run_id
+
+    def _reopen(self, run_id: str, tags: dict[str, str]) -> bool:
+        try:
+            run = self.client.get_run(run_id)
+        except Exception:  # noqa: BLE001 - deleted, or in another store: the trial gets a new run
+            log.warning("MLflow run %s to continue was not found; opening a new one", run_id)
+            return False
+        if run.info.lifecycle_stage != "active":
+            return False
+        self.client.update_run(run_id, status="RUNNING")
+        self.set_tags(run_id, {**tags, "sweep.preempted": "continued"})  # sweep.preempted_at_step stays
+        if "sweep.end_reason" in run.data.tags:
+            self.client.delete_tag(run_id, "sweep.end_reason")
+        return True
 
     def log_metrics(self, key: str, step: int, metrics: dict[str, float]) -> None:
         run_id = self.open_runs.get(key)

@@ -12,6 +12,7 @@ import hashlib
 import math
 import os
 import queue
+import shutil
 import signal
 import threading
 import time
@@ -103,7 +104,32 @@ def _pin(spec: WorkerSpec) -> None:
             os.environ[var] = str(spec.threads)
 
 
+class StopRequest:
+    """SIGTERM in a worker (SLURM preemption or time limit, a spot instance, the sweep's Ctrl-C).
+    During a trial it is a request: the trainer checkpoints at the next optimizer step and the
+    trial ends preempted, to be continued from there by a rerun; the worker then exits. Between
+    trials it stops the worker at once."""
+
+    def __init__(self) -> None:
+        self.in_trial = False
+        self.requested = False
+        self.sweep: tuple[int, float | None] | None = None  # (pid, start time) of the sweep process
+
+    def sweep_alive(self) -> bool:
+        from sweeps.study import process_alive
+
+        return self.sweep is None or process_alive(*self.sweep)
+
+
+STOP = StopRequest()
+
+
 def _on_sigterm(signum, frame):  # noqa: ARG001
+    if not STOP.sweep_alive():  # PR_SET_PDEATHSIG: nobody would record a checkpointed trial
+        raise SweepGone("interrupted: the sweep process died")
+    if STOP.in_trial:
+        STOP.requested = True
+        return
     raise Interrupted("stopped by the sweep (interrupt)")
 
 
@@ -122,6 +148,7 @@ def worker_main(spec: WorkerSpec, events, replies) -> None:
     the MLflow run id of each trial this worker opens."""
     _pin(spec)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the sweep process decides; it sends SIGTERM
+    STOP.sweep = (spec.sweep_pid or os.getppid(), spec.sweep_started)
     signal.signal(signal.SIGTERM, _on_sigterm)
     _die_with_parent()
     watchdog = SweepWatchdog(spec.sweep_pid or os.getppid(), spec.sweep_started).start()
@@ -205,6 +232,10 @@ class TrialReporter:
         self.history.append({"step": step, **metrics})
         self.events.put(("call", None, ("log_metrics", {"key": self.key, "step": step, "metrics": metrics})))
 
+    def should_stop(self) -> bool:
+        """Asked by the trainer at every step boundary: SIGTERM arrived (checkpoint, then stop)."""
+        return STOP.requested
+
     def planned(self, total_steps: int) -> None:
         """The trial's length, for the pruner's warm-up (hydra.sweeper.prune_after is a fraction of it)."""
         self.trial.set_user_attr("total_steps", int(total_steps))
@@ -255,6 +286,8 @@ class Worker:
         spec = self.spec
         sweep_pid = spec.sweep_pid or os.getppid()
         while process_alive(sweep_pid, spec.sweep_started):  # the sweep process is still there
+            if STOP.requested:
+                return  # SIGTERM during the last trial: it was checkpointed (or it finished)
             if self.spec.heartbeat_interval:
                 # RDB storages: trials of a machine that died silently (no heartbeat for
                 # 2 x interval) become FAIL and are re-queued once (Optuna's stale-trial callback).
@@ -292,7 +325,9 @@ class Worker:
         heartbeat = _Heartbeat(self.storage, trial._trial_id, spec.heartbeat_interval)
         reporter, told = None, False
         opened, link = False, None
+        STOP.in_trial = True
         try:
+            checkpoint_dir, resume = self._checkpoint(trial, trial_dir)
             params = self._params(trial)
             cfg = compose_job(spec.compose, params)
             config = OmegaConf.to_container(cfg, resolve=True)
@@ -301,15 +336,18 @@ class Worker:
                     **{f"env.{k}": str(v) for k, v in self.fingerprint.items()},
                     **{f"trial.{k}": str(v) for k, v in trial.user_attrs.items() if k in
                        ("retry_of", "replicates_trial", "seed_kind")}}
+            if resume:
+                tags["sweep.continues_trial"] = str(trial.user_attrs.get("resumes_trial", trial.user_attrs.get("retry_of")))
             self.events.put(("call", spec.worker_id, ("open_trial", {
                 "key": key, "run_name": f"{kind}-{number}", "config": config, "tags": tags,
-                "config_yaml": OmegaConf.to_yaml(cfg)})))
+                "config_yaml": OmegaConf.to_yaml(cfg),
+                "reopen_run_id": trial.user_attrs.get("resume_run_id") if resume else None})))
             opened = True
             link = RunLink(self.replies, key, trial) if self.replies is not None else None
             reporter = TrialReporter(self.events, key, trial, spec.objectives[0],
                                      prune=len(spec.objectives) == 1 and not spec.replay_only, link=link,
                                      heartbeat=heartbeat)
-            result = self._run_with_oom_retry(cfg, reporter, trial_dir, trial)
+            result = self._run_with_oom_retry(cfg, reporter, trial_dir, trial, checkpoint_dir, resume)
             values = [self._objective_value(name, result) for name in spec.objectives]
             bad = {name: value for name, value in zip(spec.objectives, values) if not math.isfinite(value)}
             if bad:  # Optuna would store FAIL; say so with the reason instead of a FINISHED run
@@ -354,6 +392,8 @@ class Worker:
                                               "pruned_at_step": str(reporter.last_step)},
                         [(str(curves), None)] if curves else [])
             self._finished(key, number, "PRUNED", None)
+        except self.trainer.TrialPreempted as exc:
+            self._preempted(trial, key, exc, opened, link)
         except TrialTakenAway:
             self._taken_away(trial, key, opened, heartbeat)
         except SweepGone as exc:
@@ -379,6 +419,50 @@ class Worker:
             self._fail(trial, key, reason, "FAILED", opened, link, detail=traceback.format_exc())
         finally:
             heartbeat.stop()
+            STOP.in_trial = False
+
+    def _checkpoint(self, trial, trial_dir: Path) -> tuple[Path, bool]:
+        """Where this trial checkpoints, and whether it continues a checkpoint: a preempted
+        trial's continuation (`resumes_trial`) or the retry of one whose worker or sweep died
+        (`retry_of`) resumes from the folder it inherited when a checkpoint is there; the
+        intermediate values up to that step are copied from the attempt before, so the pruner
+        sees the whole curve. A new trial starts from a clean folder."""
+        from trainer.checkpoint import checkpoint_step, has_checkpoint
+
+        attrs = trial.user_attrs
+        folder = Path(attrs.get("checkpoint_dir") or trial_dir / "checkpoint")
+        before = attrs.get("resumes_trial", attrs.get("requeued_from"))
+        if before is None or not has_checkpoint(folder):
+            shutil.rmtree(folder, ignore_errors=True)
+            trial.set_user_attr("checkpoint_dir", str(folder))
+            return folder, False
+        step = checkpoint_step(folder)
+        earlier = next(t for t in self.study.get_trials(deepcopy=False) if t.number == int(before))
+        for at, value in sorted(earlier.intermediate_values.items()):
+            if at <= step:
+                trial.report(value, at)
+        trial.set_user_attr("resumed_from_step", step)
+        return folder, True
+
+    def _preempted(self, trial, key: str, exc, opened: bool, link: RunLink | None) -> None:
+        """SIGTERM during training: the trial was checkpointed after `exc.step`. It ends FAIL
+        marked `preempted_at_step`, its MLflow run KILLED, and a continuation with the same params
+        is queued (the next worker or rerun resumes it and reopens the same run)."""
+        import optuna
+
+        from sweeps.study import enqueue_continuation
+
+        reason = f"preempted after step {exc.step} (SIGTERM); a new trial continues it from its checkpoint"
+        trial.set_user_attr("preempted_at_step", int(exc.step))
+        trial.set_user_attr("fail_reason", reason)
+        _link(link, timeout=5.0)
+        with self.budget.locked():
+            enqueue_continuation(self.study, self.storage.get_trial(trial._trial_id))
+            self.study.tell(trial, state=optuna.trial.TrialState.FAIL)
+        if opened:
+            self._close(key, "KILLED", None, {"optuna.state": "FAIL", "sweep.preempted": "true",
+                                              "sweep.preempted_at_step": str(exc.step), "sweep.end_reason": reason}, [])
+        self._finished(key, trial.number, "PREEMPTED", None, reason)
 
     def _taken_away(self, trial, key: str, opened: bool, heartbeat: "_Heartbeat") -> None:
         """The trial was failed by another process (stale heartbeat) and re-queued there: close
@@ -389,16 +473,17 @@ class Worker:
             self._close(key, "FAILED", None, {"optuna.state": "FAIL", "error": reason}, [])
         self._finished(key, trial.number, "FAIL", None, reason)
 
-    def _run_with_oom_retry(self, cfg, reporter, trial_dir, trial):
+    def _run_with_oom_retry(self, cfg, reporter, trial_dir, trial, checkpoint_dir: Path, resume: bool):
         import torch
 
         try:
             return self.trainer.run_trial(cfg, reporter=reporter, cache=self.cache, output_dir=trial_dir,
-                                          **self._selection(trial))
+                                          checkpoint_dir=checkpoint_dir, resume=resume, **self._selection(trial))
         except torch.OutOfMemoryError:
             if not self.spec.oom_retry or cfg.train.batch_size < 2:
                 raise
             torch.cuda.empty_cache()
+            shutil.rmtree(checkpoint_dir, ignore_errors=True)  # another batch size: a fresh run
             cfg.train.batch_size = cfg.train.batch_size // 2
             cfg.train.gradient_accumulation_steps = cfg.train.gradient_accumulation_steps * 2
             trial.set_user_attr("oom_retry", {"batch_size": int(cfg.train.batch_size),
@@ -406,7 +491,7 @@ class Worker:
             self.events.put(("call", None, ("set_trial_tags", {"key": f"{self.spec.study_name}:{trial.number}",
                                                                 "tags": {"oom_retry": "true"}})))
             return self.trainer.run_trial(cfg, reporter=reporter, cache=self.cache, output_dir=trial_dir,
-                                          **self._selection(trial))
+                                          checkpoint_dir=checkpoint_dir, **self._selection(trial))
 
     def _selection(self, trial) -> dict[str, Any]:
         """hydra.sweeper.objective_at for a single eval-metric objective (the last eval otherwise);

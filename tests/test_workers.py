@@ -113,7 +113,9 @@ def test_ctrl_c_stops_cleanly_and_a_rerun_resumes(tmp_path, tiny_bert_dir):
             os.killpg(proc.pid, signal.SIGKILL)
     study = only_study(tmp_path)
     assert not study.get_trials(states=(TrialState.RUNNING,))
-    assert any("interrupted" in t.user_attrs.get("fail_reason", "") for t in study.trials)
+    # the trials in flight were checkpointed and queued to continue (the rerun resumes them)
+    preempted = [t for t in study.trials if "preempted" in t.user_attrs.get("fail_reason", "")]
+    assert preempted and len(study.get_trials(states=(TrialState.WAITING,))) == len(preempted)
     _no_run_left_running(tmp_path)
     _, parents, children = runs(tmp_path)
     assert parents[0].info.status == "KILLED" and any(r.info.status == "KILLED" for r in children)
@@ -122,6 +124,8 @@ def test_ctrl_c_stops_cleanly_and_a_rerun_resumes(tmp_path, tiny_bert_dir):
     run_sweep(tmp_path, *args)
     study = only_study(tmp_path)
     assert len(study.get_trials(states=(TrialState.COMPLETE,))) == 4
+    continued = [t for t in study.trials if t.user_attrs.get("resumes_trial") in {p.number for p in preempted}]
+    assert len(continued) == len(preempted) and all(t.state == TrialState.COMPLETE for t in continued)
     assert len([t for t in study.trials if t.state == TrialState.COMPLETE]) - done_before == 4 - done_before
     _no_run_left_running(tmp_path)
 

@@ -10,7 +10,7 @@ import importlib
 import logging
 from typing import TYPE_CHECKING, Any
 
-from trainer.errors import ConfigError, NonFiniteLossError
+from trainer.errors import ConfigError, NonFiniteLossError, TrialPreempted
 from trainer.resolvers import register_resolvers
 
 register_resolvers()
@@ -37,7 +37,7 @@ _LAZY = {
     "determinism_mode": "trainer.seeding",
 }
 
-__all__ = ["ConfigError", "NonFiniteLossError", *_LAZY]
+__all__ = ["ConfigError", "NonFiniteLossError", "TrialPreempted", *_LAZY]
 
 
 def __getattr__(name: str) -> Any:

@@ -29,3 +29,15 @@ class NonFiniteLossError(RuntimeError):
         self.step = step
         self.value = value
         super().__init__(f"non-finite training loss {value} at optimizer step {step}")
+
+
+class TrialPreempted(Exception):
+    """The caller asked the trial to stop (SIGTERM: preemption, a time limit, Ctrl-C): the loop
+    wrote a checkpoint after `step` into `checkpoint_dir` (None when the trial has no folder),
+    from which the same trial continues bit for bit."""
+
+    def __init__(self, step: int, checkpoint_dir: Any) -> None:
+        self.step = step
+        self.checkpoint_dir = checkpoint_dir
+        where = f"checkpoint in {checkpoint_dir}" if checkpoint_dir is not None else "no checkpoint (no trial folder)"
+        super().__init__(f"stopped on request after optimizer step {step}; {where}")

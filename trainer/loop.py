@@ -21,7 +21,8 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from trainer.errors import NonFiniteLossError
+from trainer.checkpoint import Checkpointer, restore_rng_states, rng_states
+from trainer.errors import NonFiniteLossError, TrialPreempted
 from trainer.reporting import Reporter
 
 METRIC_SCHEDULERS = ("reduce_lr_on_plateau", "greedy")  # stepped with eval_loss at each eval, not per step
@@ -150,10 +151,14 @@ def _make_scheduler(train: dict[str, Any], optimizer: Any, plan: LoopPlan) -> An
 
 def train_loop(model: Any, features: list[dict[str, Any]], collate: Callable, evaluate: Callable[[], dict[str, float]],
                train: dict[str, Any], plan: LoopPlan, device: Any, data_seed: int, reporter: Reporter,
-               causal: bool = False, selection: Any = None) -> LoopOutcome:
+               causal: bool = False, selection: Any = None, checkpoint: Checkpointer | None = None) -> LoopOutcome:
     """Train for plan.total_steps, evaluating every eval_every_steps and at the end; `causal`:
     the loss is over label tokens (causal LM) rather than examples (classification);
-    `selection` (trainer.selection.EvalSelection) sees every eval and may stop the trial early."""
+    `selection` (trainer.selection.EvalSelection) sees every eval and may stop the trial early.
+
+    `checkpoint` (trainer.checkpoint): continue from its checkpoint when `resume`, write one
+    periodically, and when the reporter's optional `should_stop()` says so at a step boundary,
+    write one and raise TrialPreempted."""
     import torch
 
     params = [p for p in model.parameters() if p.requires_grad]
@@ -176,9 +181,25 @@ def train_loop(model: Any, features: list[dict[str, Any]], collate: Callable, ev
     out = LoopOutcome(steps=0, samples=0, final_metrics={})
     window: list[float] = []
     pad_slots = all_slots = 0
+    if checkpoint is not None and checkpoint.resume:
+        state = checkpoint.load()
+        window, (pad_slots, all_slots) = list(state["window"]), state["slots"]
+        _restore(state, model, optimizer, scheduler, scaler, groups, out, selection)
+    should_stop = getattr(reporter, "should_stop", None)
+    train_before, eval_before, start = out.train_s, out.eval_s, time.perf_counter()
+
+    def trained_s() -> float:
+        return train_before + time.perf_counter() - start - (out.eval_s - eval_before)
+
+    def save() -> Any:
+        out.train_s = trained_s()
+        return checkpoint.save(_loop_state(model, optimizer, scheduler, scaler, out, window, (pad_slots, all_slots),
+                                           selection)) if checkpoint is not None else None
+
     model.train()
-    start = time.perf_counter()
-    for step in range(1, plan.total_steps + 1):
+    for step in range(out.steps + 1, plan.total_steps + 1):
+        if callable(should_stop) and should_stop():
+            raise TrialPreempted(out.steps, save())
         group = next(groups)
         batches = [collate([features[i] for i in idx]) for idx in group]
         units = [loss_units(b, causal) for b in batches]
@@ -238,6 +259,46 @@ def train_loop(model: Any, features: list[dict[str, Any]], collate: Callable, ev
             if selection is not None and selection.update(model, step, metrics) and step < plan.total_steps:
                 out.stopped_early_at = step
                 break
-    out.train_s = time.perf_counter() - start - out.eval_s
+        if checkpoint is not None:
+            checkpoint.settle(step, trained_s(), plan.total_steps)
+            if checkpoint.due(step, plan.total_steps):
+                save()
+    out.train_s = trained_s()
     out.padding_fraction = pad_slots / all_slots if all_slots else 0.0
     return out
+
+
+def _loop_state(model: Any, optimizer: Any, scheduler: Any, scaler: Any, out: LoopOutcome, window: list[float],
+                slots: tuple[int, int], selection: Any) -> dict[str, Any]:
+    """Everything after `out.steps` steps that the rest of the trial depends on (trainer.checkpoint)."""
+    return {"step": out.steps,
+            "trainable": {n: p.detach().to("cpu", copy=True) for n, p in model.named_parameters() if p.requires_grad},
+            "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+            "scaler": scaler.state_dict() if scaler is not None else None, "rng": rng_states(),
+            "outcome": {"samples": out.samples, "final_metrics": dict(out.final_metrics), "history": list(out.history),
+                        "train_s": out.train_s, "eval_s": out.eval_s},
+            "window": list(window), "slots": slots, "selection": selection.state() if selection is not None else None}
+
+
+def _restore(state: dict[str, Any], model: Any, optimizer: Any, scheduler: Any, scaler: Any, groups: Iterator,
+             out: LoopOutcome, selection: Any) -> None:
+    """Put a trial back where `_loop_state` left it; the RNG states last, as nothing after them may draw."""
+    import torch
+
+    weights = state["trainable"]
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if param.requires_grad:
+                param.copy_(weights[name].to(param.device))
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    if scaler is not None and state["scaler"] is not None:
+        scaler.load_state_dict(state["scaler"])
+    for _ in range(state["step"]):  # the data position: the order is replayed from data_seed
+        next(groups)
+    out.steps = int(state["step"])
+    for key, value in state["outcome"].items():
+        setattr(out, key, value)
+    if selection is not None and state["selection"] is not None:
+        selection.load_state(state["selection"])
+    restore_rng_states(state["rng"])

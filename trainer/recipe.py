@@ -15,9 +15,10 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from trainer.cache import WarmCache, data_key, model_key, tokenizer_key
+from trainer.checkpoint import AUTO, Checkpointer, checkpoint_step, config_digest
 from trainer.config import get
 from trainer.data import load_raw, load_test
 from trainer.devices import device_name, resolve_compute_dtype, resolve_device
@@ -78,8 +79,13 @@ class _AnswerEval:
 
 def run_trial(cfg: DictConfig, reporter: Reporter | None = None, cache: WarmCache | None = None,
               output_dir: str | Path | None = None, objective: tuple[str, str] | None = None,
-              objective_at: str = "last", evaluate_test: bool = False) -> TrialResult:
+              objective_at: str = "last", evaluate_test: bool = False, checkpoint_dir: str | Path | None = None,
+              resume: bool = False) -> TrialResult:
     """Fine-tune once with the composed job config; exceptions from `reporter` propagate.
+
+    `checkpoint_dir` (default `output_dir/checkpoint`): where the trial's checkpoint goes (`train.checkpoint_every_steps`, and when
+    the reporter asks it to stop: TrialPreempted); `resume`: continue from the checkpoint there,
+    bit for bit. The checkpoint is removed once the trial has finished.
 
     `objective` is (eval metric, direction), by default the task's; `objective_at="best"` scores
     the trial by its best evaluation and keeps that evaluation's adapter (trainer.selection).
@@ -133,9 +139,14 @@ def run_trial(cfg: DictConfig, reporter: Reporter | None = None, cache: WarmCach
 
         metric, direction = objective or ("eval_" + task["metric"], task_direction(task))
         selection = EvalSelection(metric, direction, objective_at, train.get("early_stopping_patience"))
+        if checkpoint_dir is None and output_dir is not None:
+            checkpoint_dir = Path(output_dir) / "checkpoint"
+        checkpoint = Checkpointer(checkpoint_dir, train.get("checkpoint_every_steps", AUTO),
+                                  config_digest(OmegaConf.to_container(cfg, resolve=True)), resume=resume)
+        resumed_from = checkpoint_step(checkpoint_dir) if resume else None
         outcome = train_loop(peft_model, data.train.features, collate, run_eval, train, plan, device,
                              get(cfg, "data_seed"), reporter, causal=task_type != "classification",
-                             selection=selection)
+                             selection=selection, checkpoint=checkpoint)
         scored_step = outcome.steps
         if selection.restore(peft_model):  # the adapter of the best evaluation, scored by its metrics
             outcome.final_metrics, scored_step = dict(selection.best_metrics), selection.best_step
@@ -159,6 +170,7 @@ def run_trial(cfg: DictConfig, reporter: Reporter | None = None, cache: WarmCach
             adapter_dir = Path(output_dir) / "adapter"
             peft_model.save_pretrained(str(adapter_dir), safe_serialization=True)
         trainable, total = peft_model.get_nb_trainable_parameters()
+        checkpoint.remove()
     except torch.OutOfMemoryError as e:
         traceback.clear_frames(e.__traceback__)  # drop activations held by the traceback before the caller retries
         torch.cuda.empty_cache()
@@ -195,6 +207,8 @@ def run_trial(cfg: DictConfig, reporter: Reporter | None = None, cache: WarmCach
             "objective_at": objective_at,
             "best_step": selection.best_step,
             "stopped_early_at": outcome.stopped_early_at,
+            "checkpoints_written": len(checkpoint.written),
+            "resumed_from_step": resumed_from,
             "effective_batch_size": plan.effective_batch_size,
             "total_steps": plan.total_steps,
             "warmup_steps": plan.warmup_steps,

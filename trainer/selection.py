@@ -53,6 +53,15 @@ class EvalSelection:
             self.since_best += 1
         return self.patience is not None and self.patience > 0 and self.since_best >= self.patience
 
+    def state(self) -> dict[str, Any]:
+        """What a trial checkpoint keeps of the selection (trainer.checkpoint)."""
+        return {"best_value": self.best_value, "best_step": self.best_step, "best_metrics": dict(self.best_metrics),
+                "since_best": self.since_best, "weights": self._weights}
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        self.best_value, self.best_step = state["best_value"], state["best_step"]
+        self.best_metrics, self.since_best, self._weights = dict(state["best_metrics"]), state["since_best"], state["weights"]
+
     def restore(self, model: Any) -> bool:
         """Put the best evaluation's trainable weights back (at="best"); True when it did."""
         import torch

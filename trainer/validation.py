@@ -139,6 +139,9 @@ def _check_train(cfg: DictConfig) -> None:
     _int_at_least(cfg, "train.eval_every_steps", 0)
     _int_at_least(cfg, "train.log_every_steps", 0)
     _int_at_least(cfg, "train.early_stopping_patience", 1, optional=True)
+    every = get(cfg, "train.checkpoint_every_steps", "auto")
+    _require(every == "auto" or (_is_int(every) and every >= 0), "train.checkpoint_every_steps", every,
+             "an integer >= 0 (0: only when the trial is asked to stop) or auto (long trials only)")
     for flag in ("train.gradient_checkpointing", "train.save_adapter", "train.group_by_length"):
         value = get(cfg, flag, False)
         _require(isinstance(value, bool), flag, value, "true or false")
