@@ -42,6 +42,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--quick", action="store_true", help="small sizes (about 10 minutes on 2 idle cores)")
     mode.add_argument("--smoke", action="store_true", help="tiniest sizes: all six tables, no meaningful numbers")
+    mode.add_argument("--gpu", action="store_true", help="the GPU benchmark instead (bench/gpu.py; needs --out)")
     p.add_argument("--out", type=Path, default=None, help="folder for BENCHMARKS.md and results.json")
     p.add_argument("--only", default=None, help="comma list of benchmarks to run (1-6), for development")
     p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
@@ -55,6 +56,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.gpu:
+        import gpu
+
+        return gpu.main(["--out", str(args.out)] if args.out else [])
     mode = "smoke" if args.smoke else "quick" if args.quick else "full"
     sizes = with_changes(MODES[mode], args.set)
     common.OMP_PASSIVE = not args.omp_active
