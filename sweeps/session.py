@@ -109,7 +109,7 @@ class SweepSession:
                     study.set_user_attr("mlflow_parent_run_id", parent)
         except KeyboardInterrupt:  # held back until the store was consistent
             supervisor.runbook = runbook  # stop_all closes the trial runs opened so far
-            supervisor.stop_all("interrupted: the sweep was stopped (Ctrl-C)")
+            supervisor.stop_all("interrupted: the sweep was stopped (Ctrl-C)", preempt=True)
             if runbook is not None and runbook.parent_run_id:
                 self._finish(study, runbook, "KILLED")
             raise SystemExit("sweep interrupted; finished trials are kept. Rerun the same command to resume.") from None
@@ -266,7 +266,8 @@ class SweepSession:
     def supervisor(self, study: optuna.Study, runbook: RunBook | None, specs: list[WorkerSpec],
                    n_trials: int) -> Supervisor:
         return Supervisor(study, runbook, specs, n_trials=n_trials, max_retry=int(self.conf.max_retry),
-                          max_failure_rate=float(self.conf.max_failure_rate))
+                          max_failure_rate=float(self.conf.max_failure_rate),
+                          budget=TrialBudget(study, self.url, n_trials, retry_s=self.store_retry_s))
 
     def watch(self, supervisor: Supervisor, study: optuna.Study, n_trials: int, label: str) -> Outcome:
         with SweepProgress(study, n_trials, label) as progress:

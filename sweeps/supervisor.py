@@ -3,7 +3,8 @@
 It is the only MLflow writer of the sweep (see `tracking.RunBook`). When a worker dies (SIGKILL,
 OOM killer, segfault) it fails the worker's RUNNING trial in Optuna, closes its MLflow run as
 FAILED, re-enqueues the same params (up to `max_retry` times) and starts a replacement worker.
-Ctrl-C: workers get SIGTERM, mark their trials failed, their runs end KILLED; anything they could
+Ctrl-C or SIGTERM: workers get SIGTERM, checkpoint their trials and queue them to continue on the
+next run; an abort stops them at once (their trials FAIL). Their runs end KILLED; anything they could
 not close is closed here. Its Optuna and MLflow calls ride out a database blip (`storage.retry_call`);
 if a store stays down past `hydra.sweeper.store_retry_s` it gives up, but stops its workers first:
 no worker trains on with nobody recording its runs.
@@ -14,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import multiprocessing as mp
+import os
 import queue
 import signal
 import time
@@ -23,9 +25,9 @@ from typing import Any, Callable
 import optuna
 
 from sweeps.storage import StoreUnavailable, retry_budget_cap
-from sweeps.study import count_finished, fail_trial, requeue
+from sweeps.study import TrialBudget, count_finished, fail_trial, requeue
 from sweeps.tracking import RunBook
-from sweeps.worker import WorkerSpec, worker_main
+from sweeps.worker import ABORT_SIGNAL, WorkerSpec, worker_main
 from sweeps.worker_plan import worker_context
 
 log = logging.getLogger(__name__)
@@ -60,7 +62,7 @@ class _Running:
 class Supervisor:
     def __init__(self, study: optuna.Study, runbook: RunBook | None, specs: list[WorkerSpec], *, n_trials: int,
                  max_retry: int, max_failure_rate: float, on_progress: Callable[[Outcome], None] | None = None,
-                 poll_s: float = 0.2):
+                 poll_s: float = 0.2, budget: TrialBudget | None = None):
         self.study, self.runbook, self.specs = study, runbook, specs
         self.n_trials, self.max_retry, self.max_failure_rate = n_trials, max_retry, max_failure_rate
         self.on_progress = on_progress or (lambda outcome: None)
@@ -76,6 +78,9 @@ class Supervisor:
         self._spec_by_id: dict[int, WorkerSpec] = {}
         self._stopping = False
         self._preempted_workers: set[int] = set()
+        # failing a dead worker's trial and queueing its retry is one step for the other workers:
+        # in between, a free worker would take a new trial in its place and fill the budget
+        self.budget = budget
 
     # -- lifecycle ----------------------------------------------------------------------------
     def start(self) -> "Supervisor":
@@ -99,7 +104,7 @@ class Supervisor:
             self._close_orphaned_runs()
         except KeyboardInterrupt:
             self.outcome.interrupted = True
-            self.stop_all("interrupted: the sweep was stopped (Ctrl-C)")
+            self.stop_all("interrupted: the sweep was stopped (Ctrl-C)", preempt=True)
         except SweepAborted as exc:
             self.stop_all(str(exc))
             raise
@@ -232,14 +237,15 @@ class Supervisor:
                 self.study._storage.set_trial_user_attr(running.trial_id, "mlflow_run_id", self.run_ids[running.key])
             except optuna.exceptions.UpdateFinishedTrialError:
                 return  # it finished after all
-        if not fail_trial(self.study, running.trial_id, reason):
-            return  # it finished after all
+        with self.budget.locked() if self.budget is not None else contextlib.nullcontext():
+            if not fail_trial(self.study, running.trial_id, reason):
+                return  # it finished after all
+            retried = requeue(self.study, frozen, self.max_retry)
         if self.runbook is not None:
             self.runbook.close_trial(running.key, "FAILED", tags={"optuna.state": "FAIL", "error": reason})
         self.outcome.failed += 1
         self.outcome.failures.append(f"trial {running.number}: {reason}")
-        if requeue(self.study, frozen, self.max_retry):
-            self.outcome.retried += 1
+        self.outcome.retried += int(retried)
 
     def _check_failure_rate(self) -> None:
         if self.outcome.failed > self.max_failure_rate * self.n_trials:
@@ -250,20 +256,24 @@ class Supervisor:
             )
 
     # -- stopping -------------------------------------------------------------------------------
-    def stop_all(self, reason: str, grace_s: float = 60.0, store_down: bool = False) -> None:
-        """SIGTERM every worker, keep applying their events while they wind down, then clean up.
+    def stop_all(self, reason: str, grace_s: float = 60.0, store_down: bool = False, preempt: bool = False) -> None:
+        """Stop every worker, keep applying their events while they wind down, then clean up.
 
+        `preempt` (Ctrl-C, SIGTERM of the sweep): SIGTERM, so each trial in flight checkpoints and
+        is queued to continue on the next run. Otherwise (an abort, a failure) `ABORT_SIGNAL`:
+        the trials in flight end FAIL at once and nothing is queued; the sweep is not going on.
         `store_down`: a store is unreachable; every call that still fails is logged, not raised,
         so the workers are stopped whatever happens (their trials stay RUNNING and the next run
         of the command recognises them as orphaned)."""
         self._stopping = True
         with retry_budget_cap(5.0) if store_down else contextlib.nullcontext():
-            self._stop_all(reason, grace_s, store_down)
+            self._stop_all(reason, grace_s, store_down, preempt)
 
-    def _stop_all(self, reason: str, grace_s: float, store_down: bool) -> None:
+    def _stop_all(self, reason: str, grace_s: float, store_down: bool, preempt: bool) -> None:
         for proc in self.procs.values():
             if proc.is_alive():
-                proc.terminate()
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(proc.pid, signal.SIGTERM if preempt else ABORT_SIGNAL)
         deadline = time.monotonic() + grace_s
         while self.procs and time.monotonic() < deadline:
             try:

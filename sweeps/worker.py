@@ -28,7 +28,8 @@ from sweeps.storage import RACE_SUFFIX
 
 
 class Interrupted(BaseException):
-    """The sweep asked this worker to stop (Ctrl-C / SIGTERM): the trial ends FAIL, its run KILLED."""
+    """The sweep stops this worker at once (SIGTERM between trials, `ABORT_SIGNAL` at any time):
+    a trial in flight ends FAIL, its run KILLED, and nothing is queued to continue it."""
 
 
 class SweepGone(Interrupted):
@@ -122,6 +123,7 @@ class StopRequest:
 
 
 STOP = StopRequest()
+ABORT_SIGNAL = signal.SIGUSR2  # the sweep aborts (max_failure_rate, a store gone): stop now, queue nothing
 
 
 def _on_sigterm(signum, frame):  # noqa: ARG001
@@ -131,6 +133,10 @@ def _on_sigterm(signum, frame):  # noqa: ARG001
         STOP.requested = True
         return
     raise Interrupted("stopped by the sweep (interrupt)")
+
+
+def _on_abort(signum, frame):  # noqa: ARG001
+    raise Interrupted("stopped: the sweep aborted")
 
 
 def _die_with_parent() -> None:
@@ -150,6 +156,7 @@ def worker_main(spec: WorkerSpec, events, replies) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the sweep process decides; it sends SIGTERM
     STOP.sweep = (spec.sweep_pid or os.getppid(), spec.sweep_started)
     signal.signal(signal.SIGTERM, _on_sigterm)
+    signal.signal(ABORT_SIGNAL, _on_abort)
     _die_with_parent()
     watchdog = SweepWatchdog(spec.sweep_pid or os.getppid(), spec.sweep_started).start()
     try:
@@ -402,8 +409,8 @@ class Worker:
                 trial.set_user_attr("orphaned", True)  # the rerun re-runs it (study.fail_orphaned_trials)
                 self._fail(trial, key, str(exc), "KILLED", opened, None)
             raise
-        except Interrupted:
-            self._fail(trial, key, "interrupted: the sweep was stopped (Ctrl-C)", "KILLED", opened, link)
+        except Interrupted as exc:
+            self._fail(trial, key, str(exc), "KILLED", opened, link)
             raise
         except torch.OutOfMemoryError as exc:
             self._fail(trial, key, f"out of memory: {exc}".splitlines()[0][:500], "FAILED", opened, link, oom=True)
