@@ -125,6 +125,9 @@ class SweepSession:
         status = "FINISHED"
         try:
             outcome = self.watch(supervisor, study, n_trials, "search")
+            if outcome.retired_workers:  # the plan shrank: say so where the plan was shown
+                console.print(f"[yellow]out of memory repeated on a shared GPU; retired {', '.join(outcome.retired_workers)}")
+                runbook.set_tags(parent, {"sweep.retired_workers": "; ".join(outcome.retired_workers)})
             if outcome.interrupted:
                 status = "KILLED"
             else:
@@ -182,7 +185,8 @@ class SweepSession:
                            session_index=session_index, deadline=deadline, sweep_pid=os.getpid(),
                            sweep_started=process_started(os.getpid()), store_retry_s=self.store_retry_s,
                            objective_at=str(conf.get("objective_at", "best")), prune_guard=prune_guard(conf),
-                           base_total_steps=total_steps)
+                           base_total_steps=total_steps,
+                           shares_device=device is not None and plan.cuda_devices.count(device) > 1)
                 for i, device in enumerate(plan.cuda_devices)]
 
     def base_total_steps(self) -> int | None:

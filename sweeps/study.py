@@ -189,6 +189,23 @@ def requeue(study: optuna.Study, failed: optuna.trial.FrozenTrial, max_retry: in
     return True
 
 
+OOM_REQUEUE_LIMIT = 2  # a config that runs out of memory this often on a shared GPU fails like any other
+
+
+def requeue_after_oom(study: optuna.Study, failed: optuna.trial.FrozenTrial) -> bool:
+    """Enqueue again a trial that ran out of GPU memory on a device shared with other workers
+    (its neighbours may have grown): same params, a fresh start in its own folder, `oom_requeued_from`
+    linking it. False once the config has been queued `OOM_REQUEUE_LIMIT` times."""
+    count = int(failed.user_attrs.get("oom_requeues", 0))
+    if count >= OOM_REQUEUE_LIMIT:
+        return False
+    dropped = RETRY_OWNER_KEYS + ("checkpoint_dir", "oom_retry", "resumes_trial", "resume_run_id")
+    attrs = {k: v for k, v in failed.user_attrs.items() if k not in dropped}
+    attrs.update(oom_requeued_from=failed.number, oom_requeues=count + 1)
+    study.enqueue_trial(failed.params, user_attrs=attrs)
+    return True
+
+
 CONTINUATION_DROPPED_KEYS = RETRY_OWNER_KEYS + ("preempted_at_step", "resumed_from_step", "total_steps")
 
 

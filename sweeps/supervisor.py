@@ -28,7 +28,7 @@ from sweeps.storage import StoreUnavailable, retry_budget_cap
 from sweeps.study import TrialBudget, count_finished, fail_trial, requeue
 from sweeps.tracking import RunBook
 from sweeps.worker import ABORT_SIGNAL, WorkerSpec, worker_main
-from sweeps.worker_plan import worker_context
+from sweeps.worker_plan import DeviceOomPolicy, worker_context
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +45,8 @@ class Outcome:
     failed: int = 0
     retried: int = 0
     preempted: int = 0   # checkpointed on SIGTERM and queued to continue (not a failure)
+    oom_requeued: int = 0  # out of memory on a shared GPU, queued again (not a failure)
+    retired_workers: list[str] = field(default_factory=list)  # "worker W on GPU D": fewer workers there
     dead_workers: int = 0
     interrupted: bool = False
     failures: list[str] = field(default_factory=list)
@@ -81,6 +83,8 @@ class Supervisor:
         # failing a dead worker's trial and queueing its retry is one step for the other workers:
         # in between, a free worker would take a new trial in its place and fill the budget
         self.budget = budget
+        self.oom_policy = DeviceOomPolicy({spec.worker_id: spec.cuda_device for spec in specs})
+        self.retire: dict[int, Any] = {}    # worker id -> Event that ends it after its trial
 
     # -- lifecycle ----------------------------------------------------------------------------
     def start(self) -> "Supervisor":
@@ -121,7 +125,9 @@ class Supervisor:
 
     def _start(self, spec: WorkerSpec) -> None:
         self.replies[spec.worker_id] = self.ctx.Queue()
-        proc = self.ctx.Process(target=worker_main, args=(spec, self.events, self.replies[spec.worker_id]),
+        self.retire[spec.worker_id] = self.ctx.Event()
+        proc = self.ctx.Process(target=worker_main, args=(spec, self.events, self.replies[spec.worker_id],
+                                                          self.retire[spec.worker_id]),
                                 name=f"lora-sweep-worker-{spec.worker_id}",
                                 daemon=False)
         proc.start()
@@ -185,6 +191,9 @@ class Supervisor:
             elif state == "PREEMPTED":
                 self.outcome.preempted += 1
                 self._preempted_workers.add(worker_id)
+            elif state == "OOM_REQUEUED":
+                self.outcome.oom_requeued += 1
+                self._oom_on_shared_device(worker_id)
             else:
                 self.outcome.failed += 1
                 self.outcome.failures.append(f"trial {payload['number']}: {payload['reason']}")
@@ -192,6 +201,19 @@ class Supervisor:
                     self._check_failure_rate()  # at once: fast-failing workers must not run on
         elif kind == "worker_done":
             pass  # the process exit is handled in _reap
+
+    def _oom_on_shared_device(self, worker_id: int) -> None:
+        victim = self.oom_policy.record_oom(worker_id)
+        if victim is None:
+            return
+        device = self.oom_policy.device_of[victim]
+        left = len(self.oom_policy.active_on(device))
+        note = f"worker {victim} on GPU {device}"
+        log.warning("out of memory repeats on GPU %s: retiring %s after its trial (%d worker(s) left there)",
+                    device, note, left)
+        self.outcome.retired_workers.append(note)
+        if victim in self.retire:
+            self.retire[victim].set()
 
     def _reply_run_id(self, worker_id: int | None, key: str, run_id: str | None) -> None:
         """Send the worker its trial's MLflow run id: the worker records it on the Optuna trial
@@ -209,10 +231,12 @@ class Supervisor:
             proc.join()
             del self.procs[worker_id]
             self.replies.pop(worker_id, None)
+            self.retire.pop(worker_id, None)
             self._drain_all(cap_s=10.0)  # what it sent before it ended (its trial may have finished)
             running = self.running.pop(worker_id, None)
             if proc.exitcode == 0:  # budget used up, or stopped by us: it closed its own trial
                 if worker_id in self._preempted_workers and not self._stopping \
+                        and worker_id not in self.oom_policy.retired \
                         and count_finished(self.study) < self.n_trials:
                     # SIGTERM reached this worker alone: a replacement continues its checkpointed trial
                     self._replace(worker_id, f"worker {worker_id} was stopped by SIGTERM and checkpointed its trial")
@@ -221,12 +245,13 @@ class Supervisor:
             reason = f"worker {worker_id} died (exit code {proc.exitcode}) during trial"
             if running is not None:
                 self._fail_dead_trial(running, reason)
-            if count_finished(self.study) < self.n_trials:
+            if count_finished(self.study) < self.n_trials and worker_id not in self.oom_policy.retired:
                 self._replace(worker_id, reason)
 
     def _replace(self, worker_id: int, reason: str) -> None:
         spec = replace(self._spec_by_id[worker_id], worker_id=self._next_id)
         self._next_id += 1
+        self.oom_policy.replaced(worker_id, spec.worker_id)
         log.warning("%s; starting worker %d", reason, spec.worker_id)
         self._start(spec)
 

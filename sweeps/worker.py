@@ -75,6 +75,7 @@ class WorkerSpec:
     objective_at: str = "best"       # hydra.sweeper.objective_at: best (that eval's adapter is kept) | last
     prune_guard: PruneGuard = field(default_factory=PruneGuard)  # prune_after, prune_min_trials, prune_patience
     base_total_steps: int | None = None  # the base config's optimizer steps (Hyperband's first rung)
+    shares_device: bool = False      # other workers train on this worker's GPU: an OOM may be theirs
 
 
 SAMPLES_TABLE = "sample_generations.json"  # SFT trials: prompt, reference, answer per logged eval row
@@ -149,9 +150,10 @@ def _die_with_parent() -> None:
         pass  # elsewhere the parent-pid check in the trial loop still catches it
 
 
-def worker_main(spec: WorkerSpec, events, replies) -> None:
+def worker_main(spec: WorkerSpec, events, replies, retire=None) -> None:
     """Process entry point (spawn context). `events` go to the sweep process; `replies` bring back
-    the MLflow run id of each trial this worker opens."""
+    the MLflow run id of each trial this worker opens; `retire` (an Event) set by the sweep process
+    ends the worker after its trial in flight (its GPU has too many workers)."""
     _pin(spec)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the sweep process decides; it sends SIGTERM
     STOP.sweep = (spec.sweep_pid or os.getppid(), spec.sweep_started)
@@ -160,7 +162,7 @@ def worker_main(spec: WorkerSpec, events, replies) -> None:
     _die_with_parent()
     watchdog = SweepWatchdog(spec.sweep_pid or os.getppid(), spec.sweep_started).start()
     try:
-        Worker(spec, events, replies).loop()
+        Worker(spec, events, replies, retire).loop()
     except Interrupted:
         pass
     finally:
@@ -262,7 +264,7 @@ class TrialReporter:
 
 
 class Worker:
-    def __init__(self, spec: WorkerSpec, events, replies=None):
+    def __init__(self, spec: WorkerSpec, events, replies=None, retire=None):
         import optuna
         import torch
 
@@ -274,6 +276,7 @@ class Worker:
         if spec.threads:
             torch.set_num_threads(spec.threads)
         self.spec, self.events, self.replies, self.trainer = spec, events, replies, trainer
+        self.retire = retire
         storage = open_storage(spec.storage_url, heartbeat_interval=spec.heartbeat_interval, retry_s=spec.store_retry_s)
         seed = sampler_seed(spec.sampler, spec.sampler_seed, spec.study_name, spec.worker_id, spec.session_index)
         sampler = make_sampler(spec.sampler, seed, spec.space, len(spec.objectives), spec.sampler_kwargs)
@@ -295,6 +298,8 @@ class Worker:
         while process_alive(sweep_pid, spec.sweep_started):  # the sweep process is still there
             if STOP.requested:
                 return  # SIGTERM during the last trial: it was checkpointed (or it finished)
+            if self.retire is not None and self.retire.is_set():
+                return  # the sweep lowered this GPU's worker count
             if self.spec.heartbeat_interval:
                 # RDB storages: trials of a machine that died silently (no heartbeat for
                 # 2 x interval) become FAIL and are re-queued once (Optuna's stale-trial callback).
@@ -413,7 +418,9 @@ class Worker:
             self._fail(trial, key, str(exc), "KILLED", opened, link)
             raise
         except torch.OutOfMemoryError as exc:
-            self._fail(trial, key, f"out of memory: {exc}".splitlines()[0][:500], "FAILED", opened, link, oom=True)
+            reason = f"out of memory: {exc}".splitlines()[0][:500]
+            if not (spec.shares_device and self._oom_requeued(trial, key, reason, opened, link)):
+                self._fail(trial, key, reason, "FAILED", opened, link, oom=True)
         except self.trainer.NonFiniteLossError as exc:
             self._fail(trial, key, f"non-finite loss: {exc}", "FAILED", opened, link)
         except NonFiniteObjectiveError as exc:
@@ -470,6 +477,26 @@ class Worker:
             self._close(key, "KILLED", None, {"optuna.state": "FAIL", "sweep.preempted": "true",
                                               "sweep.preempted_at_step": str(exc.step), "sweep.end_reason": reason}, [])
         self._finished(key, trial.number, "PREEMPTED", None, reason)
+
+    def _oom_requeued(self, trial, key: str, reason: str, opened: bool, link: RunLink | None) -> bool:
+        """Out of memory on a GPU shared with other workers, after the halved-batch retry: the
+        neighbours may be to blame, so the config is queued again rather than counted as failed
+        (up to `OOM_REQUEUE_LIMIT` times), and the sweep process counts the OOM against this device."""
+        import optuna
+
+        from sweeps.study import requeue_after_oom
+
+        trial.set_user_attr("fail_reason", f"{reason}; queued again (the GPU is shared)")
+        _link(link)
+        with self.budget.locked():  # the copy takes the freed place in the budget, not a new trial
+            if not requeue_after_oom(self.study, self.storage.get_trial(trial._trial_id)):
+                return False
+            self.study.tell(trial, state=optuna.trial.TrialState.FAIL)
+        if opened:
+            self._close(key, "FAILED", None, {"optuna.state": "FAIL", "error": reason, "oom": "true",
+                                              "sweep.oom_requeued": "true"}, [])
+        self._finished(key, trial.number, "OOM_REQUEUED", None, reason)
+        return True
 
     def _taken_away(self, trial, key: str, opened: bool, heartbeat: "_Heartbeat") -> None:
         """The trial was failed by another process (stale heartbeat) and re-queued there: close

@@ -229,3 +229,37 @@ def start_fork_server() -> None:
     quiet_environment()  # the libraries read these when the server imports them
     worker_context(on_gpu=False)
     forkserver.ensure_running()
+
+
+class DeviceOomPolicy:
+    """Lowers a GPU's worker count when out-of-memory failures repeat on it. One OOM on a shared
+    GPU may be a neighbour's peak (the trial is queued again); `repeats` of them since the last
+    change mean the device holds too many workers: one of them is retired after its trial in
+    flight. A device never goes below one worker."""
+
+    def __init__(self, devices: dict[int, str | None], repeats: int = 2):
+        self.repeats = repeats
+        self.device_of = dict(devices)            # worker id -> CUDA device (None: CPU)
+        self.retired: set[int] = set()
+        self.ooms: dict[str, int] = {}            # device -> OOMs since its last reduction
+
+    def active_on(self, device: str | None) -> list[int]:
+        return sorted(w for w, d in self.device_of.items() if d == device and w not in self.retired)
+
+    def replaced(self, old: int, new: int) -> None:
+        """A dead worker's replacement takes its place on the same device."""
+        self.device_of[new] = self.device_of.pop(old)
+
+    def record_oom(self, worker_id: int) -> int | None:
+        """An OOM on `worker_id`'s device: the worker to retire now, or None."""
+        device = self.device_of.get(worker_id)
+        if device is None:
+            return None
+        self.ooms[device] = self.ooms.get(device, 0) + 1
+        active = self.active_on(device)
+        if self.ooms[device] < self.repeats or len(active) < 2:
+            return None
+        self.ooms[device] = 0
+        victim = worker_id if worker_id in active else active[-1]
+        self.retired.add(victim)
+        return victim
