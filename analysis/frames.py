@@ -13,7 +13,7 @@ import optuna
 import pandas as pd
 from optuna.trial import FrozenTrial
 
-from sweeps.storage import REPRODUCE_SUFFIX
+from sweeps.storage import MEMORY_SKIP_ATTR, REPRODUCE_SUFFIX
 
 # User attrs promoted to their own columns (the rest go to `attr.<key>` when scalar).
 TRIAL_ATTRS = ("mlflow_run_id", "trainable_params", "total_params", "train_runtime_s", "fail_reason",
@@ -30,7 +30,7 @@ def _trial_row(trial: FrozenTrial, promoted: tuple[str, ...]) -> dict[str, Any]:
     values = trial.values or []
     row: dict[str, Any] = {
         "number": trial.number,
-        "state": trial.state.name,
+        "state": "SKIPPED" if MEMORY_SKIP_ATTR in trial.user_attrs else trial.state.name,  # over max_memory_gb
         "value": values[0] if values else float("nan"),
         "datetime_start": trial.datetime_start,
         "datetime_complete": trial.datetime_complete,

@@ -84,7 +84,8 @@ def summary(d: ReportData, storage_label: str) -> list[Block]:
         items.append(f"Directions (objective, trainable parameters): {directions}")
     items.append(f"Trials: {len(d.frame)} total — {int(states.get('COMPLETE', 0))} complete, "
                  f"{int(states.get('PRUNED', 0))} pruned, {int(states.get('FAIL', 0))} failed, "
-                 f"{int(states.get('RUNNING', 0)) + int(states.get('WAITING', 0))} running/waiting")
+                 + (f"{int(states['SKIPPED'])} skipped (estimated over max_memory_gb), " if states.get("SKIPPED") else "")
+                 + f"{int(states.get('RUNNING', 0)) + int(states.get('WAITING', 0))} running/waiting")
     if d.attrs.get("mlflow_experiment_name") or d.attrs.get("mlflow_parent_run_id"):
         get = d.attrs.get
         items.append(f"MLflow: experiment `{get('mlflow_experiment_name', '–')}`, parent run "

@@ -39,6 +39,9 @@ def check_sweeper_settings(conf: DictConfig, space: SearchSpace, objectives: lis
             f"hydra.sweeper.n_jobs: must be >= 1 or null (one per GPU, else one per CPU core), got {conf.n_jobs}")
     if conf.get("objective_at", "best") not in ("best", "last"):
         raise SweeperConfigError(f"hydra.sweeper.objective_at: must be best or last, got {conf.objective_at!r}")
+    limit = conf.get("max_memory_gb")
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, (int, float)) or not limit > 0):
+        raise SweeperConfigError(f"hydra.sweeper.max_memory_gb: must be a number of GiB > 0 or null (no limit), got {limit!r}")
     if int(conf.max_retry) < 0:
         raise SweeperConfigError(f"hydra.sweeper.max_retry: must be >= 0, got {conf.max_retry}")
     retry_s = conf.get("store_retry_s", 120.0)
@@ -105,6 +108,7 @@ def validate_sweep(conf: DictConfig, job: DictConfig, space: SearchSpace, compos
         console.print(note)
     largest = report.estimate_memory_mb(job)
     costliest: dict[str, tuple[float, Any]] = {}
+    cheapest: dict[str, tuple[float, Any]] = {}
     for key, value in config_variants(space):
         where = f" (from hydra.sweeper.params {key}={value!r})"
         try:
@@ -116,10 +120,34 @@ def validate_sweep(conf: DictConfig, job: DictConfig, space: SearchSpace, compos
         largest = max(largest, estimate)
         if key not in costliest or estimate > costliest[key][0]:
             costliest[key] = (estimate, value)
+        if key not in cheapest or estimate < cheapest[key][0]:
+            cheapest[key] = (estimate, value)
     try:  # the extremes together (r=64 with all_linear and the longest batch): what auto packing must fit
         combined = composer({**space.fixed, **{k: v for k, (_, v) in costliest.items()}})
         largest = max(largest, trainer.preflight(combined).estimate_memory_mb(combined))
     except trainer.ConfigError:
         pass  # a combination the space never samples together; the single extremes stand
+    if conf.get("max_memory_gb") is not None:
+        check_memory_limit(float(conf.max_memory_gb), largest, {k: v for k, (_, v) in cheapest.items()},
+                           space, composer)
     return largest
+
+
+def check_memory_limit(limit_gb: float, largest_mb: float, cheapest: dict[str, Any], space: SearchSpace,
+                       composer: Composer) -> None:
+    """hydra.sweeper.max_memory_gb: refuse a space where even the cheapest config is estimated over
+    the limit (every trial would be skipped); otherwise say that the costlier ones will be."""
+    import trainer
+
+    config = composer({**space.fixed, **cheapest})
+    smallest_gb = trainer.preflight(config).estimate_memory_mb(config) / 1024
+    if smallest_gb > limit_gb:
+        chosen = ", ".join(f"{k}={v!r}" for k, v in cheapest.items()) or "the base config"
+        raise SweeperConfigError(
+            f"hydra.sweeper.max_memory_gb: {limit_gb:g} GiB is below the estimate of the cheapest config of the "
+            f"search space ({chosen}: {smallest_gb:.2f} GiB); every trial would be skipped. Raise the limit or "
+            "narrow the space (smaller batch_size, max_seq_length, r, fewer target modules)")
+    if largest_mb / 1024 > limit_gb:
+        console.print(f"max_memory_gb={limit_gb:g}: configs estimated over it are skipped before they start "
+                      f"(recorded as constraint-violating trials; the largest is about {largest_mb / 1024:.2f} GiB)")
 

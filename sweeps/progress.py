@@ -12,6 +12,8 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
+from sweeps.storage import MEMORY_SKIP_ATTR
+
 console = Console(highlight=False, width=None if sys.stdout.isatty() else 160)
 
 
@@ -41,8 +43,10 @@ class SweepProgress:
         self._last = time.monotonic()
         trials = self.study.get_trials(deepcopy=False)
         count = {s: sum(t.state == s for t in trials) for s in TrialState}
-        done = count[TrialState.COMPLETE] + count[TrialState.PRUNED]
-        status = (f"complete {count[TrialState.COMPLETE]} · pruned {count[TrialState.PRUNED]} · "
+        skipped = sum(MEMORY_SKIP_ATTR in t.user_attrs for t in trials)  # stored PRUNED, never trained
+        done = count[TrialState.COMPLETE] + count[TrialState.PRUNED] - skipped
+        status = (f"complete {count[TrialState.COMPLETE]} · pruned {count[TrialState.PRUNED] - skipped} · "
+                  + (f"skipped {skipped} · " if skipped else "") +
                   f"failed {count[TrialState.FAIL]} · running {count[TrialState.RUNNING]} · best {best_text(self.study)}")
         self.progress.update(self.task, completed=min(done, self.n_trials), status=status)
 

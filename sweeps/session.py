@@ -21,7 +21,7 @@ from sweeps.pruning import prune_guard
 from sweeps.redact import redact, redact_override
 from sweeps.samplers import kwargs_of
 from sweeps.search_space import SearchSpace, base_params
-from sweeps.storage import STORE_RETRY_S, mask_url, open_storage
+from sweeps.storage import MEMORY_SKIP_ATTR, STORE_RETRY_S, mask_url, open_storage
 from sweeps.study import TrialBudget, fail_orphaned_trials, open_study, process_started
 from sweeps.supervisor import Outcome, Supervisor, SweepAborted
 from sweeps.tracking import RunBook, json_text
@@ -186,7 +186,8 @@ class SweepSession:
                            sweep_started=process_started(os.getpid()), store_retry_s=self.store_retry_s,
                            objective_at=str(conf.get("objective_at", "best")), prune_guard=prune_guard(conf),
                            base_total_steps=total_steps,
-                           shares_device=device is not None and plan.cuda_devices.count(device) > 1)
+                           shares_device=device is not None and plan.cuda_devices.count(device) > 1,
+                           max_memory_gb=None if conf.get("max_memory_gb") is None else float(conf.max_memory_gb))
                 for i, device in enumerate(plan.cuda_devices)]
 
     def base_total_steps(self) -> int | None:
@@ -317,6 +318,8 @@ class SweepSession:
     def _finish(self, study: optuna.Study, runbook: RunBook, status: str) -> None:
         trials = study.get_trials(deepcopy=False)
         counts = {s.name.lower(): sum(t.state == s for t in trials) for s in TrialState}
+        counts["skipped"] = sum(MEMORY_SKIP_ATTR in t.user_attrs for t in trials)  # stored PRUNED, never trained
+        counts["pruned"] -= counts["skipped"]
         metrics = {f"trials_{k}": float(v) for k, v in counts.items()}
         tags: dict[str, str] = {}
         best: dict[str, Any] = {}
@@ -353,6 +356,7 @@ class SweepSession:
                           f"[{race['ci_low']:.4f}, {race['ci_high']:.4f}] over {race['n']} fresh seed pairs; "
                           f"the single best trial #{race['best_single_trial']} scored {race['best_single_value']:.4f} "
                           "on its one seed. Export and chat default to the race winner.")
-        console.print(f"trials: {counts['complete']} complete, {counts['pruned']} pruned, {counts['fail']} failed · "
+        skipped = f", {counts['skipped']} skipped over max_memory_gb" if counts["skipped"] else ""
+        console.print(f"trials: {counts['complete']} complete, {counts['pruned']} pruned, {counts['fail']} failed{skipped} · "
                       f"MLflow: mlflow ui --backend-store-uri {mask_url(self.tracking_uri)} · "
                       f"optuna-dashboard {mask_url(self.url).replace('journal:///', '/')}")

@@ -27,6 +27,8 @@ DEFAULT_JOURNAL = "optuna-journal.log"
 REPRODUCE_SUFFIX = "--reproduce"
 RACE_SUFFIX = "--race"
 COMPANION_SUFFIXES = (REPRODUCE_SUFFIX, RACE_SUFFIX)  # studies of re-runs beside a search study
+# trial attribute of a config estimated over hydra.sweeper.max_memory_gb: stored PRUNED, never trained
+MEMORY_SKIP_ATTR = "skipped_over_memory"
 STORE_RETRY_S = 120.0  # default of hydra.sweeper.store_retry_s
 T = TypeVar("T")
 log = logging.getLogger(__name__)

@@ -22,7 +22,7 @@ from typing import Any, Iterator
 import optuna
 from optuna.trial import TrialState
 
-from sweeps.storage import is_transient, journal_path, retry_call
+from sweeps.storage import MEMORY_SKIP_ATTR, is_transient, journal_path, retry_call
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 log = logging.getLogger(__name__)
@@ -49,8 +49,13 @@ def open_study(storage: optuna.storages.BaseStorage, name: str, directions: list
     return study
 
 
+def counted(trials: list[optuna.trial.FrozenTrial]) -> list[optuna.trial.FrozenTrial]:
+    """The trials that use the budget: configs skipped over the memory limit never trained."""
+    return [t for t in trials if MEMORY_SKIP_ATTR not in t.user_attrs]
+
+
 def count_finished(study: optuna.Study) -> int:
-    return len(study.get_trials(deepcopy=False, states=FINISHED))
+    return len(counted(study.get_trials(deepcopy=False, states=FINISHED)))
 
 
 class TrialBudget:
@@ -119,7 +124,7 @@ class TrialBudget:
         `waiting_only`: replay enqueued trials only (reproduce runs), never sample new ones.
         """
         with self._lock():
-            taken = len(self.study.get_trials(deepcopy=False, states=FINISHED + (TrialState.RUNNING,)))
+            taken = len(counted(self.study.get_trials(deepcopy=False, states=FINISHED + (TrialState.RUNNING,))))
             if taken >= self.n_trials:
                 return None
             if waiting_only and not self.study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):

@@ -31,6 +31,7 @@ from sweeps.worker import ABORT_SIGNAL, WorkerSpec, worker_main
 from sweeps.worker_plan import DeviceOomPolicy, worker_context
 
 log = logging.getLogger(__name__)
+MAX_SKIPS_PER_TRIAL = 5
 
 
 class SweepAborted(RuntimeError):
@@ -46,6 +47,7 @@ class Outcome:
     retried: int = 0
     preempted: int = 0   # checkpointed on SIGTERM and queued to continue (not a failure)
     oom_requeued: int = 0  # out of memory on a shared GPU, queued again (not a failure)
+    skipped: int = 0       # configs estimated over hydra.sweeper.max_memory_gb (never trained)
     retired_workers: list[str] = field(default_factory=list)  # "worker W on GPU D": fewer workers there
     dead_workers: int = 0
     interrupted: bool = False
@@ -191,6 +193,9 @@ class Supervisor:
             elif state == "PREEMPTED":
                 self.outcome.preempted += 1
                 self._preempted_workers.add(worker_id)
+            elif state == "SKIPPED":
+                self.outcome.skipped += 1
+                self._check_skips()
             elif state == "OOM_REQUEUED":
                 self.outcome.oom_requeued += 1
                 self._oom_on_shared_device(worker_id)
@@ -271,6 +276,15 @@ class Supervisor:
         self.outcome.failed += 1
         self.outcome.failures.append(f"trial {running.number}: {reason}")
         self.outcome.retried += int(retried)
+
+    def _check_skips(self) -> None:
+        """Skipped configs cost no training and no budget, so a sampler that keeps proposing them
+        would never end the sweep: stop once they outnumber the budget `MAX_SKIPS_PER_TRIAL` times."""
+        if self.outcome.skipped > MAX_SKIPS_PER_TRIAL * self.n_trials:
+            raise SweepAborted(
+                f"{self.outcome.skipped} configs were skipped as estimated over hydra.sweeper.max_memory_gb, more "
+                f"than {MAX_SKIPS_PER_TRIAL} x n_trials={self.n_trials}: most of the search space does not fit. "
+                "Raise the limit or narrow the space.")
 
     def _check_failure_rate(self) -> None:
         if self.outcome.failed > self.max_failure_rate * self.n_trials:

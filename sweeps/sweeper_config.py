@@ -49,6 +49,7 @@ class LoraOptunaSweeperConf:
     objective_at: str = "best"          # best: a trial scores its best eval and keeps that eval's adapter | last
     max_retry: int = 1                  # retries of a trial whose worker died
     max_failure_rate: float = 0.5       # abort once failed trials exceed this fraction of n_trials
+    max_memory_gb: Optional[float] = None  # per worker device: configs the pre-flight estimates over it are skipped
     oom_retry: bool = True              # on CUDA OOM retry once with half micro-batch, 2x accumulation
     heartbeat_interval: int = 30        # RDB storages: seconds between trial heartbeats
     store_retry_s: float = 120.0        # ride out a database/MLflow outage this long (retries with back-off), then stop the workers and fail

@@ -24,7 +24,7 @@ from typing import Any
 from sweeps.compose import ComposeSpec
 from sweeps.pruning import PruneGuard
 from sweeps.search_space import SearchSpace
-from sweeps.storage import RACE_SUFFIX
+from sweeps.storage import MEMORY_SKIP_ATTR, RACE_SUFFIX
 
 
 class Interrupted(BaseException):
@@ -76,6 +76,7 @@ class WorkerSpec:
     prune_guard: PruneGuard = field(default_factory=PruneGuard)  # prune_after, prune_min_trials, prune_patience
     base_total_steps: int | None = None  # the base config's optimizer steps (Hyperband's first rung)
     shares_device: bool = False      # other workers train on this worker's GPU: an OOM may be theirs
+    max_memory_gb: float | None = None  # hydra.sweeper.max_memory_gb: skip configs estimated over it
 
 
 SAMPLES_TABLE = "sample_generations.json"  # SFT trials: prompt, reference, answer per logged eval row
@@ -342,6 +343,8 @@ class Worker:
             checkpoint_dir, resume = self._checkpoint(trial, trial_dir)
             params = self._params(trial)
             cfg = compose_job(spec.compose, params)
+            if self._over_memory(trial, key, cfg):
+                return
             config = OmegaConf.to_container(cfg, resolve=True)
             tags = {"optuna.study_name": spec.study_name, "optuna.trial_number": str(number),
                     "sweep.kind": kind, "sweep.worker_id": str(spec.worker_id),
@@ -477,6 +480,27 @@ class Worker:
             self._close(key, "KILLED", None, {"optuna.state": "FAIL", "sweep.preempted": "true",
                                               "sweep.preempted_at_step": str(exc.step), "sweep.end_reason": reason}, [])
         self._finished(key, trial.number, "PREEMPTED", None, reason)
+
+    def _over_memory(self, trial, key: str, cfg) -> bool:
+        """hydra.sweeper.max_memory_gb: a config the pre-flight estimates over the limit is not
+        trained. It ends PRUNED with its excess as an Optuna constraint (samplers that read
+        constraints steer away from it) and `skipped_over_memory` saying why; the budget is not
+        charged for it. Every trial carries its estimate, so the choice can be checked."""
+        import optuna
+
+        limit = self.spec.max_memory_gb
+        if limit is None:
+            return False
+        estimate_gb = self.trainer.preflight(cfg).estimate_memory_mb(cfg) / 1024
+        trial.set_user_attr("memory_estimate_gb", round(estimate_gb, 3))
+        trial.set_constraint("max_memory_gb", estimate_gb - limit)
+        if estimate_gb <= limit:
+            return False
+        reason = f"estimated {estimate_gb:.2f} GiB, over hydra.sweeper.max_memory_gb={limit:g}"
+        trial.set_user_attr(MEMORY_SKIP_ATTR, reason)
+        self.study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+        self._finished(key, trial.number, "SKIPPED", None, reason)
+        return True
 
     def _oom_requeued(self, trial, key: str, reason: str, opened: bool, link: RunLink | None) -> bool:
         """Out of memory on a GPU shared with other workers, after the halved-batch retry: the
