@@ -14,6 +14,7 @@ from sweeps.progress import console
 from sweeps.samplers import kwargs_of, make_sampler, sampler_seed
 from sweeps.search_space import SearchSpace, suggest
 from sweeps.storage import mask_url
+from sweeps.worker_plan import plan_for
 
 N_SAMPLES = 5
 
@@ -70,6 +71,8 @@ def print_dry_run(conf: DictConfig, job: DictConfig, space: SearchSpace, compose
     console.print(table)
     labels = f", {report.num_labels} labels" if report.num_labels else ""
     console.print(f"data: {report.num_train} train / {report.num_eval} eval examples{labels}")
-    estimates = [report.estimate_memory_mb(job)]
-    console.print(f"estimated memory per trial (base config, batch {job.train.batch_size}, "
-                  f"length {job.train.max_seq_length}, quant {job.quant.mode}): {estimates[0]:,.0f} MB")
+    device = "cuda" if plan_for(conf).on_gpu else "cpu"
+    estimate = report.estimate_memory_mb(job, device=device)
+    what = "GPU memory allocated" if device == "cuda" else "process memory (RSS) beyond the Python runtime"
+    console.print(f"estimated peak {what} per trial (base config, batch {job.train.batch_size}, "
+                  f"length {job.train.max_seq_length}, quant {job.quant.mode}): {estimate:,.0f} MiB")

@@ -106,7 +106,8 @@ def validate_sweep(conf: DictConfig, job: DictConfig, space: SearchSpace, compos
     note = data_fit_note(report.data_stats)
     if note:
         console.print(note)
-    largest = report.estimate_memory_mb(job)
+    device = "cuda" if plan_for(conf).on_gpu else "cpu"  # what the workers' memory is measured in
+    largest = report.estimate_memory_mb(job, device=device)
     costliest: dict[str, tuple[float, Any]] = {}
     cheapest: dict[str, tuple[float, Any]] = {}
     for key, value in config_variants(space):
@@ -114,7 +115,7 @@ def validate_sweep(conf: DictConfig, job: DictConfig, space: SearchSpace, compos
         try:
             variant = composer({**space.fixed, key: value})
             trainer.validate_config(variant)
-            estimate = trainer.preflight(variant).estimate_memory_mb(variant)
+            estimate = trainer.preflight(variant).estimate_memory_mb(variant, device=device)
         except trainer.ConfigError as exc:
             raise SweeperConfigError(f"{exc}{where}") from None
         largest = max(largest, estimate)
@@ -124,23 +125,23 @@ def validate_sweep(conf: DictConfig, job: DictConfig, space: SearchSpace, compos
             cheapest[key] = (estimate, value)
     try:  # the extremes together (r=64 with all_linear and the longest batch): what auto packing must fit
         combined = composer({**space.fixed, **{k: v for k, (_, v) in costliest.items()}})
-        largest = max(largest, trainer.preflight(combined).estimate_memory_mb(combined))
+        largest = max(largest, trainer.preflight(combined).estimate_memory_mb(combined, device=device))
     except trainer.ConfigError:
         pass  # a combination the space never samples together; the single extremes stand
     if conf.get("max_memory_gb") is not None:
         check_memory_limit(float(conf.max_memory_gb), largest, {k: v for k, (_, v) in cheapest.items()},
-                           space, composer)
+                           space, composer, device)
     return largest
 
 
 def check_memory_limit(limit_gb: float, largest_mb: float, cheapest: dict[str, Any], space: SearchSpace,
-                       composer: Composer) -> None:
+                       composer: Composer, device: str) -> None:
     """hydra.sweeper.max_memory_gb: refuse a space where even the cheapest config is estimated over
     the limit (every trial would be skipped); otherwise say that the costlier ones will be."""
     import trainer
 
     config = composer({**space.fixed, **cheapest})
-    smallest_gb = trainer.preflight(config).estimate_memory_mb(config) / 1024
+    smallest_gb = trainer.preflight(config).estimate_memory_mb(config, device=device) / 1024
     if smallest_gb > limit_gb:
         chosen = ", ".join(f"{k}={v!r}" for k, v in cheapest.items()) or "the base config"
         raise SweeperConfigError(

@@ -491,7 +491,8 @@ class Worker:
         limit = self.spec.max_memory_gb
         if limit is None:
             return False
-        estimate_gb = self.trainer.preflight(cfg).estimate_memory_mb(cfg) / 1024
+        device = "cpu" if self.spec.cuda_device is None else "cuda"
+        estimate_gb = self.trainer.preflight(cfg).estimate_memory_mb(cfg, device=device) / 1024
         trial.set_user_attr("memory_estimate_gb", round(estimate_gb, 3))
         trial.set_constraint("max_memory_gb", estimate_gb - limit)
         if estimate_gb <= limit:

@@ -42,7 +42,7 @@ def check_output(out: str, cwd: Path, name_or_path: str) -> None:
     assert len(SAMPLE.findall(out[out.index("first 5 sampled configs"):])) == 5
     printed = {preset: int(count.replace(",", "")) for preset, count in ROW.findall(out)}
     assert printed == peft_counts(name_or_path, 8)  # the base config's lora.r
-    assert re.search(r"estimated memory per trial .*: [\d,]+ MB", out)
+    assert re.search(r"estimated peak process memory \(RSS\) beyond the Python runtime per trial .*: [\d,]+ MiB", out)
     assert re.search(r"data: \d+ train / \d+ eval examples, 2 labels", out)
     left = {p.name for p in cwd.iterdir()}
     assert not left & {"optuna-journal.log", "mlflow.db", "mlartifacts", "multirun", "outputs"}, left

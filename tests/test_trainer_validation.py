@@ -118,6 +118,16 @@ def test_preflight_report(tiny_bert_dir: Path) -> None:
     small = report.estimate_memory_mb(cfg)
     assert 0 < small < report.estimate_memory_mb(compose_cfg([f"model.name_or_path={tiny_bert_dir}", "train.batch_size=64"]))
     assert small < report.estimate_memory_mb(compose_cfg([f"model.name_or_path={tiny_bert_dir}", "quant=none"]))
+    # what LoRA keeps for backward: the inputs of its layers (with dropout: its output and mask too)
+    wide = [f"model.name_or_path={tiny_bert_dir}", "train.batch_size=64", "lora.target_modules=attn_mlp"]
+    no_dropout = report.estimate_memory_mb(compose_cfg([*wide, "lora.lora_dropout=0"]))
+    assert report.estimate_memory_mb(compose_cfg(wide)) > no_dropout > report.estimate_memory_mb(
+        compose_cfg([f"model.name_or_path={tiny_bert_dir}", "train.batch_size=64", "lora.target_modules=qv",
+                     "lora.lora_dropout=0"]))
+    # CPU (process RSS): never below the model load's peak, twice the checkpoint's bytes
+    tiny_batch = compose_cfg([f"model.name_or_path={tiny_bert_dir}", "train.batch_size=1", "train.max_seq_length=8"])
+    assert report.estimate_memory_mb(tiny_batch, device="cpu") == pytest.approx(2 * 4 * report.base_params / 2**20)
+    assert report.estimate_memory_mb(cfg, device="cpu") > report.estimate_memory_mb(cfg)
 
 
 def test_preflight_unknown_target_module_lists_real_names(tiny_bert_dir: Path) -> None:

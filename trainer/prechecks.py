@@ -18,6 +18,14 @@ from trainer.targets import TARGET_PRESETS, matches, is_head, leaf_names, resolv
 from trainer.validation import validate_config
 
 MB = 2**20
+# CPU: peak RSS over what autograd keeps for backward (backward's transient gradients, and glibc
+# keeping freed blocks mapped); measured 2.3-2.8 on MiniLM across batch, length, targets and
+# quantization (bench/memory.py, "estimate against measured"). A GPU's peak allocated is the
+# saved activations plus a smaller transient, so the factor there is 1 until bench/gpu.py says otherwise.
+CPU_ACTIVATION_FACTOR = 2.6
+# CPU: loading a checkpoint maps the file and materialises every tensor before quantizing:
+# RSS peaks near twice the checkpoint's bytes while the model loads (1.9-2.1x measured).
+CPU_LOAD_FACTOR = 2.0
 QUANT_BITS = {"none": 32.0, "8bit": 8.0}  # 4bit: see _weight_bits
 
 
@@ -107,9 +115,11 @@ class PreflightReport:
     body_bias_params: int = 0
     linear_shapes: Shapes = field(default_factory=dict, repr=False)
     data_stats: dict[str, float] = field(default_factory=dict)  # SFT: rows truncated / dropped per split
+    checkpoint_bytes_per_param: int = 4  # the dtype the weights are stored in (config dtype: 2 for bf16/fp16)
 
-    def estimate_memory_mb(self, cfg: DictConfig) -> float:
-        """Rough peak training memory of one trial in MiB (excluding the CUDA context / Python runtime):
+    def estimate_memory_mb(self, cfg: DictConfig, device: str = "cuda") -> float:
+        """Peak training memory of one trial in MiB on `device` (cuda: allocated tensors, without the
+        CUDA context; cpu: the process's RSS growth over the imported runtime):
 
             weights     = Q * bits/8 + (N - Q) * w               Q = body linear weights, N = all params;
                           bits = 32 (none), 8 (8bit), 4 + 32/64 (4bit absmax per 64-block; with
@@ -120,7 +130,12 @@ class PreflightReport:
             activations = B * T * L * (10*H + 2*I + A*T) * w  B = batch_size, T = max_seq_length,
                           L layers, H hidden, I intermediate, A heads (attention probabilities);
                           with gradient checkpointing only B*T*H*L*4 + one layer's share
+                        + B * T * sum over LoRA-targeted layers of      what LoRA keeps: the input its A
+                          (in * (w + 1 if dropout else w) + 2 * r * w)  matrix needs (dropout: its output
+                                                                        and mask), and the r-wide product
             logits      = B * T * V * 4 * 2                   causal LM only (logits + log-softmax)
+            cpu         = max(CPU_LOAD_FACTOR * checkpoint bytes,  weights + lora + logits
+                              + CPU_ACTIVATION_FACTOR * activations)
 
         An upper bound on sequence length (dynamic padding usually makes T smaller).
         """
@@ -131,11 +146,18 @@ class PreflightReport:
         targets = resolve_target_modules(list(self.linear_shapes), lora["target_modules"])
         adapter = lora_param_count(self.linear_shapes, targets, lora, self.head_params, self.body_bias_params) * (2 * w + state)
         b, t = train["batch_size"], train["max_seq_length"]
+        body = [n for n in self.linear_shapes if not is_head(n)]
+        hit = set().union(*(matches(target, body) for target in targets))
+        per_input = w + 1 if float(lora.get("lora_dropout", 0.0)) > 0 else w
+        lora_acts = b * t * sum(self.linear_shapes[h][0] * per_input + 2 * lora["r"] * w for h in hit)
         per_layer = b * t * (10 * self.hidden_size + 2 * self.intermediate_size + self.num_heads * t) * w
-        acts = per_layer * self.num_layers
+        acts = per_layer * self.num_layers + lora_acts
         if train.get("gradient_checkpointing"):
-            acts = b * t * self.hidden_size * self.num_layers * w + per_layer
+            acts = b * t * self.hidden_size * self.num_layers * w + per_layer + lora_acts / max(self.num_layers, 1)
         logits = b * t * self.vocab_size * 8 if get(cfg, "task.type") != "classification" else 0
+        if device == "cpu":
+            load = CPU_LOAD_FACTOR * self.base_params * self.checkpoint_bytes_per_param
+            return max(load, weights + adapter + logits + CPU_ACTIVATION_FACTOR * acts) / MB
         return (weights + adapter + acts + logits) / MB
 
 
@@ -251,4 +273,6 @@ def preflight(cfg: DictConfig) -> PreflightReport:
         body_bias_params=body_bias,
         linear_shapes=shapes,
         data_stats=stats,
+        checkpoint_bytes_per_param=2 if str(getattr(config, "dtype", None) or getattr(config, "torch_dtype", None) or "")
+        .replace("torch.", "") in ("bfloat16", "float16") else 4,
     )
