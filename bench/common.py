@@ -87,11 +87,17 @@ MODES: dict[str, Sizes] = {
 
 
 # -- data ---------------------------------------------------------------------------------------------
+USE_DEMO_DATA = False  # run.py --demo-data: the built-in demo set even where SST-2 is present
+
+
 def sst2_available() -> bool:
-    return (SST2_DIR / "train.jsonl").is_file() and (SST2_DIR / "validation.jsonl").is_file()
+    """Whether the benchmarks read SST-2 (present, and not --demo-data)."""
+    return not USE_DEMO_DATA and (SST2_DIR / "train.jsonl").is_file() and (SST2_DIR / "validation.jsonl").is_file()
 
 
 def data_name() -> str:
+    if USE_DEMO_DATA:
+        return "built-in demo data (--demo-data)"
     return f"SST-2 ({SST2_DIR})" if sst2_available() else "built-in demo data (../shared/data/sst2 missing)"
 
 
@@ -145,6 +151,7 @@ class RssSampler:
         self.pid, self.interval = pid, interval
         self.peaks: dict[int, tuple[str, float]] = {}
         self.cpu: dict[int, float] = {}  # last seen user+system CPU seconds per process
+        self.cpu_series: list[tuple[float, float]] = []  # (epoch seconds, CPU seconds of the tree so far)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._poll, daemon=True)
         self._thread.start()
@@ -176,6 +183,7 @@ class RssSampler:
                         self.peaks[p.pid] = (self.peaks[p.pid][0], rss)
                 except psutil.Error:
                     continue
+            self.cpu_series.append((time.time(), sum(self.cpu.values())))
             self._stop.wait(self.interval)
 
     def stop(self) -> tuple[dict[str, list[float]], dict[str, float]]:
@@ -202,6 +210,11 @@ class Proc:
     log: Path | None = None
     rss_mb: dict[str, list[float]] = field(default_factory=dict)  # role -> peak RSS (MiB) of each process
     cpu_s: dict[str, float] = field(default_factory=dict)  # role -> CPU seconds (polled; children last seen)
+    cpu_series: list[tuple[float, float]] = field(default_factory=list)  # (epoch s, CPU s of the tree so far)
+
+    def cpu_at(self, when: float) -> float:
+        """CPU seconds the process tree had used by epoch time `when` (the last poll before it)."""
+        return max((cpu for t, cpu in self.cpu_series if t <= when), default=0.0)
 
     def json_line(self, prefix: str) -> dict[str, Any]:
         for line in reversed(self.out.splitlines()):
@@ -229,11 +242,12 @@ def run(cmd: list[str], cwd: Path, log_name: str, timeout: float = 3600, env: di
             raise BenchError(f"timed out after {timeout:.0f}s: {' '.join(cmd)} (log {log})") from None
         finally:
             rss, cpu = sampler.stop() if sampler else ({}, {})
+            series = sampler.cpu_series if sampler else []
         wall = time.perf_counter() - t0
     out = log.read_text(errors="replace")
     if check and rc != 0:
         raise BenchError(f"exit {rc}: {' '.join(cmd)}\n--- log {log} (tail) ---\n{out[-3000:]}")
-    return Proc(cmd, wall, rc, out, started, log, rss, cpu)
+    return Proc(cmd, wall, rc, out, started, log, rss, cpu, series)
 
 
 def sweep_cmd(*overrides: str, multirun: bool = True) -> list[str]:

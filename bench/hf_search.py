@@ -9,6 +9,11 @@ To run *the same trials* as our sweep, the study is pre-filled with our trials' 
 (`--params-json`, enqueued in order) over the same distributions as conf/search_space/default.yaml;
 HF's objective is the final eval accuracy, no pruning (as in the sweep it is compared to).
 
+As a search of its own (the search-quality benchmark), `--n-trials N --sampler-seed S` lets its TPE
+draw the configs, `--pruner median` uses the pruning HF offers (it reports every eval to Optuna and
+stops a trial Optuna prunes; Optuna's MedianPruner with its defaults), and `--storage FILE` shares
+one study between several such processes (the process plan of our sweep: one per core).
+
 Prints one JSON line (prefix `HF_RESULT `): per-trial seconds and accuracies, in-process seconds.
 """
 
@@ -50,7 +55,12 @@ DEFAULTS = {"lora.r": 8, "lora.lora_alpha": 16, "lora.lora_dropout": 0.05, "lora
 
 def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--params-json", required=True, help="a JSON list of our trials' params, enqueued in order")
+    p.add_argument("--params-json", default=None, help="a JSON list of our trials' params, enqueued in order")
+    p.add_argument("--n-trials", type=int, default=None, help="without --params-json: trials for this process to run")
+    p.add_argument("--sampler-seed", type=int, default=0)
+    p.add_argument("--pruner", choices=("none", "median"), default="none")
+    p.add_argument("--storage", default=None, help="an Optuna journal file shared by several processes")
+    p.add_argument("--study-name", default="hf")
     p.add_argument("--data-dir", default=None)
     p.add_argument("--max-train", type=int, required=True)
     p.add_argument("--max-eval", type=int, required=True)
@@ -140,20 +150,34 @@ def main() -> None:
     trainer = Trainer(model_init=model_init, args=training_args, train_dataset=train, eval_dataset=eval_,
                       data_collator=DataCollatorWithPadding(tok), compute_metrics=compute_metrics)
 
-    storage = optuna.storages.InMemoryStorage()
-    study = optuna.create_study(storage=storage, study_name="hf", direction="maximize")
-    params = json.loads(Path(args.params_json).read_text())
-    for p in params:
-        study.enqueue_trial(p)
+    if args.storage:
+        from optuna.storages.journal import JournalFileBackend
+
+        storage = optuna.storages.JournalStorage(JournalFileBackend(args.storage))
+    else:
+        storage = optuna.storages.InMemoryStorage()
+    study = optuna.create_study(storage=storage, study_name=args.study_name, direction="maximize", load_if_exists=True)
+    if args.params_json:
+        params = json.loads(Path(args.params_json).read_text())
+        for p in params:
+            study.enqueue_trial(p)
+        n_trials = len(params)
+    elif args.n_trials:
+        n_trials = args.n_trials
+    else:
+        raise SystemExit("hf_search.py: give --params-json or --n-trials")
+    pruner = optuna.pruners.MedianPruner() if args.pruner == "median" else optuna.pruners.NopPruner()
     t_search = time.perf_counter()
     trainer.hyperparameter_search(hp_space=hp_space, compute_objective=lambda m: m["eval_accuracy"],
-                                  n_trials=len(params), direction="maximize", backend="optuna", storage=storage,
-                                  study_name="hf", load_if_exists=True, sampler=optuna.samplers.TPESampler(seed=0),
-                                  pruner=optuna.pruners.NopPruner())
+                                  n_trials=n_trials, direction="maximize", backend="optuna", storage=storage,
+                                  study_name=args.study_name, load_if_exists=True,
+                                  sampler=optuna.samplers.TPESampler(seed=args.sampler_seed), pruner=pruner)
     search_s = time.perf_counter() - t_search
-    study = optuna.load_study(study_name="hf", storage=storage)
+    study = optuna.load_study(study_name=args.study_name, storage=storage)
     trials = [{"number": t.number, "value": t.value, "state": t.state.name, "params": t.params,
-               "seconds": (t.datetime_complete - t.datetime_start).total_seconds()} for t in study.trials]
+               "seconds": (t.datetime_complete - t.datetime_start).total_seconds(),
+               "complete": t.datetime_complete.timestamp(), "intermediate": t.intermediate_values}
+              for t in study.trials if t.datetime_complete]
     out = {"trials": trials, "search_s": search_s, "model_init_s": model_loads,
            "in_process_s": time.perf_counter() - T_START, "threads": torch.get_num_threads()}
     print("HF_RESULT " + json.dumps(out), flush=True)

@@ -20,8 +20,8 @@ no-pruning arm): pruning can only pay where an early checkpoint predicts the end
 Hyperband can speed a sweep up at all (`hyperband_ceiling`, from the measured cost of a trial per
 step): pruning only pays as much as a pruned trial is cheaper than a full one.
 
-With the standard sweep's sizes and TPE, the unpruned sweeps are shared with benchmark 4
-(`ctx.shared["tpe"]`); they run one at a time here because their timing is read.
+With the standard sweep's sizes and TPE, the standard sweep is the seed-0 unpruned arm; with the
+random sampler the unpruned arms are shared with benchmark 7 (pruning regret).
 """
 
 from __future__ import annotations
@@ -148,9 +148,20 @@ def unpruned_runs(ctx: Context) -> dict[int, SweepRun]:
             for seed in s.q_seeds}
 
 
+def random_unpruned_runs(ctx: Context) -> dict[int, SweepRun]:
+    """The no-pruning arm with the random sampler per sampler seed (benchmark 3's own where it uses
+    the random sampler), shared by the benchmarks that compare pruned trials with their full runs."""
+    s = ctx.sizes
+    if "prune_none_random" not in ctx.shared:
+        ctx.shared["prune_none_random"] = unpruned_runs(ctx) if s.prune_sampler == "random" else {
+            seed: run_sweep(ctx, f"prune_none_random_s{seed}", std_overrides(arm_sizes(s), sampler="random", seed=seed))
+            for seed in s.q_seeds}
+    return ctx.shared["prune_none_random"]
+
+
 def run_benchmark(ctx: Context) -> Section:
     s, a = ctx.sizes, arm_sizes(ctx.sizes)
-    none_runs = unpruned_runs(ctx)
+    none_runs = random_unpruned_runs(ctx) if s.prune_sampler == "random" else unpruned_runs(ctx)
     kwargs = hyperband_kwargs(s)
     rows, per_seed, hb_runs = [], {}, {}
     for seed in s.q_seeds:

@@ -5,8 +5,8 @@ Writes BENCHMARKS.md (one table per benchmark, the machine, versions, date) and 
 Default output: BENCHMARKS.md at the repo root and bench/results.json; `--out DIR` puts both in DIR
 (CI's smoke run uses it so the committed results stay untouched).
 
-Modes: full (default; about 2 hours on 2 cores, estimated from its parts: table 3 alone takes
-about 40 minutes and table 4 about 50), --quick (small sizes, the must-have numbers), --smoke
+Modes: full (default; hours on 2 cores: tables 3, 4 and 7 run many sweeps each),
+--quick (small sizes, the must-have numbers), --smoke
 (tiniest sizes, every table, seconds per part: checks the machinery, not the numbers).
 All of ours runs through the real CLI in scratch dirs under bench/work/ (gitignored).
 """
@@ -34,17 +34,18 @@ REQUIRED = ("overhead_ratio", "throughput_ratio_vs_cold", "throughput_ratio_vs_h
 TITLES = ["1. Per-trial overhead (ours vs a bare PEFT loop)",
           "2. Sweep throughput (warm workers vs cold processes vs HF Trainer)",
           "3. Pruning pays (Hyperband vs none)", "4. Search quality at equal budget", "5. Worker scaling on CPU",
-          "6. Memory"]
+          "6. Memory", "7. Pruning regret (every pruned trial run to its end)"]
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description="Run the lora-sweep benchmarks and write BENCHMARKS.md + results.json.")
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--quick", action="store_true", help="small sizes (about 10 minutes on 2 idle cores)")
-    mode.add_argument("--smoke", action="store_true", help="tiniest sizes: all six tables, no meaningful numbers")
+    mode.add_argument("--smoke", action="store_true", help="tiniest sizes: all seven tables, no meaningful numbers")
     mode.add_argument("--gpu", action="store_true", help="the GPU benchmark instead (bench/gpu.py; needs --out)")
     p.add_argument("--out", type=Path, default=None, help="folder for BENCHMARKS.md and results.json")
-    p.add_argument("--only", default=None, help="comma list of benchmarks to run (1-6), for development")
+    p.add_argument("--only", default=None, help="comma list of benchmarks to run (1-7), for development")
+    p.add_argument("--demo-data", action="store_true", help="the built-in demo data set instead of SST-2")
     p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                    help="change one size of the mode (bench/common.py Sizes), e.g. --set std_steps=90 "
                         "--set q_seeds=0; repeatable")
@@ -63,9 +64,10 @@ def main(argv: list[str] | None = None) -> int:
     mode = "smoke" if args.smoke else "quick" if args.quick else "full"
     sizes = with_changes(MODES[mode], args.set)
     common.OMP_PASSIVE = not args.omp_active
+    common.USE_DEMO_DATA = args.demo_data
     out_md = (args.out / "BENCHMARKS.md") if args.out else REPO / "BENCHMARKS.md"
     out_json = (args.out / "results.json") if args.out else REPO / "bench" / "results.json"
-    only = {int(x) for x in args.only.split(",")} if args.only else set(range(1, 7))
+    only = {int(x) for x in args.only.split(",")} if args.only else set(range(1, 8))
     ws = Workspace()
     ctx = Context(sizes, ws)
     started, t0 = datetime.now(timezone.utc), time.perf_counter()
@@ -76,6 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     import overhead
     import pruning
     import quality
+    import regret
     import scaling
     import throughput
 
@@ -96,15 +99,15 @@ def main(argv: list[str] | None = None) -> int:
         log(f"benchmark {number} done in {time.perf_counter() - t:.0f}s")
 
     attempt(1, overhead.run_benchmark)
-    # the standard sweep serves 2 and 5, 3 when it runs the standard sizes, and 4 and 6 when present
+    # the standard sweep serves 2 and 5, 3 when it runs the standard sizes, and 6 when present
     needs_std = {2, 5} | ({3} if pruning.shares_standard_sweep(sizes) else set())
-    if only & (needs_std | {4, 6}):
+    if only & (needs_std | {6}):
         try:
             ctx.shared["std"] = run_sweep(ctx, "std", std_overrides(sizes))
         except Exception as exc:
             traceback.print_exc()
             ctx.shared["std_error"] = f"{type(exc).__name__}: {exc}"
-    for number, module in ((2, throughput), (5, scaling), (3, pruning), (4, quality), (6, memory)):
+    for number, module in ((2, throughput), (5, scaling), (3, pruning), (4, quality), (6, memory), (7, regret)):
         if number in needs_std and "std" not in ctx.shared:
             if number in only:
                 sections[number] = Section(TITLES[number - 1], f"**Failed:** the standard sweep failed: "
@@ -211,7 +214,7 @@ def render(results: dict[str, Any], sections: dict[int, Section], mode: str, tot
                   "sit near the majority class), so tables 3 and 4 exercise the machinery and their accuracies are "
                   "noise; the full run (`python bench/run.py`) answers them. Tables 1, 2, 5 and 6 are meaningful "
                   "at every size._", ""]
-    for number in range(1, 7):
+    for number in range(1, 8):
         section = sections.get(number)
         lines += [f"## {TITLES[number - 1]}", ""]
         lines += [section.body if section else "_not run (`--only`)_", ""]

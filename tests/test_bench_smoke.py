@@ -12,8 +12,9 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 TABLES = ("## 1. Per-trial overhead", "## 2. Sweep throughput", "## 3. Pruning pays", "## 4. Search quality",
-          "## 5. Worker scaling", "## 6. Memory")
+          "## 5. Worker scaling", "## 6. Memory", "## 7. Pruning regret")
 KEYS = ("overhead_ratio", "throughput_ratio_vs_cold", "throughput_ratio_vs_hf", "pruning_speedup")
+REGRET_KEYS = ("pruning_regret_trials", "pruning_regret_points", "pruning_compute_saved", "time_to_target_ratio_vs_hf")
 
 
 @pytest.mark.slow
@@ -32,5 +33,7 @@ def test_bench_smoke_writes_all_tables(tmp_path: Path) -> None:
     results = json.loads((tmp_path / "results.json").read_text())
     for key in KEYS:
         assert isinstance(results[key], (int, float)) and results[key] > 0, (key, results[key])
+    for key in REGRET_KEYS:
+        assert isinstance(results[key], (int, float)) and results[key] >= 0, (key, results[key])
     assert results["mode"] == "smoke"
     assert {p: p.stat().st_mtime for p in committed if p.exists()} == before  # --out leaves them alone
