@@ -25,8 +25,9 @@ from sweeps.export import EXIT_BAD_INPUT, BadInput, quiet_libraries
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m sweeps.chat", description=__doc__.split("\n\n")[0])
-    which = p.add_mutually_exclusive_group(required=True)
-    which.add_argument("--trial", type=int, help="trial number of --study (its adapter and config)")
+    which = p.add_mutually_exclusive_group()
+    which.add_argument("--trial", type=int, help="trial number of --study (its adapter and config; default: the race "
+                                                 "winner, else the best trial, as sweeps.export picks)")
     which.add_argument("--model", type=Path, help="a folder with config.yaml and adapter/ (sweeps.export output, or "
                                                   "a trial's MLflow artifacts)")
     p.add_argument("--study", help="study name (default: the latest one in --storage)")

@@ -1,5 +1,6 @@
 """Console: a progress bar over trials (done / pruned / failed, best so far, ETA) and the final
-table of top trials with their MLflow run ids."""
+table of top trials with their MLflow run ids. Where the output is not a terminal (a log file,
+nohup, a cluster job) a bar would print nothing until the end, so each finished trial gets a line."""
 
 from __future__ import annotations
 
@@ -17,25 +18,35 @@ from sweeps.storage import MEMORY_SKIP_ATTR
 console = Console(highlight=False, width=None if sys.stdout.isatty() else 160)
 
 
-class SweepProgress:
-    """Study-wide counts (all workers, all machines), refreshed at most once a second."""
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
 
-    def __init__(self, study: optuna.Study, n_trials: int, label: str):
-        self.study, self.n_trials = study, n_trials
+
+class SweepProgress:
+    """Study-wide counts (all workers, all machines), refreshed at most once a second: a bar on a
+    terminal, else one line per finished trial."""
+
+    def __init__(self, study: optuna.Study, n_trials: int, label: str, lines: bool | None = None):
+        self.study, self.n_trials, self.label = study, n_trials, label
+        self.lines = not console.is_terminal if lines is None else lines
         self.progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                                  TextColumn("{task.fields[status]}"), TimeElapsedColumn(), TextColumn("ETA"),
                                  TimeRemainingColumn(), console=console, transient=False)
         self.task = self.progress.add_task(label, total=n_trials, status="")
         self._last = 0.0
+        self._started = time.monotonic()
+        # trials that had finished before this sweep (a resumed study) are not announced again
+        self._announced = {t.number for t in study.get_trials(deepcopy=False, states=FINISHED)}
 
     def __enter__(self) -> "SweepProgress":
-        self.progress.start()
+        if not self.lines:
+            self.progress.start()
         self.refresh(force=True)
         return self
 
     def __exit__(self, *exc) -> None:
         self.refresh(force=True)
-        self.progress.stop()
+        if not self.lines:
+            self.progress.stop()
 
     def refresh(self, *_: object, force: bool = False) -> None:
         if not force and time.monotonic() - self._last < 1.0:
@@ -45,10 +56,32 @@ class SweepProgress:
         count = {s: sum(t.state == s for t in trials) for s in TrialState}
         skipped = sum(MEMORY_SKIP_ATTR in t.user_attrs for t in trials)  # stored PRUNED, never trained
         done = count[TrialState.COMPLETE] + count[TrialState.PRUNED] - skipped
+        if self.lines:
+            self._print_finished(trials, done)
+            return
         status = (f"complete {count[TrialState.COMPLETE]} · pruned {count[TrialState.PRUNED] - skipped} · "
                   + (f"skipped {skipped} · " if skipped else "") +
                   f"failed {count[TrialState.FAIL]} · running {count[TrialState.RUNNING]} · best {best_text(self.study)}")
         self.progress.update(self.task, completed=min(done, self.n_trials), status=status)
+
+    def _print_finished(self, trials: list[optuna.trial.FrozenTrial], done: int) -> None:
+        """One line per newly finished trial, as Optuna's own logging does: number, state, value,
+        best so far, trials done, elapsed."""
+        new = sorted((t for t in trials if t.state in FINISHED and t.number not in self._announced),
+                     key=lambda t: t.number)
+        if not new:
+            return
+        best, elapsed = best_text(self.study), time.monotonic() - self._started
+        for t in new:
+            self._announced.add(t.number)
+            state = "SKIPPED" if MEMORY_SKIP_ATTR in t.user_attrs else t.state.name
+            last = max(t.intermediate_values) if t.intermediate_values else None
+            value = (", ".join(f"{v:.4f}" for v in t.values) if t.values else
+                     f"{t.intermediate_values[last]:.4f} at step {last}" if last is not None else "-")
+            params = ", ".join(f"{k}={_fmt(v)}" for k, v in t.params.items())
+            console.print(f"{self.label}: trial #{t.number} {state} value {value} · best {best} · "
+                          f"{min(done, self.n_trials)}/{self.n_trials} done · {elapsed:.0f}s · {params}",
+                          soft_wrap=True, markup=False)
 
 
 def best_text(study: optuna.Study) -> str:

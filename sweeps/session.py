@@ -24,7 +24,7 @@ from sweeps.search_space import SearchSpace, base_params
 from sweeps.storage import MEMORY_SKIP_ATTR, STORE_RETRY_S, mask_url, open_storage
 from sweeps.study import TrialBudget, fail_orphaned_trials, open_study, process_started
 from sweeps.supervisor import Outcome, Supervisor, SweepAborted
-from sweeps.tracking import RunBook, json_text
+from sweeps.tracking import RunBook, json_text, runs_page_url
 from sweeps.worker import WorkerSpec
 from sweeps.worker_plan import WorkerPlan, plan_for
 
@@ -357,6 +357,8 @@ class SweepSession:
                           f"the single best trial #{race['best_single_trial']} scored {race['best_single_value']:.4f} "
                           "on its one seed. Export and chat default to the race winner.")
         skipped = f", {counts['skipped']} skipped over max_memory_gb" if counts["skipped"] else ""
-        console.print(f"trials: {counts['complete']} complete, {counts['pruned']} pruned, {counts['fail']} failed{skipped} · "
-                      f"MLflow: mlflow ui --backend-store-uri {mask_url(self.tracking_uri)} · "
-                      f"optuna-dashboard {mask_url(self.url).replace('journal:///', '/')}")
+        tracking = mask_url(self.tracking_uri)
+        ui = "" if tracking.startswith(("http://", "https://")) else f" (serve it with: mlflow ui --backend-store-uri {tracking})"
+        console.print(f"trials: {counts['complete']} complete, {counts['pruned']} pruned, {counts['fail']} failed{skipped}")
+        console.print(f"MLflow runs: {runs_page_url(tracking, runbook.experiment_id)}{ui} · "
+                      f"Optuna: optuna-dashboard {mask_url(self.url).replace('journal:///', '/')}", soft_wrap=True)

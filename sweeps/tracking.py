@@ -72,6 +72,19 @@ def params_from_config(config: dict[str, Any]) -> dict[str, str]:
     return {k: str(v)[:_MAX_PARAM_LEN] for k, v in flatten(redact(config)).items()}
 
 
+# MLflow 3's UI opens an experiment in its GenAI view unless told it holds model training; a
+# kind the user set on their experiment is kept.
+EXPERIMENT_KIND_TAG, EXPERIMENT_KIND = "mlflow.experimentKind", "custom_model_development"
+MLFLOW_UI = "http://127.0.0.1:5000"  # where `mlflow ui` serves a local store by default
+
+
+def runs_page_url(tracking_uri: str, experiment_id: str) -> str:
+    """The experiment's runs table in the model-training view (`workflowType=machine_learning`):
+    on the tracking server itself, or on `mlflow ui` for a local store."""
+    base = tracking_uri.rstrip("/") if tracking_uri.startswith(("http://", "https://")) else MLFLOW_UI
+    return f"{base}/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
+
+
 class RunBook:
     """Creates, feeds and closes the MLflow runs of one sweep (or of one single run)."""
 
@@ -91,9 +104,12 @@ class RunBook:
     def _experiment(self, name: str, location: str | None) -> str:
         found = self.client.get_experiment_by_name(name)
         if found is not None:
+            if EXPERIMENT_KIND_TAG not in found.tags:
+                self.client.set_experiment_tag(found.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
             return found.experiment_id
         try:
-            return self.client.create_experiment(name, artifact_location=location)
+            return self.client.create_experiment(name, artifact_location=location,
+                                                 tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
         except Exception:  # another sweep process created it first
             found = self.client.get_experiment_by_name(name)
             if found is None:

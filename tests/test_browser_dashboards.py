@@ -15,6 +15,7 @@ import dataclasses
 import importlib.util
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -26,6 +27,8 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+
+from sweeps.tracking import MLFLOW_UI
 
 REPO = Path(__file__).resolve().parents[1]
 SHOTS = REPO / "docs" / "screenshots"
@@ -82,6 +85,7 @@ class Store:
     children: dict[str, str]   # run id -> run name
     metric: dict[str, float]   # run id -> latest eval_accuracy
     trial_states: list[str]    # Optuna trial states by trial number, e.g. "COMPLETE"
+    runs_link: str = ""        # the MLflow link the sweep printed at its end
 
     @property
     def journal(self) -> Path:
@@ -105,7 +109,7 @@ def _tiny_bert(path: Path) -> Path:
     return path
 
 
-def _run_sweep(root: Path, model_dir: Path) -> None:
+def _run_sweep(root: Path, model_dir: Path) -> str:
     cmd = [sys.executable, str(REPO / "sweep.py"), "-m",
            f"hydra.sweeper.n_trials={N_TRIALS}", "hydra.sweeper.n_jobs=1",
            "data.max_train_samples=64", "data.max_eval_samples=32",
@@ -114,6 +118,7 @@ def _run_sweep(root: Path, model_dir: Path) -> None:
     if proc.returncode != 0:
         pytest.fail(f"the sweep failed (exit {proc.returncode}): {' '.join(cmd)}\n"
                     f"--- stdout ---\n{proc.stdout[-4000:]}\n--- stderr ---\n{proc.stderr[-6000:]}", pytrace=False)
+    return proc.stdout
 
 
 def _read_store(root: Path) -> Store:
@@ -154,8 +159,10 @@ def _read_store(root: Path) -> Store:
 def sweep_store(tmp_path_factory: pytest.TempPathFactory) -> Store:
     root = tmp_path_factory.mktemp("browser_sweep")
     model_dir = _tiny_bert(tmp_path_factory.mktemp("browser_tiny_bert"))
-    _run_sweep(root, model_dir)
-    return _read_store(root)
+    out = _run_sweep(root, model_dir)
+    link = re.search(r"MLflow runs: (\S+)", out)
+    assert link, f"the sweep printed no link to its MLflow runs:\n{out[-3000:]}"
+    return dataclasses.replace(_read_store(root), runs_link=link.group(1))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -327,8 +334,10 @@ def test_mlflow_ui_shows_parent_trials_and_metric(sweep_store: Store, browser):
                                     timeout=30) as resp:
             assert json.load(resp)["experiment"]["experiment_id"] == store.experiment_id
 
-        # Runs table ("Model training" view): the parent run, its trials nested under it.
-        driver.get(f"{base}/#/experiments/{store.experiment_id}/runs?workflowType=machine_learning")
+        # Runs table ("Model training" view), through the link the sweep printed (the same page on
+        # this test's port): the parent run, its trials nested under it.
+        assert store.runs_link.startswith(MLFLOW_UI + "/"), store.runs_link
+        driver.get(base + store.runs_link.removeprefix(MLFLOW_UI))
         _wait(driver, _text_el(store.study_name), f"the parent run {store.study_name!r} in the runs table", log)
         _close_assistant(driver)
         parent_row = f"[role='row'][row-id='{store.parent_id}']"

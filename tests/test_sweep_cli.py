@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from pathlib import Path
 
 import optuna
@@ -36,6 +37,13 @@ def test_four_trial_sweep_then_resume(tmp_path, tiny_bert_dir):
     client, parents, children = runs(tmp_path)
     assert len(parents) == 1 and len(children) == 4
     parent = parents[0]
+    # stdout is not a terminal here: a line per finished trial instead of a bar that prints at the end
+    for trial in study.trials:
+        assert re.search(rf"trial #{trial.number} COMPLETE value {trial.value:.4f} · best \S+ \(#\d+\) · \d+/4 done", out), out
+    # the link to the runs table in MLflow's model-training view, and the experiment tagged as such
+    experiment_id = parent.info.experiment_id
+    assert f"MLflow runs: http://127.0.0.1:5000/#/experiments/{experiment_id}/runs?workflowType=machine_learning" in out
+    assert client.get_experiment(experiment_id).tags["mlflow.experimentKind"] == "custom_model_development"
     assert parent.info.status == "FINISHED"
     assert study.user_attrs["mlflow_parent_run_id"] == parent.info.run_id
     assert parent.data.metrics["best_value"] == pytest.approx(study.best_value)
@@ -64,8 +72,9 @@ def test_four_trial_sweep_then_resume(tmp_path, tiny_bert_dir):
         assert {"config.yaml", "curves.png", "adapter"} <= artifacts
         assert "adapter/adapter_model.safetensors" in {a.path for a in client.list_artifacts(run.info.run_id, "adapter")}
 
-    # Rerunning the same command resumes: n_trials is the total, only missing trials run.
-    run_sweep(tmp_path, *args[:-2], "hydra.sweeper.n_trials=5", "hydra.sweeper.pruner=none")
+    # Rerunning the same command resumes: n_trials is the total, only missing trials run (and are announced).
+    out = run_sweep(tmp_path, *args[:-2], "hydra.sweeper.n_trials=5", "hydra.sweeper.pruner=none").stdout
+    assert re.findall(r"trial #(\d+) \w+ value", out) == ["4"], out
     study = only_study(tmp_path)
     assert len(study.trials) == 5 and all(t.state == TrialState.COMPLETE for t in study.trials)
     _, parents, children = runs(tmp_path)
