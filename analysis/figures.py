@@ -57,7 +57,7 @@ def _need_complete(frame: pd.DataFrame, n: int = 1) -> pd.DataFrame:
 
 
 def _first_objective(study: optuna.Study) -> Callable[[FrozenTrial], float] | None:
-    return (lambda t: t.values[0]) if study._is_multi_objective() else None
+    return (lambda t: t.values[0]) if len(study.directions) > 1 else None
 
 
 def optimization_history(frame: pd.DataFrame, path: Path, metric: str, maximize: bool) -> Path:

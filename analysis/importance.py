@@ -36,7 +36,7 @@ def importance_precondition(frame: pd.DataFrame) -> str | None:
 
 def _objective_target(study: optuna.Study, lower_is_better: bool) -> Callable[[FrozenTrial], float] | None:
     """Target on the first objective; None lets single-objective studies use Optuna's own handling."""
-    if not study._is_multi_objective():
+    if not len(study.directions) > 1:
         return None
     flip = lower_is_better and study.directions[0] == StudyDirection.MAXIMIZE
     return (lambda t: -t.values[0]) if flip else (lambda t: t.values[0])

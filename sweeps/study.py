@@ -238,10 +238,10 @@ def fail_orphaned_trials(study: optuna.Study, max_retry: int | None = None) -> l
             reason = (f"orphaned: the sweep process died (pid {attrs.get('supervisor_pid')} on {attrs.get('host')}) "
                       "while the trial ran")
             try:
-                optuna.trial.Trial(study, trial._trial_id).set_user_attr("orphaned", True)
+                optuna.trial.Trial(study, trial_id(trial)).set_user_attr("orphaned", True)
             except optuna.exceptions.UpdateFinishedTrialError:
                 continue
-            if fail_trial(study, trial._trial_id, reason):
+            if fail_trial(study, trial_id(trial), reason):
                 failed.append(trial.number)
     if max_retry is not None:
         trials = study.get_trials(deepcopy=False)
@@ -252,13 +252,24 @@ def fail_orphaned_trials(study: optuna.Study, max_retry: int | None = None) -> l
     return failed
 
 
+def storage_of(study: optuna.Study) -> optuna.storages.BaseStorage:
+    """The storage behind a study. Optuna keeps it private (`_storage`); this is the one place we
+    reach for it, so an Optuna change breaks here and nowhere else."""
+    return study._storage
+
+
+def trial_id(trial: optuna.trial.Trial | optuna.trial.FrozenTrial) -> int:
+    """A trial's id in its storage (Optuna's private `_trial_id`; read here only, as above)."""
+    return trial._trial_id
+
+
 def fail_trial(study: optuna.Study, trial_id: int, reason: str) -> bool:
     """Mark a RUNNING trial FAIL from outside its worker (dead worker, Ctrl-C); the reason is
     stored with secrets masked."""
     from sweeps.redact import scrub_text
 
     reason = scrub_text(reason)
-    storage = study._storage
+    storage = storage_of(study)
     if storage.get_trial(trial_id).state != TrialState.RUNNING:
         return False
     storage.set_trial_user_attr(trial_id, "fail_reason", reason[:2000])

@@ -25,7 +25,7 @@ from typing import Any, Callable
 import optuna
 
 from sweeps.storage import StoreUnavailable, retry_budget_cap
-from sweeps.study import TrialBudget, count_finished, fail_trial, requeue
+from sweeps.study import TrialBudget, count_finished, fail_trial, requeue, storage_of
 from sweeps.tracking import RunBook
 from sweeps.worker import ABORT_SIGNAL, WorkerSpec, worker_main
 from sweeps.worker_plan import DeviceOomPolicy, worker_context
@@ -261,10 +261,10 @@ class Supervisor:
         self._start(spec)
 
     def _fail_dead_trial(self, running: _Running, reason: str) -> None:
-        frozen = self.study._storage.get_trial(running.trial_id)  # the params it had sampled by then
+        frozen = storage_of(self.study).get_trial(running.trial_id)  # the params it had sampled by then
         if running.key in self.run_ids and "mlflow_run_id" not in frozen.user_attrs:
             try:
-                self.study._storage.set_trial_user_attr(running.trial_id, "mlflow_run_id", self.run_ids[running.key])
+                storage_of(self.study).set_trial_user_attr(running.trial_id, "mlflow_run_id", self.run_ids[running.key])
             except optuna.exceptions.UpdateFinishedTrialError:
                 return  # it finished after all
         with self.budget.locked() if self.budget is not None else contextlib.nullcontext():

@@ -328,14 +328,15 @@ class Worker:
 
         from sweeps.compose import compose_job
         from sweeps.curves import plot_curves
+        from sweeps.study import trial_id
 
         spec, number = self.spec, trial.number
         key = f"{spec.study_name}:{number}"
         kind = "race" if spec.study_name.endswith(RACE_SUFFIX) else "reproduce" if spec.replay_only else "trial"
         trial_dir = Path(spec.trial_root) / f"{kind}_{number:04d}"
-        self.events.put(("trial_started", spec.worker_id, {"key": key, "trial_id": trial._trial_id, "number": number,
+        self.events.put(("trial_started", spec.worker_id, {"key": key, "trial_id": trial_id(trial), "number": number,
                                                           "params": dict(trial.params), "user_attrs": dict(trial.user_attrs)}))
-        heartbeat = _Heartbeat(self.storage, trial._trial_id, spec.heartbeat_interval)
+        heartbeat = _Heartbeat(self.storage, trial_id(trial), spec.heartbeat_interval)
         reporter, told = None, False
         opened, link = False, None
         STOP.in_trial = True
@@ -384,7 +385,7 @@ class Worker:
                 # Optuna stores the state even when a sampler's after_trial hook then raises (the
                 # grid sampler calls study.stop() outside optimize once its grid is done): the
                 # trial is COMPLETE, and must be closed as such, not failed.
-                if self.storage.get_trial(trial._trial_id).state != optuna.trial.TrialState.COMPLETE:
+                if self.storage.get_trial(trial_id(trial)).state != optuna.trial.TrialState.COMPLETE:
                     raise
             told = True
             final = {**result.summary_metrics(), "objective": values[0]}
@@ -467,14 +468,14 @@ class Worker:
         is queued (the next worker or rerun resumes it and reopens the same run)."""
         import optuna
 
-        from sweeps.study import enqueue_continuation
+        from sweeps.study import enqueue_continuation, trial_id
 
         reason = f"preempted after step {exc.step} (SIGTERM); a new trial continues it from its checkpoint"
         trial.set_user_attr("preempted_at_step", int(exc.step))
         trial.set_user_attr("fail_reason", reason)
         _link(link, timeout=5.0)
         with self.budget.locked():
-            enqueue_continuation(self.study, self.storage.get_trial(trial._trial_id))
+            enqueue_continuation(self.study, self.storage.get_trial(trial_id(trial)))
             self.study.tell(trial, state=optuna.trial.TrialState.FAIL)
         if opened:
             self._close(key, "KILLED", None, {"optuna.state": "FAIL", "sweep.preempted": "true",
@@ -509,12 +510,12 @@ class Worker:
         (up to `OOM_REQUEUE_LIMIT` times), and the sweep process counts the OOM against this device."""
         import optuna
 
-        from sweeps.study import requeue_after_oom
+        from sweeps.study import requeue_after_oom, trial_id
 
         trial.set_user_attr("fail_reason", f"{reason}; queued again (the GPU is shared)")
         _link(link)
         with self.budget.locked():  # the copy takes the freed place in the budget, not a new trial
-            if not requeue_after_oom(self.study, self.storage.get_trial(trial._trial_id)):
+            if not requeue_after_oom(self.study, self.storage.get_trial(trial_id(trial))):
                 return False
             self.study.tell(trial, state=optuna.trial.TrialState.FAIL)
         if opened:

@@ -99,8 +99,10 @@ def test_sigkill_of_a_worker_mid_trial_is_failed_retried_and_closed(tmp_path, ti
 
 
 def test_ctrl_c_stops_cleanly_and_a_rerun_resumes(tmp_path, tiny_bert_dir):
+    # trials long enough that the Ctrl-C, sent once a trial has passed its first eval, still finds
+    # it in flight on a loaded machine
     args = [*LONGER, _model(tiny_bert_dir), "hydra.sweeper.n_jobs=2", "hydra.sweeper.n_trials=4",
-            "hydra.sweeper.pruner=none"]
+            "hydra.sweeper.pruner=none", "train.max_steps=400"]
     proc = start_sweep(tmp_path, *args)
     try:
         wait_for(lambda: (tmp_path / "optuna-journal.log").exists() and any(

@@ -1,0 +1,68 @@
+"""House rules read from the source: no module of ours uses a private name of another module of
+ours, and Optuna's private handles (`study._storage`, `trial._trial_id`, ...) are reached in one
+place only (sweeps/study.py), so an Optuna upgrade that moves them breaks there and nowhere else."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+OURS = ("sweeps", "trainer", "analysis", "hydra_plugins")
+OPTUNA_PRIVATE = {"_storage", "_trial_id", "_study_id", "_is_multi_objective"}
+OPTUNA_ADAPTER = REPO / "sweeps" / "study.py"
+
+
+def sources() -> list[Path]:
+    files = [p for top in (*OURS, "bench") for p in (REPO / top).rglob("*.py") if "work" not in p.relative_to(REPO).parts]
+    return [*files, REPO / "sweep.py"]
+
+
+def private(name: str) -> bool:
+    return name.startswith("_") and not (name.startswith("__") and name.endswith("__"))
+
+
+def violations(path: Path) -> list[str]:
+    """`from ours import _x`, and `name._x` where `name` came from one of our modules; Optuna's
+    private handles on anything but `self` outside the adapter."""
+    tree = ast.parse(path.read_text(), filename=str(path))
+    ours: set[str] = set()  # names bound to our modules, or to classes and functions imported from them
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] in OURS:
+            for alias in node.names:
+                if private(alias.name):
+                    found.append(f"{path.relative_to(REPO)}:{node.lineno}: from {node.module} import {alias.name}")
+                ours.add(alias.asname or alias.name)
+        elif isinstance(node, ast.Import):
+            ours |= {alias.asname or alias.name.split(".")[0] for alias in node.names if alias.name.split(".")[0] in OURS}
+    for node in ast.walk(tree):
+        if not isinstance(node, ast.Attribute) or not private(node.attr):
+            continue
+        base = node.value
+        while isinstance(base, ast.Attribute):
+            base = base.value
+        if isinstance(base, ast.Name) and base.id in ours:
+            found.append(f"{path.relative_to(REPO)}:{node.lineno}: {ast.unparse(node)}")
+        elif (node.attr in OPTUNA_PRIVATE and path != OPTUNA_ADAPTER
+              and not (isinstance(node.value, ast.Name) and node.value.id == "self")):
+            found.append(f"{path.relative_to(REPO)}:{node.lineno}: {ast.unparse(node)} (Optuna's; use sweeps.study)")
+    return found
+
+
+def test_no_private_names_cross_modules():
+    found = [v for path in sources() for v in violations(path)]
+    assert not found, "\n".join(found)
+
+
+def test_the_rule_catches_what_it_forbids(tmp_path, monkeypatch):
+    """The checker itself: each forbidden form in a scratch module is reported."""
+    bad = tmp_path / "sweeps" / "bad.py"
+    bad.parent.mkdir()
+    bad.write_text("from sweeps.worker import _Heartbeat\nimport sweeps.study as st\nfrom sweeps import export\n"
+                   "st._private()\nexport._helper\nstudy = object()\nstudy._storage\nself._storage\n")
+    monkeypatch.setattr(f"{__name__}.REPO", tmp_path)
+    found = violations(bad)
+    assert sorted(found, key=lambda f: int(f.split(":")[1])) == [
+        "sweeps/bad.py:1: from sweeps.worker import _Heartbeat", "sweeps/bad.py:4: st._private",
+        "sweeps/bad.py:5: export._helper", "sweeps/bad.py:7: study._storage (Optuna's; use sweeps.study)"], found
