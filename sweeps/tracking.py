@@ -72,8 +72,9 @@ def params_from_config(config: dict[str, Any]) -> dict[str, str]:
     return {k: str(v)[:_MAX_PARAM_LEN] for k, v in flatten(redact(config)).items()}
 
 
-# MLflow 3's UI opens an experiment in its GenAI view unless told it holds model training; a
-# kind the user set on their experiment is kept.
+# MLflow 3.17's UI opens an experiment in its GenAI view whatever its tags say (so the sweep prints
+# a link to the model-training view); the kind tag is for versions that read it. A kind the user set
+# on their experiment is kept.
 EXPERIMENT_KIND_TAG, EXPERIMENT_KIND = "mlflow.experimentKind", "custom_model_development"
 MLFLOW_UI = "http://127.0.0.1:5000"  # where `mlflow ui` serves a local store by default
 
