@@ -9,7 +9,7 @@ from omegaconf import DictConfig
 
 from sweeps.compose import ComposeSpec
 from sweeps.progress import console, data_fit_note
-from sweeps.pruning import prune_guard
+from sweeps.pruning import ROW_MEAN_OBJECTIVES, prune_guard
 from sweeps.samplers import kwargs_of, SweeperConfigError, make_pruner, make_sampler
 from sweeps.search_space import SearchSpace
 from sweeps.worker_plan import DeviceError, plan_for
@@ -62,6 +62,10 @@ def check_sweeper_settings(conf: DictConfig, space: SearchSpace, objectives: lis
         raise SweeperConfigError(str(exc)) from None
     make_sampler(conf.sampler, 0, space, len(objectives), kwargs_of(conf.sampler_kwargs))
     make_pruner(conf.pruner, kwargs_of(conf.pruner_kwargs), prune_guard(conf))
+    if str(conf.pruner).lower() == "wilcoxon" and (len(objectives) != 1 or objectives[0] not in ROW_MEAN_OBJECTIVES):
+        raise SweeperConfigError(
+            f"hydra.sweeper.pruner: wilcoxon pairs the trials' scores on each eval row, so it needs one objective "
+            f"that is a mean over eval rows ({', '.join(ROW_MEAN_OBJECTIVES)}); got {', '.join(objectives)}")
     race = conf.get("race")
     if race is not None and race.enabled:
         if len(objectives) > 1:

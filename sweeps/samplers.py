@@ -7,11 +7,11 @@ from typing import Any, Callable, Mapping
 
 import optuna
 
-from sweeps.pruning import GuardedPruner, PruneGuard
+from sweeps.pruning import GuardedPruner, PruneGuard, RowWilcoxonPruner
 from sweeps.search_space import SearchSpace
 
 SAMPLERS = ("tpe", "random", "grid", "cmaes", "gp", "nsgaii", "qmc")
-PRUNERS = ("median", "hyperband", "successive_halving", "percentile", "threshold", "none")
+PRUNERS = ("median", "hyperband", "successive_halving", "percentile", "threshold", "wilcoxon", "none")
 
 
 class SweeperConfigError(ValueError):
@@ -100,6 +100,7 @@ def make_pruner(name: str, kwargs: Mapping[str, Any] | None = None, guard: Prune
         "successive_halving": lambda: optuna.pruners.SuccessiveHalvingPruner(**{**rung, **kwargs}),
         "percentile": lambda: optuna.pruners.PercentilePruner(**{"percentile": 25.0, "n_startup_trials": 0, "n_warmup_steps": 0, **kwargs}),
         "threshold": lambda: optuna.pruners.ThresholdPruner(**kwargs),
+        "wilcoxon": lambda: RowWilcoxonPruner(**kwargs),
         "none": lambda: optuna.pruners.NopPruner(),
     }
     if name not in makers:

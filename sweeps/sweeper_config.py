@@ -40,7 +40,7 @@ class LoraOptunaSweeperConf:
     sampler: str = "tpe"                # tpe | random | grid | cmaes | gp | nsgaii | qmc
     sampler_seed: Optional[int] = 0
     sampler_kwargs: Any = None          # extra sampler arguments, e.g. {n_startup_trials: 5}
-    pruner: str = "median"              # median | hyperband | successive_halving | percentile | none
+    pruner: str = "median"              # median | hyperband | successive_halving | percentile | threshold | wilcoxon | none
     prune_after: float = 0.5            # no trial is pruned before this fraction of its optimizer steps
     prune_min_trials: int = 4           # ... nor before this many trials completed
     prune_patience: Optional[int] = None  # also require this many evals without improvement (Optuna's PatientPruner)

@@ -230,9 +230,11 @@ class TrialReporter:
     """trainer → Optuna (intermediate values, pruning) and → MLflow (events to the sweep process)."""
 
     def __init__(self, events, key: str, trial, objective: str, prune: bool, link: RunLink | None = None,
-                 heartbeat: "_Heartbeat | None" = None):
+                 heartbeat: "_Heartbeat | None" = None, keep_rows: bool = False):
         self.events, self.key, self.trial, self.objective, self.prune = events, key, trial, objective, prune
         self.link, self.heartbeat = link, heartbeat
+        self.keep_rows = keep_rows  # store the objective's eval-row scores (the wilcoxon pruner pairs them)
+        self.rows: list[float] | None = None
         self.last_step = 0
         self.history: list[dict] = []  # kept here too, so a pruned trial still gets its curve PNG
 
@@ -250,13 +252,22 @@ class TrialReporter:
         """The trial's length, for the pruner's warm-up (hydra.sweeper.prune_after is a fraction of it)."""
         self.trial.set_user_attr("total_steps", int(total_steps))
 
+    def eval_rows(self, rows: dict[str, list[float]]) -> None:
+        """The coming evaluation's score on each eval row, per metric (trainer.reporting)."""
+        self.rows = rows.get(self.objective)
+
     def report(self, step: int, metrics: dict[str, float]) -> None:
         import optuna
+
+        from sweeps.pruning import row_scores_key
 
         self.last_step = step
         self.log_metrics(metrics, step)  # raises TrialTakenAway when another process failed the trial
         if self.link is not None:
             self.link.wait(timeout=0)
+        rows, self.rows = self.rows, None
+        if self.keep_rows and self.prune and rows is not None:
+            self.trial.set_user_attr(row_scores_key(step), [round(float(v), 6) for v in rows])
         if not self.prune or self.objective not in metrics:
             return
         self.trial.report(float(metrics[self.objective]), step)
@@ -362,7 +373,7 @@ class Worker:
             link = RunLink(self.replies, key, trial) if self.replies is not None else None
             reporter = TrialReporter(self.events, key, trial, spec.objectives[0],
                                      prune=len(spec.objectives) == 1 and not spec.replay_only, link=link,
-                                     heartbeat=heartbeat)
+                                     heartbeat=heartbeat, keep_rows=str(spec.pruner).lower() == "wilcoxon")
             result = self._run_with_oom_retry(cfg, reporter, trial_dir, trial, checkpoint_dir, resume)
             values = [self._objective_value(name, result) for name in spec.objectives]
             bad = {name: value for name, value in zip(spec.objectives, values) if not math.isfinite(value)}

@@ -12,9 +12,11 @@ from collections.abc import Callable
 from typing import Any
 
 from trainer.encoding import IGNORE_INDEX, EncodedData
-from trainer.metrics import causal_lm_metrics, classification_metrics, sequence_logprobs
+from trainer.metrics import (causal_lm_metrics, causal_lm_row_scores, classification_metrics,
+                             classification_row_scores, sequence_logprobs)
 
 Collate = Callable[[list[dict[str, Any]]], dict[str, Any]]
+RowScores = dict[str, list[float]]  # metric name -> its score on each eval row, dataset order
 
 
 def _batches(rows: list[Any], size: int) -> Any:
@@ -27,39 +29,37 @@ def _shortest_first(sequences: list[list[int]]) -> list[int]:
     return sorted(range(len(sequences)), key=lambda i: len(sequences[i]))
 
 
-def _length_sorted(features: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    return [features[i] for i in _shortest_first([f["input_ids"] for f in features])]
-
-
 def _to(batch: dict[str, Any], device: Any) -> dict[str, Any]:
     return {k: v.to(device) for k, v in batch.items()}
 
 
 def classify(model: Any, data: EncodedData, collate: Collate, bs: int, device: Any, autocast: Any
-             ) -> tuple[list[int], list[list[float]], float]:
-    """Predicted class and class probabilities per eval row (dataset order), and the summed
-    cross-entropy against the rows' labels. The same batches whoever asks (the trial's eval,
-    `sweeps.chat`), so the same numbers."""
+             ) -> tuple[list[int], list[list[float]], list[float]]:
+    """Predicted class, class probabilities and cross-entropy against the label, per eval row
+    (dataset order). The same batches whoever asks (the trial's eval, `sweeps.chat`), so the
+    same numbers."""
     import torch
 
     features = data.eval.features
     preds: list[int] = [0] * len(features)
     probs: list[list[float]] = [[] for _ in features]
-    loss_sum = 0.0
+    losses: list[float] = [0.0] * len(features)
     for idx in _batches(_shortest_first([f["input_ids"] for f in features]), bs):
         batch = _to(collate([features[i] for i in idx]), device)
         with autocast():
             logits = model(**{k: v for k, v in batch.items() if k != "labels"}).logits.float()
-        loss_sum += torch.nn.functional.cross_entropy(logits, batch["labels"], reduction="sum").item()
-        for i, row in zip(idx, logits):
-            preds[i], probs[i] = int(row.argmax()), torch.softmax(row, -1).tolist()
-    return preds, probs, loss_sum
+        row_loss = torch.nn.functional.cross_entropy(logits, batch["labels"], reduction="none").tolist()
+        for i, row, loss in zip(idx, logits, row_loss):
+            preds[i], probs[i], losses[i] = int(row.argmax()), torch.softmax(row, -1).tolist(), loss
+    return preds, probs, losses
 
 
-def _eval_classification(model: Any, data: EncodedData, collate: Collate, bs: int, device: Any, autocast: Any) -> dict[str, float]:
-    preds, _, loss_sum = classify(model, data, collate, bs, device, autocast)
+def _eval_classification(model: Any, data: EncodedData, collate: Collate, bs: int, device: Any, autocast: Any
+                         ) -> tuple[dict[str, float], RowScores]:
+    preds, _, losses = classify(model, data, collate, bs, device, autocast)
     labels = [int(f["labels"]) for f in data.eval.features]
-    return classification_metrics(preds, labels, loss_sum, data.num_labels)
+    return (classification_metrics(preds, labels, sum(losses), data.num_labels),
+            classification_row_scores(preds, labels, losses))
 
 
 LABEL_SCORINGS = ("mean", "sum")
@@ -91,24 +91,27 @@ def candidate_scores(model: Any, data: EncodedData, collate: Collate, bs: int, d
 
 
 def _eval_causal(model: Any, data: EncodedData, collate: Collate, bs: int, device: Any, autocast: Any,
-                 scoring: str = "mean") -> dict[str, float]:
-    nll, n_tokens = 0.0, 0
-    for rows in _batches(_length_sorted(data.eval.features), bs):
-        batch = _to(collate(rows), device)
+                 scoring: str = "mean") -> tuple[dict[str, float], RowScores]:
+    features = data.eval.features
+    row_nll, row_tokens = [0.0] * len(features), [0] * len(features)
+    for idx in _batches(_shortest_first([f["input_ids"] for f in features]), bs):
+        batch = _to(collate([features[i] for i in idx]), device)
         with autocast():
             logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
         logp, count = sequence_logprobs(logits, batch["labels"])
-        nll -= logp.sum().item()
-        n_tokens += int(count.sum().item())
+        for i, lp, n in zip(idx, logp.tolist(), count.tolist()):
+            row_nll[i], row_tokens[i] = -lp, int(n)
     preds = None
     if data.candidates:
         preds = candidate_scores(model, data, collate, bs, device, autocast, scoring).argmax(-1).tolist()
-    return causal_lm_metrics(nll, n_tokens, preds, data.eval.class_labels)
+    return (causal_lm_metrics(sum(row_nll), sum(row_tokens), preds, data.eval.class_labels),
+            causal_lm_row_scores(row_nll, row_tokens, preds, data.eval.class_labels))
 
 
-def evaluate(model: Any, data: EncodedData, collate: Collate, task_type: str, batch_size: int, device: Any,
-             autocast: Any, label_scoring: str = "mean") -> dict[str, float]:
-    """Eval metrics (see trainer.metrics); restores train mode afterwards."""
+def evaluate_rows(model: Any, data: EncodedData, collate: Collate, task_type: str, batch_size: int, device: Any,
+                  autocast: Any, label_scoring: str = "mean") -> tuple[dict[str, float], RowScores]:
+    """Eval metrics (see trainer.metrics) and, for each metric that is a mean over the eval
+    rows, its score on every row; restores train mode afterwards."""
     import torch
 
     was_training = model.training
@@ -122,20 +125,26 @@ def evaluate(model: Any, data: EncodedData, collate: Collate, task_type: str, ba
         model.train(was_training)
 
 
+def evaluate(model: Any, data: EncodedData, collate: Collate, task_type: str, batch_size: int, device: Any,
+             autocast: Any, label_scoring: str = "mean") -> dict[str, float]:
+    """Eval metrics (see trainer.metrics); restores train mode afterwards."""
+    return evaluate_rows(model, data, collate, task_type, batch_size, device, autocast, label_scoring)[0]
+
+
 def answer_eval(model: Any, data: EncodedData, tokenizer: Any, max_new_tokens: int, batch_size: int, device: Any,
-                autocast: Any, n_samples: int = 0) -> tuple[dict[str, float], list[dict[str, str]]]:
+                autocast: Any, n_samples: int = 0) -> tuple[dict[str, float], list[dict[str, str]], RowScores]:
     """Greedy answers to every eval conversation (its history up to the last assistant turn):
-    eval_exact_match and eval_token_f1 against that turn, and the first `n_samples` rows as
-    {prompt, reference, answer} for the sample-generations table."""
+    eval_exact_match and eval_token_f1 against that turn, the first `n_samples` rows as
+    {prompt, reference, answer} for the sample-generations table, and both metrics per row."""
     from trainer.chat_templates import end_of_turn
-    from trainer.generation import answer_metrics, generate_answers
+    from trainer.generation import answer_metrics, answer_row_scores, generate_answers
 
     prompts, references = data.eval.prompts or [], data.eval.references or []
     answers = generate_answers(model, tokenizer, prompts, max_new_tokens, batch_size, device, autocast,
                                end_of_turn(tokenizer))
     samples = [{"prompt": tokenizer.decode(p, skip_special_tokens=False), "reference": r, "answer": a}
                for p, r, a in list(zip(prompts, references, answers))[:n_samples]]
-    return answer_metrics(answers, references), samples
+    return answer_metrics(answers, references), samples, answer_row_scores(answers, references)
 
 
 def answer_prompts(data: EncodedData) -> tuple[list[list[int]], list[list[int]]]:
@@ -178,8 +187,8 @@ def predictions(model: Any, data: EncodedData, collate: Collate, task_type: str,
     from trainer.generation import generate_answers
 
     if data.eval.references is not None:  # SFT: the conversations' last answers, as the trial scored them
-        _, samples = answer_eval(model, data, tokenizer, max_new_tokens, batch_size, device, autocast,
-                                 len(data.eval.features))
+        _, samples, _ = answer_eval(model, data, tokenizer, max_new_tokens, batch_size, device, autocast,
+                                    len(data.eval.features))
         return samples
     prompts, refs = answer_prompts(data)
     eos = {tokenizer.eos_token_id}

@@ -40,11 +40,16 @@ def token_f1(prediction: str, reference: str) -> float:
     return 2 * precision * recall / (precision + recall)
 
 
+def answer_row_scores(predictions: Sequence[str], references: Sequence[str]) -> dict[str, list[float]]:
+    """eval_exact_match and eval_token_f1 of each eval row (dataset order)."""
+    return {"eval_exact_match": list(map(exact_match, predictions, references)),
+            "eval_token_f1": list(map(token_f1, predictions, references))}
+
+
 def answer_metrics(predictions: Sequence[str], references: Sequence[str]) -> dict[str, float]:
     """eval_exact_match and eval_token_f1, means over the eval rows."""
     n = max(len(references), 1)
-    return {"eval_exact_match": sum(map(exact_match, predictions, references)) / n,
-            "eval_token_f1": sum(map(token_f1, predictions, references)) / n}
+    return {name: sum(rows) / n for name, rows in answer_row_scores(predictions, references).items()}
 
 
 def left_padded(prompts: Sequence[Sequence[int]], pad_id: int) -> tuple[Any, Any]:

@@ -25,6 +25,13 @@ def classification_metrics(preds: Sequence[int], labels: Sequence[int], loss_sum
     }
 
 
+def classification_row_scores(preds: Sequence[int], labels: Sequence[int], row_losses: Sequence[float]
+                               ) -> dict[str, list[float]]:
+    """Per eval row (dataset order) of each metric that is a mean over rows: correct (0/1) and
+    cross-entropy. A paired test across trials (the wilcoxon pruner) compares these row by row."""
+    return {"eval_accuracy": [float(p == y) for p, y in zip(preds, labels)], "eval_loss": [float(v) for v in row_losses]}
+
+
 def causal_lm_metrics(nll_sum: float, n_tokens: int, preds: Sequence[int] | None, labels: Sequence[int] | None) -> dict[str, float]:
     """eval_loss = mean NLL per completion token, eval_perplexity = exp(eval_loss), and
     eval_accuracy of the verbaliser argmax when the data has labels."""
@@ -32,6 +39,16 @@ def causal_lm_metrics(nll_sum: float, n_tokens: int, preds: Sequence[int] | None
     out = {"eval_loss": loss, "eval_perplexity": math.exp(min(loss, 700.0))}
     if preds is not None and labels is not None:
         out["eval_accuracy"] = sum(int(p == y) for p, y in zip(preds, labels)) / max(len(labels), 1)
+    return out
+
+
+def causal_lm_row_scores(row_nll: Sequence[float], row_tokens: Sequence[int], preds: Sequence[int] | None,
+                         labels: Sequence[int] | None) -> dict[str, list[float]]:
+    """Per eval row: its mean loss per completion token (eval_loss weights rows by their tokens;
+    the row scores weight them equally) and the verbaliser's correctness when there are labels."""
+    out = {"eval_loss": [nll / max(n, 1) for nll, n in zip(row_nll, row_tokens)]}
+    if preds is not None and labels is not None:
+        out["eval_accuracy"] = [float(p == y) for p, y in zip(preds, labels)]
     return out
 
 

@@ -23,7 +23,7 @@ from trainer.config import get
 from trainer.data import load_raw, load_test
 from trainer.devices import device_name, resolve_compute_dtype, resolve_device
 from trainer.encoding import encode, make_collator
-from trainer.evaluation import evaluate
+from trainer.evaluation import evaluate, evaluate_rows
 from trainer.loop import LoopPlan, autocast_for, train_loop
 from trainer.model import (apply_lora, is_pristine, load_base_model, load_tokenizer, lora_alpha, mutates_base,
                            reset_head, restore_base)
@@ -69,11 +69,12 @@ class _AnswerEval:
         self.args = (model, data, tok, int(task.get("max_new_tokens", 32)), batch_size, device, autocast,
                      int(task.get("num_logged_samples", 16)))
         self.samples: list[dict[str, str]] = []
+        self.rows: dict[str, list[float]] = {}  # exact_match and token_f1 of each eval row, last call
 
     def __call__(self) -> dict[str, float]:
         from trainer.evaluation import answer_eval
 
-        metrics, self.samples = answer_eval(*self.args)
+        metrics, self.samples, self.rows = answer_eval(*self.args)
         return metrics
 
 
@@ -132,10 +133,17 @@ def run_trial(cfg: DictConfig, reporter: Reporter | None = None, cache: WarmCach
         plan = LoopPlan.build(train, len(data.train.features))
         answers = _AnswerEval(peft_model, data, tok, task, train["batch_size"], device, autocast)
 
+        row_sink = getattr(reporter, "eval_rows", None)
+
         def run_eval() -> dict[str, float]:
-            metrics = evaluate(peft_model, data, collate, task_type, train["batch_size"], device, autocast,
-                               task.get("label_scoring", "mean"))
-            return {**metrics, **answers()} if answers.every_eval else metrics
+            metrics, rows = evaluate_rows(peft_model, data, collate, task_type, train["batch_size"], device, autocast,
+                                          task.get("label_scoring", "mean"))
+            if answers.every_eval:
+                metrics = {**metrics, **answers()}
+                rows = {**rows, **answers.rows}
+            if callable(row_sink):
+                row_sink(rows)
+            return metrics
 
         metric, direction = objective or ("eval_" + task["metric"], task_direction(task))
         selection = EvalSelection(metric, direction, objective_at, train.get("early_stopping_patience"))

@@ -12,7 +12,9 @@ class Reporter(Protocol):
     `report` may raise any exception (e.g. `optuna.TrialPruned`) to stop the trial; the
     trainer cleans up its warm state and lets the exception propagate unchanged. A reporter may
     also define `planned(total_steps)`, called once before the first step (a pruner that reasons
-    in fractions of a trial needs its length).
+    in fractions of a trial needs its length), and `eval_rows(rows)`, called just before each
+    `report` with that evaluation's score on every eval row of each metric that is a mean over
+    rows ({"eval_accuracy": [1.0, 0.0, ...]}, dataset order; a paired test across trials needs them).
     """
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
