@@ -17,9 +17,9 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from sweeps.compose import ComposeSpec
-from sweeps.samplers import SweeperConfigError, make_pruner, make_sampler
+from sweeps.samplers import SweeperConfigError
 from sweeps.search_space import SearchSpace, parse_search_space, split_overrides
-from sweeps.storage import mask_url, open_storage, storage_url
+from sweeps.storage import mask_url, storage_url
 
 
 class Sweep:

@@ -23,7 +23,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from sweep_helpers import TINY, run_sweep, start_sweep, wait_for
+from sweep_helpers import TINY, start_sweep, wait_for
 
 pytestmark = [pytest.mark.timeout(900), pytest.mark.slow]
 

@@ -7,7 +7,6 @@ import re
 import subprocess
 import sys
 
-import optuna
 import pytest
 from optuna.trial import TrialState
 

@@ -72,7 +72,7 @@ def _encode_string_labels(train: Any, eval_: Any, column: str, names: list[str] 
     index = {n: i for i, n in enumerate(names)}
     unknown = sorted((set(train[column]) | set(eval_[column])) - set(index))
     if unknown:
-        raise ConfigError("data.label_names", names, f"a list containing every label value", f"unknown labels: {unknown}")
+        raise ConfigError("data.label_names", names, "a list containing every label value", f"unknown labels: {unknown}")
     fn = lambda b: {column: [index[v] for v in b[column]]}  # noqa: E731
     return train.map(fn, batched=True), eval_.map(fn, batched=True), names
 
