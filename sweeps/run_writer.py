@@ -3,8 +3,10 @@
 Why a process: a single run spends its first seconds importing torch on one core. Meanwhile this
 writer imports MLflow and matplotlib on the other core and opens the store if it already exists;
 later it creates the run, logs the step metrics and draws the curve PNG off the training process:
-the split a sweep already has between its workers and the sweep process, where the RunBook lives. Commands are `(method, kwargs)` pairs,
-pickled on stdin; replies (the run id, or the error that stopped the writer) are pickled on stdout.
+the split a sweep already has between its workers and the sweep process, where the RunBook lives. The training
+process pickles the trial events of a sweep worker (sweeps.events) on stdin, after one setup message
+(store, working directory, experiment); the writer applies them with the same MlflowSink. Replies (the
+run id, or the error that stopped the writer) are pickled on stdout.
 
 If the training process dies without closing the run (SIGKILL, a crash), stdin reaches EOF and the
 run is closed FAILED: nothing is left RUNNING. Ctrl-C is the training process's to handle (it
@@ -20,8 +22,11 @@ import subprocess
 import sys
 import threading
 import traceback
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
+
+from sweeps.events import MlflowSink, RunOpened, TrialEvent
 
 KEY = "single"
 _REPO = Path(__file__).resolve().parents[1]
@@ -30,9 +35,9 @@ _REPO = Path(__file__).resolve().parents[1]
 class RunWriter:
     """The training process's handle on the writer process."""
 
-    def __init__(self, uri: str | None, on_reply: Callable[[str, Any], None]):
-        """Start the writer for the store at `uri` (the config's, unresolved); `on_reply(kind, value)`
-        hears ("run", (run_id, uri)) and ("error", message)."""
+    def __init__(self, uri: str | None, experiment: str, on_reply: Callable[[str, Any], None]):
+        """Start the writer for the store at `uri` (the config's, unresolved) and `experiment`;
+        `on_reply(kind, value)` hears ("run", (run_id, uri)) and ("error", message)."""
         env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in (str(_REPO), os.environ.get("PYTHONPATH")) if p),
                    MPLBACKEND="Agg")
         self.proc = subprocess.Popen([sys.executable, "-m", "sweeps.run_writer"], stdin=subprocess.PIPE,
@@ -42,14 +47,17 @@ class RunWriter:
         self._on_reply = on_reply
         self._reader = threading.Thread(target=self._read, name="run-writer-replies", daemon=True)
         self._reader.start()
-        self.send("warm", uri=uri, cwd=os.getcwd())
+        self._write(_Setup(uri, os.getcwd(), experiment))
 
-    def send(self, method: str, **kwargs: Any) -> None:
-        """Queue a RunBook call in the writer; raises once the writer has stopped on an error."""
+    def send(self, event: TrialEvent) -> None:
+        """Queue a trial event (sweeps.events) in the writer; raises once the writer has stopped on an error."""
+        self._write(event)
+
+    def _write(self, message: Any) -> None:
         if self.error:
             raise RuntimeError(f"the MLflow writer stopped: {self.error}")
         try:
-            pickle.dump((method, kwargs), self.proc.stdin)
+            pickle.dump(message, self.proc.stdin)
             self.proc.stdin.flush()
         except (BrokenPipeError, OSError):
             self._reader.join(timeout=10)
@@ -79,8 +87,16 @@ class RunWriter:
             self._on_reply(kind, value)
 
 
+@dataclass(frozen=True)
+class _Setup:
+    """The writer's first message: where the store is and which experiment the run goes to."""
+
+    uri: str | None
+    cwd: str
+    experiment: str
+
+
 def _serve(stdin: Any, stdout: Any) -> None:
-    from sweeps.curves import plot_curves
     from sweeps.tracking import RunBook, tracking_uri
 
     def reply(kind: str, value: Any) -> None:
@@ -89,25 +105,21 @@ def _serve(stdin: Any, stdout: Any) -> None:
 
     runbook: RunBook | None = None
     try:
+        setup = pickle.load(stdin)
+        uri = tracking_uri(setup.uri, setup.cwd)
+        _warm_up(uri)
+        sink = None
         while True:
             try:
-                method, kwargs = pickle.load(stdin)
+                event = pickle.load(stdin)
             except EOFError:
                 break
-            if method == "warm":
-                uri = tracking_uri(kwargs["uri"], kwargs["cwd"])
-                _warm_up(uri)
-            elif method == "open":
-                runbook = RunBook(uri, kwargs.pop("experiment"))
-                reply("run", (runbook.open_trial(KEY, **kwargs), uri))
-            elif method == "close":
-                curves = kwargs.pop("curves", None)
-                if curves:
-                    drawn = plot_curves(curves["history"], Path(curves["path"]), curves["title"])
-                    kwargs["artifacts"] = ([(str(drawn), None)] if drawn else []) + list(kwargs.get("artifacts", ()))
-                runbook.close_trial(KEY, **kwargs)
-            else:
-                getattr(runbook, method)(KEY, **kwargs)
+            if sink is None:  # the store is created with the run, after the pre-flight checks passed
+                runbook = RunBook(uri, setup.experiment)
+                sink = MlflowSink(runbook)
+            run_id = sink.apply(event)
+            if isinstance(event, RunOpened):
+                reply("run", (run_id, uri))
     except BaseException as exc:
         from sweeps.redact import scrub_text
 

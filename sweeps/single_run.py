@@ -11,8 +11,9 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
+from sweeps.events import CurvesDrawn, MetricsLogged, RunClosed, RunOpened
 from sweeps.progress import console, data_fit_note
-from sweeps.run_writer import RunWriter
+from sweeps.run_writer import KEY, RunWriter
 
 
 class _WriterReporter:
@@ -22,10 +23,10 @@ class _WriterReporter:
         self.writer = writer
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
-        self.writer.send("log_metrics", step=step, metrics=metrics)
+        self.writer.send(MetricsLogged(KEY, step, metrics))
 
     def report(self, step: int, metrics: dict[str, float]) -> None:
-        self.writer.send("log_metrics", step=step, metrics=metrics)
+        self.writer.send(MetricsLogged(KEY, step, metrics))
         shown = ", ".join(f"{k}={v:.4f}" for k, v in metrics.items())
         console.print(f"step {step}: {shown}")
 
@@ -42,7 +43,7 @@ def _announce(kind: str, value) -> None:
 def run_single(cfg: DictConfig) -> float:
     from hydra.core.hydra_config import HydraConfig
 
-    writer = RunWriter(cfg.mlflow.tracking_uri, on_reply=_announce)  # first: its start-up overlaps ours
+    writer = RunWriter(cfg.mlflow.tracking_uri, str(cfg.mlflow.experiment_name), on_reply=_announce)  # first: its start-up overlaps ours
     try:
         hydra_cfg = HydraConfig.get()
         _redact_hydra_outputs(Path(hydra_cfg.runtime.output_dir), hydra_cfg.output_subdir)
@@ -81,24 +82,23 @@ def _train_and_log(cfg: DictConfig, writer: RunWriter) -> float:
         console.print(note)
     output_dir = Path(HydraConfig.get().runtime.output_dir)
     tags = {"sweep.kind": "single", **{f"env.{k}": str(v) for k, v in trainer.environment_fingerprint().items()}}
-    writer.send("open", experiment=str(cfg.mlflow.experiment_name),
-                run_name="single-run", config=OmegaConf.to_container(cfg, resolve=True), tags=tags,
-                config_yaml=OmegaConf.to_yaml(cfg, resolve=True))  # what ran, as a sweep trial's
+    writer.send(RunOpened(KEY, "single-run", OmegaConf.to_container(cfg, resolve=True), tags,
+                          OmegaConf.to_yaml(cfg, resolve=True)))  # what ran, as a sweep trial's
     try:
         result = trainer.run_trial(cfg, reporter=_WriterReporter(writer), output_dir=output_dir)
     except BaseException as exc:
         try:
-            writer.send("close", status="KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED",
-                        tags={"error": f"{type(exc).__name__}: {exc}"[:4000]})
+            writer.send(RunClosed(KEY, "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED",
+                                  tags={"error": f"{type(exc).__name__}: {exc}"[:4000]}))
             writer.finish()
         except RuntimeError as writer_error:  # the writer itself failed: report both, raise the first
             console.print(f"[red]{writer_error}")
         raise
     artifacts = [(str(result.adapter_dir), "adapter")] if result.adapter_dir else []
-    writer.send("close", status="FINISHED", metrics=result.summary_metrics(),
-                tags={"adapter_sha256": adapter_sha256(result.adapter_dir) or ""}, artifacts=artifacts,
-                step=result.steps, tables={SAMPLES_TABLE: result.samples},
-                curves={"history": result.history, "path": str(output_dir / "curves.png"), "title": "single run"})
+    writer.send(CurvesDrawn(KEY, result.history, str(output_dir / "curves.png"), "single run"))
+    writer.send(RunClosed(KEY, "FINISHED", result.summary_metrics(),
+                          {"adapter_sha256": adapter_sha256(result.adapter_dir) or ""}, artifacts, result.steps,
+                          {SAMPLES_TABLE: result.samples}))
     writer.finish()
     console.print(f"done: {cfg.task.metric} = {result.objective:.4f} (run {writer.run_id}, outputs in "
                   f"{os.path.relpath(output_dir)})")

@@ -24,6 +24,7 @@ from typing import Any, Callable
 
 import optuna
 
+from sweeps.events import EventError, MlflowSink, RunOpened
 from sweeps.storage import StoreUnavailable, retry_budget_cap
 from sweeps.study import TrialBudget, count_finished, fail_trial, requeue, storage_of
 from sweeps.tracking import RunBook
@@ -78,6 +79,7 @@ class Supervisor:
         self.replies: dict[int, Any] = {}   # worker id -> queue for the MLflow run id of its trial
         self.run_ids: dict[str, str] = {}   # trial key -> MLflow run id
         self.outcome = Outcome()
+        self._sink: MlflowSink | None = None
         self._next_id = max(s.worker_id for s in specs) + 1
         self._spec_by_id: dict[int, WorkerSpec] = {}
         self._stopping = False
@@ -137,6 +139,15 @@ class Supervisor:
         self._spec_by_id[spec.worker_id] = spec
 
     # -- events -------------------------------------------------------------------------------
+    @property
+    def sink(self) -> MlflowSink | None:
+        """Writes the workers' trial events (sweeps.events) to the current runbook, if any."""
+        if self.runbook is None:
+            return None
+        if self._sink is None or self._sink.runbook is not self.runbook:
+            self._sink = MlflowSink(self.runbook)
+        return self._sink
+
     def _drain(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
         while True:  # returns by the deadline even when workers keep the queue full
@@ -168,18 +179,16 @@ class Supervisor:
             log.warning("closed %d MLflow run(s) their workers left open: %s", len(keys), keys)
 
     def _handle(self, kind: str, worker_id: int | None, payload: Any) -> None:
-        if kind == "call":
-            method, kwargs = payload
-            result = None
-            try:
-                if self.runbook is not None:
-                    result = getattr(self.runbook, method)(**kwargs)
-            except StoreUnavailable:
-                raise  # MLflow stayed down past store_retry_s: stop rather than train unrecorded
-            except Exception as exc:  # one bad call (not an outage) must not stop the sweep
-                log.warning("MLflow %s failed: %s", method, exc)
-            if method == "open_trial":
-                self._reply_run_id(worker_id, kwargs["key"], result)
+        if kind == "event":
+            run_id = None
+            if self.sink is not None:
+                try:
+                    run_id = self.sink.apply(payload)
+                except EventError as exc:  # its run is closed FAILED; the sweep goes on with the others
+                    log.error("MLflow: %s", exc)
+                    self.outcome.failures.append(f"MLflow run of {payload.key}: {exc}")
+            if isinstance(payload, RunOpened):
+                self._reply_run_id(worker_id, payload.key, run_id)
         elif kind == "trial_started":
             self.running[worker_id] = _Running(**payload)
             self.outcome.started += 1

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from sweeps.compose import ComposeSpec
+from sweeps.events import MetricsLogged, RunClosed, RunOpened, TagsSet
 from sweeps.pruning import PruneGuard
 from sweeps.search_space import SearchSpace
 from sweeps.storage import MEMORY_SKIP_ATTR, RACE_SUFFIX
@@ -242,7 +243,7 @@ class TrialReporter:
         if self.heartbeat is not None:
             self.heartbeat.check()
         self.history.append({"step": step, **metrics})
-        self.events.put(("call", None, ("log_metrics", {"key": self.key, "step": step, "metrics": metrics})))
+        self.events.put(("event", None, MetricsLogged(self.key, step, metrics)))
 
     def should_stop(self) -> bool:
         """Asked by the trainer at every step boundary: SIGTERM arrived (checkpoint, then stop)."""
@@ -365,10 +366,9 @@ class Worker:
                        ("retry_of", "replicates_trial", "seed_kind")}}
             if resume:
                 tags["sweep.continues_trial"] = str(trial.user_attrs.get("resumes_trial", trial.user_attrs.get("retry_of")))
-            self.events.put(("call", spec.worker_id, ("open_trial", {
-                "key": key, "run_name": f"{kind}-{number}", "config": config, "tags": tags,
-                "config_yaml": OmegaConf.to_yaml(cfg),
-                "reopen_run_id": trial.user_attrs.get("resume_run_id") if resume else None})))
+            self.events.put(("event", spec.worker_id, RunOpened(
+                key, f"{kind}-{number}", config, tags, OmegaConf.to_yaml(cfg),
+                reopen_run_id=trial.user_attrs.get("resume_run_id") if resume else None)))
             opened = True
             link = RunLink(self.replies, key, trial) if self.replies is not None else None
             reporter = TrialReporter(self.events, key, trial, spec.objectives[0],
@@ -559,8 +559,7 @@ class Worker:
             cfg.train.gradient_accumulation_steps = cfg.train.gradient_accumulation_steps * 2
             trial.set_user_attr("oom_retry", {"batch_size": int(cfg.train.batch_size),
                                               "gradient_accumulation_steps": int(cfg.train.gradient_accumulation_steps)})
-            self.events.put(("call", None, ("set_trial_tags", {"key": f"{self.spec.study_name}:{trial.number}",
-                                                                "tags": {"oom_retry": "true"}})))
+            self.events.put(("event", None, TagsSet(f"{self.spec.study_name}:{trial.number}", {"oom_retry": "true"})))
             return self.trainer.run_trial(cfg, reporter=reporter, cache=self.cache, output_dir=trial_dir,
                                           checkpoint_dir=checkpoint_dir, **self._selection(trial))
 
@@ -599,9 +598,7 @@ class Worker:
         self._finished(key, trial.number, "FAIL", None, reason)
 
     def _close(self, key, status, metrics, tags, artifacts, step: int | None = None, tables=None) -> None:
-        self.events.put(("call", None, ("close_trial", {"key": key, "status": status, "metrics": metrics,
-                                                        "tags": tags, "artifacts": artifacts, "step": step,
-                                                        "tables": tables})))
+        self.events.put(("event", None, RunClosed(key, status, metrics, tags, list(artifacts), step, tables)))
 
     def _finished(self, key, number, state, value, reason: str = "") -> None:
         self.events.put(("trial_finished", self.spec.worker_id, {"key": key, "number": number, "state": state,
