@@ -16,7 +16,7 @@ import sys
 import optuna
 from omegaconf import OmegaConf
 
-from sweeps.storage import latest_study_name, mask_url, open_storage, storage_url
+from sweeps.storage import is_masked, latest_study_name, mask_url, open_storage, storage_url
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -63,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
                                                     design=args.design,
                                                     determinism_check=not args.no_determinism_check)))
     uri = args.tracking_uri or attrs.get("mlflow_tracking_uri", "")
-    if not uri or "***" in uri:
+    if not uri or is_masked(uri):
         uri = tracking_uri(None)
     compose = ComposeSpec(attrs["compose"]["config_dir"], attrs["compose"]["config_name"],
                           tuple(attrs["compose"]["overrides"]))

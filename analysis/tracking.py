@@ -5,17 +5,10 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from sweeps.storage import absolute_sqlite, is_masked
+
 DEFAULT_TRACKING_DB = "mlflow.db"
 ARTIFACT_PATH = "report"
-
-
-def _absolute_sqlite(uri: str, cwd: Path) -> str:
-    """sqlite:///relative.db → absolute, as the sweep resolves it against the directory it ran from."""
-    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
-        rel = uri[len("sqlite:///"):]
-        if rel and rel != ":memory:":
-            return f"sqlite:///{(cwd / rel).resolve().as_posix()}"
-    return uri
 
 
 def resolve_tracking_uri(cli_uri: str | None, study_uri: str | None,
@@ -26,9 +19,9 @@ def resolve_tracking_uri(cli_uri: str | None, study_uri: str | None,
     """
     base = Path(cwd or os.getcwd())
     if cli_uri:
-        return _absolute_sqlite(cli_uri, base)
-    if study_uri and "***" not in study_uri:
-        return _absolute_sqlite(study_uri, base)
+        return absolute_sqlite(cli_uri, base)
+    if study_uri and not is_masked(study_uri):
+        return absolute_sqlite(study_uri, base)
     default = base / DEFAULT_TRACKING_DB
     return f"sqlite:///{default.resolve().as_posix()}" if default.exists() else None
 

@@ -23,7 +23,8 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from sweeps.storage import journal_path, latest_study_name, mask_url, open_storage, storage_url
+from sweeps.storage import is_masked, journal_path, latest_study_name, mask_url, open_storage, sqlite_path, storage_url
+from sweeps.study import trial_folder
 from sweeps.worker import adapter_sha256  # the hash the trial recorded
 
 EXIT_BAD_INPUT = 2
@@ -110,7 +111,7 @@ def find_trial(storage: str | None, study_name: str | None, number: int | None, 
     """The trial named on a command line (default: the study's best), checked against the stores;
     reads only (opening a missing store creates it)."""
     url = storage_url(storage)
-    path = journal_path(url) or (Path(url[len("sqlite:///"):]) if url.startswith("sqlite:///") else None)
+    path = journal_path(url) or sqlite_path(url)
     if path is not None and not path.is_file():
         raise BadInput("--storage", f"no Optuna store at {path}; run from the sweep's folder or pass --storage")
     store = open_storage(url)
@@ -136,11 +137,11 @@ def find_trial(storage: str | None, study_name: str | None, number: int | None, 
         raise BadInput("--trial", f"trial {trial.number} is {trial.state.name}; only COMPLETE trials have a trained "
                        f"adapter ({_hint(study)})")
     given = tracking_uri or study.user_attrs.get("mlflow_tracking_uri")
-    uri = given if given and "***" not in given and not (
-        given.startswith("sqlite:///") and not Path(given[len("sqlite:///"):]).is_file()) else None
+    database = sqlite_path(given) if given else None
+    uri = given if given and not is_masked(given) and (database is None or database.is_file()) else None
     kind = "reproduce" if name.endswith("--reproduce") else "race" if name.endswith("--race") else "trial"
     root = study.user_attrs.get("trial_root")
-    local = Path(root) / f"{kind}_{trial.number:04d}" / "adapter" if root else None
+    local = trial_folder(root, kind, trial.number) / "adapter" if root else None
     local = local if local is not None and local.is_dir() else None
     if uri is None and (local is None or writes_mlflow):
         why = "the trial's adapter is not on this machine" if local is None else "--register writes to it"

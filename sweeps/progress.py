@@ -14,6 +14,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from sweeps.storage import MEMORY_SKIP_ATTR
+from sweeps.study import top_trials
 
 console = Console(highlight=False, width=None if sys.stdout.isatty() else 160)
 
@@ -94,9 +95,7 @@ def best_text(study: optuna.Study) -> str:
 
 
 def top_trials_table(study: optuna.Study, k: int = 10, title: str = "Top trials") -> Table:
-    complete = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))]
-    reverse = study.directions[0] == optuna.study.StudyDirection.MAXIMIZE
-    complete.sort(key=lambda t: t.values[0], reverse=reverse)
+    complete = top_trials(study)
     keys = sorted({k for t in complete for k in t.params})
     table = Table(title=title)
     table.add_column("#", justify="right")

@@ -17,7 +17,8 @@ import optuna
 from optuna.trial import TrialState
 
 from sweeps.progress import console
-from sweeps.reproduce import fresh_seed_values, top_trials
+from sweeps.reproduce import fresh_seed_values
+from sweeps.study import top_trials
 from sweeps.search_space import SearchSpace
 from sweeps.storage import RACE_SUFFIX
 from sweeps.study import open_study

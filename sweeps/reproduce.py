@@ -20,15 +20,9 @@ from optuna.trial import TrialState
 from sweeps.progress import console, top_trials_table  # noqa: F401
 from sweeps.search_space import SearchSpace
 from sweeps.storage import REPRODUCE_SUFFIX
-from sweeps.study import open_study
+from sweeps.study import open_study, top_trials
 
 FRESH_SEED_BASE = 10_000  # replicate seeds never collide with seeds a search space would try
-
-
-def top_trials(study: optuna.Study, k: int) -> list[optuna.trial.FrozenTrial]:
-    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-    reverse = study.directions[0] == optuna.study.StudyDirection.MAXIMIZE
-    return sorted(complete, key=lambda t: t.values[0], reverse=reverse)[:k]
 
 
 DESIGNS = ("crossed", "one_at_a_time")

@@ -138,8 +138,11 @@ def _warm_up(uri: str) -> None:
 
     from matplotlib.figure import Figure
 
+    from sweeps.storage import sqlite_path
+
     Figure(figsize=(1, 1)).savefig(io.BytesIO(), format="png")
-    if (uri.startswith("sqlite:///") and Path(uri[len("sqlite:///"):]).is_file()) or uri.startswith(("http://", "https://")):
+    database = sqlite_path(uri)
+    if (database is not None and database.is_file()) or uri.startswith(("http://", "https://")):
         from mlflow.tracking import MlflowClient
 
         try:

@@ -55,11 +55,30 @@ def storage_url(url: str | None, cwd: str | os.PathLike | None = None) -> str:
                 "sqlite:///file.db, postgresql://user:pass@host/db, mysql://..."
             )
         return f"journal:///{(base / url).resolve().as_posix().lstrip('/')}"
-    if url.startswith("sqlite:///") and not url.startswith("sqlite:////"):
-        rel = url[len("sqlite:///"):]
+    return absolute_sqlite(url, base)
+
+
+SQLITE = "sqlite:///"
+
+
+def absolute_sqlite(url: str, base: str | os.PathLike) -> str:
+    """`sqlite:///relative.db` resolved against `base` (the directory the user ran from), so worker
+    processes, resumes and later commands open the same file; other URLs unchanged."""
+    if url.startswith(SQLITE) and not url.startswith(SQLITE + "/"):
+        rel = url[len(SQLITE):]
         if rel and rel != ":memory:":
-            return f"sqlite:///{(base / rel).resolve().as_posix()}"
+            return f"{SQLITE}{(Path(base) / rel).resolve().as_posix()}"
     return url
+
+
+def sqlite_path(url: str) -> Path | None:
+    """The database file of a `sqlite:///` URL (absolute after absolute_sqlite), else None."""
+    return Path(url[len(SQLITE):]) if url.startswith(SQLITE) else None
+
+
+def is_masked(url: str | None) -> bool:
+    """A URL recorded with a secret masked (`***`, by mask_url or sweeps.redact) cannot be used to connect."""
+    return bool(url) and "***" in str(url)
 
 
 def journal_path(url: str) -> Path | None:

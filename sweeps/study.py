@@ -20,9 +20,9 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import optuna
-from optuna.trial import TrialState
+from optuna.trial import FrozenTrial, TrialState
 
-from sweeps.storage import MEMORY_SKIP_ATTR, is_transient, journal_path, retry_call
+from sweeps.storage import MEMORY_SKIP_ATTR, is_transient, journal_path, retry_call, sqlite_path
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 log = logging.getLogger(__name__)
@@ -70,9 +70,7 @@ class TrialBudget:
 
     @contextlib.contextmanager
     def _lock(self) -> Iterator[None]:
-        path = journal_path(self.storage_url)
-        if path is None and self.storage_url.startswith("sqlite:///"):
-            path = Path(self.storage_url[len("sqlite:///"):])
+        path = journal_path(self.storage_url) or sqlite_path(self.storage_url)
         if path is not None:
             lock_file = path.with_name(path.name + ".budget.lock")
             with open(lock_file, "a+") as fh:
@@ -276,3 +274,16 @@ def fail_trial(study: optuna.Study, trial_id: int, reason: str) -> bool:
     trial = storage.get_trial(trial_id)
     study.tell(trial.number, state=TrialState.FAIL, skip_if_finished=True)
     return True
+
+
+def top_trials(study: optuna.Study, k: int | None = None) -> list[FrozenTrial]:
+    """The complete trials, best first by the first objective (all of them when k is None)."""
+    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    reverse = study.directions[0] == optuna.study.StudyDirection.MAXIMIZE
+    return sorted(complete, key=lambda t: t.values[0], reverse=reverse)[:k]
+
+
+def trial_folder(trial_root: str | Path, kind: str, number: int) -> Path:
+    """Where a trial keeps its outputs (adapter, curves, checkpoint): `<trial_root>/<kind>_<number>`,
+    kind trial, race or reproduce."""
+    return Path(trial_root) / f"{kind}_{int(number):04d}"

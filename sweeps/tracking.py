@@ -23,6 +23,7 @@ from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
 
 from sweeps.redact import flatten, redact, redact_yaml, scrub_text
+from sweeps.storage import SQLITE, absolute_sqlite, sqlite_path
 
 log = logging.getLogger(__name__)
 
@@ -35,8 +36,8 @@ def tracking_uri(uri: str | None, cwd: str | os.PathLike | None = None) -> str:
     """Absolute tracking URI: `sqlite:///mlflow.db` resolves against the directory the user ran from."""
     base = Path(cwd or os.getcwd())
     uri = uri or "sqlite:///mlflow.db"
-    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
-        return f"sqlite:///{(base / uri[len('sqlite:///'):]).resolve().as_posix()}"
+    if uri.startswith(SQLITE):
+        return absolute_sqlite(uri, base)
     if "://" not in uri:  # a bare folder: MLflow's legacy file store
         return (base / uri).resolve().as_uri()
     return uri
@@ -44,9 +45,8 @@ def tracking_uri(uri: str | None, cwd: str | os.PathLike | None = None) -> str:
 
 def artifact_root(uri: str, cwd: str | os.PathLike | None = None) -> str | None:
     """Local stores keep artifacts beside the database (`mlartifacts/`); servers decide themselves."""
-    if uri.startswith("sqlite:"):
-        return (Path(uri[len("sqlite:///"):]).parent / "mlartifacts").as_uri()
-    return None
+    path = sqlite_path(uri)
+    return (path.parent / "mlartifacts").as_uri() if path is not None else None
 
 
 @contextlib.contextmanager
@@ -54,10 +54,10 @@ def sqlite_init_lock(uri: str) -> Iterator[None]:
     """One process at a time opens a local SQLite store: the first access runs MLflow's schema
     migrations, and two sweep processes starting together (SLURM tasks, a second terminal) would
     otherwise run them at once and break each other's (alembic on SQLite rebuilds tables)."""
-    if not uri.startswith("sqlite:///"):
+    path = sqlite_path(uri)
+    if path is None:
         yield
         return
-    path = Path(uri[len("sqlite:///"):])
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path.with_name(path.name + ".init.lock"), "a+") as fh:
         fcntl.flock(fh, fcntl.LOCK_EX)

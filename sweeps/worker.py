@@ -340,12 +340,12 @@ class Worker:
 
         from sweeps.compose import compose_job
         from sweeps.curves import plot_curves
-        from sweeps.study import trial_id
+        from sweeps.study import trial_folder, trial_id
 
         spec, number = self.spec, trial.number
         key = f"{spec.study_name}:{number}"
         kind = "race" if spec.study_name.endswith(RACE_SUFFIX) else "reproduce" if spec.replay_only else "trial"
-        trial_dir = Path(spec.trial_root) / f"{kind}_{number:04d}"
+        trial_dir = trial_folder(spec.trial_root, kind, number)
         self.events.put(("trial_started", spec.worker_id, {"key": key, "trial_id": trial_id(trial), "number": number,
                                                           "params": dict(trial.params), "user_attrs": dict(trial.user_attrs)}))
         heartbeat = _Heartbeat(self.storage, trial_id(trial), spec.heartbeat_interval)

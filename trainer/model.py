@@ -8,9 +8,7 @@ import warnings
 from typing import Any
 
 from trainer.errors import ConfigError
-
-CLASSIFIER_HEADS = ("classifier", "score")
-LM_HEADS = ("lm_head",)
+from trainer.targets import CLASSIFIER_HEADS, LM_HEADS
 
 
 def head_names(task_type: str) -> tuple[str, ...]:

@@ -16,8 +16,11 @@ from trainer.errors import ConfigError
 
 TARGET_PRESETS: tuple[str, ...] = ("qv", "attn", "attn_mlp", "all_linear")
 
-# Top-level modules that are task heads (trained in full or tied to embeddings), never LoRA targets.
-HEAD_MODULE_NAMES: tuple[str, ...] = ("classifier", "score", "lm_head", "qa_outputs")
+# Top-level modules that are task heads (trained in full or tied to embeddings), never LoRA targets
+# nor quantized: the sequence-classification heads of transformers' models, the LM head, QA heads.
+CLASSIFIER_HEADS: tuple[str, ...] = ("classifier", "score")
+LM_HEADS: tuple[str, ...] = ("lm_head",)
+HEAD_MODULE_NAMES: tuple[str, ...] = CLASSIFIER_HEADS + LM_HEADS + ("qa_outputs",)
 
 _Q = {"q_proj", "query", "q", "q_lin", "wq", "query_proj", "to_q"}
 _K = {"k_proj", "key", "k", "k_lin", "wk", "key_proj", "to_k"}
