@@ -1,7 +1,7 @@
 """Build the sweep report (report.md, self-contained report.html, PNGs) and log it to MLflow.
 
 CLI: python -m analysis.report [--storage URL] [--study NAME] [--out DIR] [--tracking-uri URI] [--no-mlflow]
-The sweep calls `build_report` directly when a study finishes.
+(also `lora-sweep report`). A sweep does not build it: it ends with the command that does.
 """
 
 from __future__ import annotations

@@ -12,7 +12,7 @@ exit_code: int | None = None  # what `exit_now` was given (read by bench/probe_t
 def exit_now(code: object) -> None:
     """Run the atexit handlers (logging, MLflow and multiprocessing flush and join there), flush the
     streams, then end the process without tearing down the imported modules: for a process that
-    has loaded torch, transformers and mlflow that teardown takes 2-4 s and changes nothing."""
+    has loaded torch, transformers and mlflow that teardown takes seconds and changes nothing."""
     global exit_code
     if code is None:
         code = 0

@@ -21,7 +21,7 @@ from sweeps.pruning import prune_guard
 from sweeps.redact import redact, redact_override
 from sweeps.samplers import kwargs_of
 from sweeps.search_space import SearchSpace, base_params
-from sweeps.storage import MEMORY_SKIP_ATTR, STORE_RETRY_S, mask_url, open_storage
+from sweeps.storage import MEMORY_SKIP_ATTR, STORE_RETRY_S, mask_url, open_storage, storage_url
 from sweeps.study import TrialBudget, fail_orphaned_trials, open_study, process_started
 from sweeps.supervisor import Outcome, Supervisor, SweepAborted
 from sweeps.tracking import RunBook, json_text, runs_page_url
@@ -362,3 +362,5 @@ class SweepSession:
         console.print(f"trials: {counts['complete']} complete, {counts['pruned']} pruned, {counts['fail']} failed{skipped}")
         console.print(f"MLflow runs: {runs_page_url(tracking, runbook.experiment_id)}{ui} · "
                       f"Optuna: optuna-dashboard {mask_url(self.url).replace('journal:///', '/')}", soft_wrap=True)
+        where = "" if self.url == storage_url(None) else f" --storage {mask_url(self.url)}"
+        console.print(f"report: lora-sweep report --study {self.study_name}{where}", soft_wrap=True)

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 from omegaconf import DictConfig
 
-# What the fork server imports once for all CPU workers (about 8 s of CPU per process otherwise).
+# What the fork server imports once for all CPU workers (otherwise each worker pays the imports again).
 # `trainer` first: it quiets a bitsandbytes import-time warning (see trainer/__init__.py).
 WORKER_PRELOAD = ["trainer", "torch", "transformers", "transformers.optimization", "peft", "bitsandbytes", "datasets",
                   "matplotlib.figure", "matplotlib.backends.backend_agg", "sweeps.worker", "trainer.recipe"]

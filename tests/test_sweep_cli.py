@@ -44,6 +44,7 @@ def test_four_trial_sweep_then_resume(tmp_path, tiny_bert_dir):
     experiment_id = parent.info.experiment_id
     assert f"MLflow runs: http://127.0.0.1:5000/#/experiments/{experiment_id}/runs?workflowType=machine_learning" in out
     assert client.get_experiment(experiment_id).tags["mlflow.experimentKind"] == "custom_model_development"
+    assert f"report: lora-sweep report --study {study.study_name}\n" in out  # the command that writes the report
     assert parent.info.status == "FINISHED"
     assert study.user_attrs["mlflow_parent_run_id"] == parent.info.run_id
     assert parent.data.metrics["best_value"] == pytest.approx(study.best_value)

@@ -28,8 +28,8 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)  # also seeds every CUDA device
     torch.use_deterministic_algorithms(True, warn_only=determinism_policy() == "warn_only")
     # Deterministic mode also fills every new tensor with NaN to expose reads of uninitialised
-    # memory. Our ops never read it, so this debugging aid only costs time (about 10% of a CPU
-    # trial, bench table 1); PyTorch documents turning it off as still deterministic.
+    # memory. Our ops never read it, so this debugging aid only costs time (bench table 1 measures
+    # how much); PyTorch documents turning it off as still deterministic.
     torch.utils.deterministic.fill_uninitialized_memory = False
     torch.backends.cudnn.deterministic = True
     torch.backends.cudnn.benchmark = False
