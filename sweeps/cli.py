@@ -12,7 +12,7 @@ from pathlib import Path
 # command -> (module whose main(argv) runs it, what it does); dry-run goes through sweep.py
 COMMANDS: dict[str, tuple[str | None, str]] = {
     "report": ("analysis.report", "write the report of a study (tables, figures, seed statistics, failures)"),
-    "reproduce": ("analysis.reproduce", "re-run a study's best configs on fresh seeds"),
+    "reproduce": ("sweeps.reproduce", "re-run a study's best configs on fresh seeds"),
     "export": ("sweeps.export", "export (or merge) a trial's adapter, the winner by default"),
     "chat": ("sweeps.chat", "chat with a trial's adapter, the winner by default"),
     "slurm": ("sweeps.slurm", "write and submit the sbatch script that runs the sweep on N nodes"),
