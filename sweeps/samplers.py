@@ -13,6 +13,24 @@ from sweeps.search_space import SearchSpace
 SAMPLERS = ("tpe", "random", "grid", "cmaes", "gp", "nsgaii", "qmc")
 PRUNERS = ("median", "hyperband", "successive_halving", "percentile", "threshold", "wilcoxon", "none")
 
+# hydra-optuna-sweeper's form, `sampler: {_target_: optuna.samplers.TPESampler, seed: 1, ...}`: the
+# Optuna classes we build, by the short name that builds them.
+SAMPLER_TARGETS = {
+    "optuna.samplers.TPESampler": "tpe", "optuna.samplers.RandomSampler": "random",
+    "optuna.samplers.GridSampler": "grid", "optuna.samplers.CmaEsSampler": "cmaes",
+    "optuna.samplers.GPSampler": "gp", "optuna.samplers.NSGAIISampler": "nsgaii",
+    "optuna.samplers.QMCSampler": "qmc",
+}
+PRUNER_TARGETS = {
+    "optuna.pruners.MedianPruner": "median", "optuna.pruners.HyperbandPruner": "hyperband",
+    "optuna.pruners.SuccessiveHalvingPruner": "successive_halving", "optuna.pruners.PercentilePruner": "percentile",
+    "optuna.pruners.ThresholdPruner": "threshold", "optuna.pruners.WilcoxonPruner": "wilcoxon",
+    "optuna.pruners.NopPruner": "none",
+}
+# Keys that hydra.utils.instantiate reads itself, not arguments of the class (the plugin's grid
+# sampler sets `_partial_: true`, as its search space is only known at run time).
+_INSTANTIATE_KEYS = ("_partial_", "_recursive_", "_convert_")
+
 
 class SweeperConfigError(ValueError):
     """A hydra.sweeper.* setting that is not allowed (the message names the key and the choices)."""
@@ -25,6 +43,63 @@ def kwargs_of(node: Any) -> dict[str, Any]:
     from omegaconf import OmegaConf
 
     return dict(OmegaConf.to_container(node)) if OmegaConf.is_config(node) else dict(node)
+
+
+def normalize_sampler_config(conf: Any) -> Any:
+    """hydra-optuna-sweeper's sampler/pruner nodes (`_target_` plus keyword arguments) → our short
+    names, `sampler_seed` and `*_kwargs`, so configs written for that plugin run unchanged while
+    everything downstream (pre-flight, workers, study attributes) sees one form. Called once, before
+    the pre-flight; the short-name form passes through. Returns a new config.
+
+    A node's `seed: null` (the plugin's default) counts as not given, so `sampler_seed` stands; a
+    `sampler_seed` at its default counts as not set, so the node's seed replaces it."""
+    from omegaconf import OmegaConf
+
+    from sweeps.sweeper_config import LoraOptunaSweeperConf
+
+    default_seed = LoraOptunaSweeperConf.sampler_seed
+    conf = OmegaConf.create(OmegaConf.to_container(conf, resolve=False))
+    if isinstance(conf.get("sampler"), Mapping):
+        name, node = _translate_node(conf.sampler, "sampler", SAMPLER_TARGETS)
+        seed = node.pop("seed", None)
+        if seed is not None:
+            given = conf.get("sampler_seed", default_seed)
+            if given not in (default_seed, seed):
+                raise SweeperConfigError(
+                    f"hydra.sweeper.sampler.seed ({seed!r}) and hydra.sweeper.sampler_seed ({given!r}) disagree; "
+                    "set the seed in one of them")
+            conf.sampler_seed = seed
+        conf.sampler, conf.sampler_kwargs = name, _merge_kwargs(node, conf.get("sampler_kwargs"), "sampler")
+    if isinstance(conf.get("pruner"), Mapping):
+        name, node = _translate_node(conf.pruner, "pruner", PRUNER_TARGETS)
+        conf.pruner, conf.pruner_kwargs = name, _merge_kwargs(node, conf.get("pruner_kwargs"), "pruner")
+    return conf
+
+
+def _translate_node(node: Any, key: str, targets: Mapping[str, str]) -> tuple[str, dict[str, Any]]:
+    """A `_target_` node → (our short name, its other keys)."""
+    node = kwargs_of(node)
+    target = node.pop("_target_", None)
+    allowed = ", ".join(targets)
+    if target is None:
+        raise SweeperConfigError(
+            f"hydra.sweeper.{key}: a mapping needs _target_ (allowed: {allowed}), or give a short name")
+    if str(target) not in targets:
+        raise SweeperConfigError(f"hydra.sweeper.{key}._target_: {target!r} is not supported; allowed: {allowed}")
+    for hydra_key in _INSTANTIATE_KEYS:
+        node.pop(hydra_key, None)
+    return targets[str(target)], node
+
+
+def _merge_kwargs(node: dict[str, Any], given: Any, key: str) -> dict[str, Any]:
+    """The node's arguments plus `<key>_kwargs`; a key in both must agree."""
+    given = kwargs_of(given)
+    for name in node.keys() & given.keys():
+        if node[name] != given[name]:
+            raise SweeperConfigError(
+                f"hydra.sweeper.{key}.{name} ({node[name]!r}) and hydra.sweeper.{key}_kwargs.{name} "
+                f"({given[name]!r}) disagree; set {name} in one of them")
+    return {**given, **node}
 
 
 def worker_seed(base_seed: int | None, *salt: Any) -> int | None:

@@ -17,7 +17,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from sweeps.compose import ComposeSpec
-from sweeps.samplers import SweeperConfigError
+from sweeps.samplers import SweeperConfigError, normalize_sampler_config
 from sweeps.search_space import SearchSpace, parse_search_space, split_overrides
 from sweeps.storage import mask_url, storage_url
 
@@ -37,7 +37,8 @@ class Sweep:
         from sweeps.preflight import validate_sweep
         from sweeps.progress import console
 
-        conf = self.conf
+        # hydra-optuna-sweeper's `_target_` sampler/pruner nodes → short names, before anything reads them
+        self.conf = conf = normalize_sampler_config(self.conf)
         sweep_overrides, plain = split_overrides(list(arguments))
         job = self.job_config()
         space = parse_search_space(OmegaConf.to_container(conf.params, resolve=False) or {}, sweep_overrides)

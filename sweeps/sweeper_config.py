@@ -28,6 +28,9 @@ class RaceConf:
 @dataclass
 class LoraOptunaSweeperConf:
     _target_: str = "hydra_plugins.lora_optuna_sweeper.lora_optuna_sweeper.LoraOptunaSweeper"
+    # Hydra must not instantiate the nested `_target_` nodes (hydra-optuna-sweeper's sampler/pruner
+    # form): the sweeper translates them to short names (sweeps.samplers.normalize_sampler_config).
+    _recursive_: bool = False
     n_trials: int = 10                  # finished (complete + pruned) trials, across all workers and machines
     timeout: Optional[float] = None     # seconds of wall clock for the search: no trial starts after it, running ones finish
     n_jobs: Optional[int] = None        # worker processes on this machine; null = one per GPU, else one per CPU core
@@ -37,10 +40,10 @@ class LoraOptunaSweeperConf:
     objectives: Optional[List[str]] = None  # null = [eval_<task.metric>]; e.g. [eval_accuracy, trainable_params]
     study_name: Optional[str] = None    # null = <mlflow.experiment_name>-<hash of config + space>
     storage: Optional[str] = None       # null = journal file ./optuna-journal.log; or postgresql://...
-    sampler: str = "tpe"                # tpe | random | grid | cmaes | gp | nsgaii | qmc
+    sampler: Any = "tpe"                # tpe | random | grid | cmaes | gp | nsgaii | qmc, or {_target_: optuna.samplers.TPESampler, seed: .., ...}
     sampler_seed: Optional[int] = 0
     sampler_kwargs: Any = None          # extra sampler arguments, e.g. {n_startup_trials: 5}
-    pruner: str = "median"              # median | hyperband | successive_halving | percentile | threshold | wilcoxon | none
+    pruner: Any = "median"              # median | hyperband | successive_halving | percentile | threshold | wilcoxon | none, or {_target_: optuna.pruners.MedianPruner, ...}
     prune_after: float = 0.5            # no trial is pruned before this fraction of its optimizer steps
     prune_min_trials: int = 4           # ... nor before this many trials completed
     prune_patience: Optional[int] = None  # also require this many evals without improvement (Optuna's PatientPruner)
