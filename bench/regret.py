@@ -49,14 +49,16 @@ class PrunerArm:
 
 
 def arms(ctx: Context) -> list[PrunerArm]:
-    """The old defaults (median from the first eval), today's defaults, and the two settings the
-    choice was made between; Hyperband's first rung is the pruning benchmark's."""
+    """The old defaults (median from the first eval), today's defaults, the two settings the
+    choice was made between, and the paired test on eval rows; Hyperband's first rung is the
+    pruning benchmark's."""
     a = arm_sizes(ctx.sizes)
     rung = first_rung(ctx.sizes) / a.std_steps
     return [PrunerArm("median from the first eval (old default)", "median", 0.0, 0, was_default=True),
             PrunerArm("median, prune_after 0.3, 4 finished first", "median", 0.3, 4),
             PrunerArm("median, prune_after 0.5, 4 finished first (default)", "median", 0.5, 4, is_default=True),
-            PrunerArm(f"Hyperband from {rung:.0%}, 4 finished first", "hyperband", round(rung, 3), 4)]
+            PrunerArm(f"Hyperband from {rung:.0%}, 4 finished first", "hyperband", round(rung, 3), 4),
+            PrunerArm("Wilcoxon on eval rows (p < 0.05), prune_after 0.3, 4 finished first", "wilcoxon", 0.3, 4)]
 
 
 def best_eval(row) -> float | None:
