@@ -108,7 +108,7 @@ class SweepSession:
                                                  params=self._parent_params(), tags=self._parent_tags())
                     study.set_user_attr("mlflow_parent_run_id", parent)
         except KeyboardInterrupt:  # held back until the store was consistent
-            supervisor.runbook = runbook  # stop_all closes the trial runs opened so far
+            supervisor.attach(runbook)
             supervisor.stop_all("interrupted: the sweep was stopped (Ctrl-C)", preempt=True)
             if runbook is not None and runbook.parent_run_id:
                 self._finish(study, runbook, "KILLED")
@@ -116,7 +116,7 @@ class SweepSession:
         except BaseException:
             supervisor.stop_all("the sweep process failed to open the MLflow store")
             raise
-        supervisor.runbook = runbook
+        supervisor.attach(runbook)
         console.print(f"[bold]MLflow parent run[/] {parent} (experiment {self.job.mlflow.experiment_name!r})")
         try:
             self.close_dead_runs(study, runbook)
@@ -276,8 +276,7 @@ class SweepSession:
 
     def watch(self, supervisor: Supervisor, study: optuna.Study, n_trials: int, label: str) -> Outcome:
         with SweepProgress(study, n_trials, label) as progress:
-            supervisor.on_progress = progress.refresh
-            return supervisor.run()
+            return supervisor.run(on_progress=progress.refresh)
 
     # -- bookkeeping ------------------------------------------------------------------------------
     def _heartbeat(self) -> int | None:

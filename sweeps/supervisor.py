@@ -98,7 +98,15 @@ class Supervisor:
             self._start(spec)
         return self
 
-    def run(self) -> Outcome:
+    def attach(self, runbook: RunBook | None) -> None:
+        """The MLflow runbook, once the sweep process has opened the store (after `start`): from
+        then on the queued trial events are written; `stop_all` closes the runs opened so far."""
+        self.runbook = runbook
+
+    def run(self, on_progress: Callable[[Outcome], None] | None = None) -> Outcome:
+        """Supervise the workers until they are done; `on_progress` hears the outcome so far."""
+        if on_progress is not None:
+            self.on_progress = on_progress
         previous = signal.signal(signal.SIGTERM, _raise_interrupt)
         try:
             if not self.procs:

@@ -108,11 +108,11 @@ def test_a_sweep_that_gives_up_on_its_store_stops_its_workers_first(tmp_path):
     worker = mp.get_context("fork").Process(target=_sleeper)
     worker.start()
     supervisor.procs[0] = worker
-    supervisor.on_progress = SweepProgress(study, 4, "search").refresh
+    progress = SweepProgress(study, 4, "search")
     inner.down = True
     try:
         with pytest.raises(Exception):
-            supervisor.run()
+            supervisor.run(on_progress=progress.refresh)
         worker.join(timeout=10)
         assert not worker.is_alive(), "the worker kept running after the sweep process gave up"
         status = runbook.client.get_run(runbook.parent_run_id).info.status  # parent: the session's to close
