@@ -1,5 +1,6 @@
 """The seed race (`hydra.sweeper.race`): after the search, the best few configs run again on
-fresh init and data-order seeds, one shared seed pair per round, in the sweep's own worker pool;
+fresh init and data-order seeds, one shared seed pair per round, in workers of the sweep process (a
+new pool per round, on the sweep's plan);
 after each round every rival that a paired one-sided test says is worse than the leader is
 dropped (analysis.stats.race_eliminations: Bonferroni over rivals and rounds). The race ends when
 one config is left or `race.max_runs` runs are spent, and its winner (the best mean over fresh

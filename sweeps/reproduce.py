@@ -98,7 +98,7 @@ def enqueue_plan(repro: optuna.Study, plan: list[dict[str, Any]]) -> int:
 
 
 def run_reproduction(study: optuna.Study, storage, session, runbook) -> optuna.Study:
-    """Plan, enqueue and run the replicates with the sweep's own workers and MLflow parent."""
+    """Plan, enqueue and run the replicates in new workers on the sweep's plan, under its MLflow parent."""
     conf = session.conf.reproduce
     repro = open_study(storage, study.study_name + REPRODUCE_SUFFIX, [study.directions[0].name.lower()])
     # Resume after the sweep process died mid-reproduction: its RUNNING replicates become FAIL

@@ -1,4 +1,5 @@
-"""`python sweep.py -m`: validate → open study and MLflow parent → run workers → (reproduce) → summary.
+"""`python sweep.py -m`: validate → open the study → start the workers → open the MLflow parent
+(while the workers start) → search → (race) → (reproduce) → summary.
 
 Our sweeper, unlike hydra-optuna-sweeper, never waits for a batch: each worker process asks for
 its next trial the moment it is free, reports intermediate metrics for pruning, and the sweep

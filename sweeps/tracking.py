@@ -1,7 +1,7 @@
 """MLflow bookkeeping: one parent run per sweep, one child run per trial.
 
 A `RunBook` is the single writer of a sweep's MLflow runs. Workers never touch MLflow: they send
-`(method, kwargs)` events to the sweep process, which calls the same-named RunBook method. So a
+typed trial events (sweeps/events.py) to the sweep process, whose MlflowSink applies them here. So a
 local SQLite store sees one writer however many workers run, children get `mlflow.parentRunId`
 explicitly (no in-process run stack), and the sweep process, which knows every open run, can close
 the runs of a dead worker as FAILED and those of an interrupted sweep as KILLED.

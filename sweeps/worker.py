@@ -2,8 +2,8 @@
 fine-tunes it with a warm cache, and streams its MLflow events to the sweep process.
 
 The path of one trial: `next_trial` (budget, under a cross-process lock) → sample params →
-compose the trial config → `trainer.run_trial` (reports eval metrics → pruning) → `study.tell`
-→ `close_trial` event (final metrics, curve PNG, adapter).
+compose the trial config → `RunOpened` event → `trainer.run_trial` (reports eval metrics → pruning)
+→ `study.tell` → `RunClosed` event (final metrics, curve PNG, adapter). docs/architecture.md draws it.
 """
 
 from __future__ import annotations
@@ -88,7 +88,7 @@ WORKER_ENV = {"TRANSFORMERS_VERBOSITY": "error", "HF_DATASETS_DISABLE_PROGRESS_B
 
 def quiet_environment() -> None:
     """Worker environment defaults; read by the libraries when they load, so also set before the
-    fork server (see supervisor.worker_context) imports them."""
+    fork server (see worker_plan.worker_context) imports them."""
     for var, value in WORKER_ENV.items():
         os.environ.setdefault(var, value)
 
@@ -153,7 +153,7 @@ def _die_with_parent() -> None:
 
 
 def worker_main(spec: WorkerSpec, events, replies, retire=None) -> None:
-    """Process entry point (spawn context). `events` go to the sweep process; `replies` bring back
+    """Process entry point (forked from the fork server on CPU, spawned on GPU). `events` go to the sweep process; `replies` bring back
     the MLflow run id of each trial this worker opens; `retire` (an Event) set by the sweep process
     ends the worker after its trial in flight (its GPU has too many workers)."""
     _pin(spec)

@@ -1,4 +1,5 @@
-"""Exceptions the sweeper understands: bad configs are skipped, non-finite losses are failed trials."""
+"""Exceptions the sweeper understands: a bad config stops the sweep at pre-flight (a trial that
+meets one anyway fails), a non-finite loss fails its trial."""
 
 from __future__ import annotations
 
