@@ -153,9 +153,10 @@ def _die_with_parent() -> None:
 
 
 def worker_main(spec: WorkerSpec, events, replies, retire=None) -> None:
-    """Process entry point (forked from the fork server on CPU, spawned on GPU). `events` go to the sweep process; `replies` bring back
-    the MLflow run id of each trial this worker opens; `retire` (an Event) set by the sweep process
-    ends the worker after its trial in flight (its GPU has too many workers)."""
+    """Process entry point (forked from the fork server on CPU, spawned on GPU). `events` go to
+    the sweep process; `replies` bring back the MLflow run id of each trial this worker opens;
+    `retire` (an Event) set by the sweep process ends the worker after its trial in flight (its
+    GPU has too many workers)."""
     _pin(spec)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the sweep process decides; it sends SIGTERM
     STOP.sweep = (spec.sweep_pid or os.getppid(), spec.sweep_started)
