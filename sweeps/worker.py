@@ -485,7 +485,9 @@ class Worker:
         reason = f"preempted after step {exc.step} (SIGTERM); a new trial continues it from its checkpoint"
         trial.set_user_attr("preempted_at_step", int(exc.step))
         trial.set_user_attr("fail_reason", reason)
-        _link(link, timeout=5.0)
+        # the continuation reopens this run by its id: wait for it a while (a busy sweep process can be
+        # seconds late with it), yet well inside a scheduler's grace period before SIGKILL
+        _link(link, timeout=15.0)
         with self.budget.locked():
             enqueue_continuation(self.study, self.storage.get_trial(trial_id(trial)))
             self.study.tell(trial, state=optuna.trial.TrialState.FAIL)
