@@ -92,10 +92,11 @@ def open_storage(url: str | None, *, heartbeat_interval: int | None = None, grac
                  cwd: str | os.PathLike | None = None, retry_s: float | None = None) -> optuna.storages.BaseStorage:
     """Open (creating if needed) the storage named by `url` (see `storage_url`).
 
-    `retry_s`: wrap it in a `RetryingStorage`, so a database blip (a restart, a dropped
-    connection) stalls the caller for up to that many seconds instead of failing it."""
+    `retry_s`: ride out a database blip (a restart, a dropped connection) for up to that many
+    seconds, while opening and in every later call (a `RetryingStorage`), instead of failing."""
     if retry_s is not None:
-        inner = open_storage(url, heartbeat_interval=heartbeat_interval, grace_period=grace_period, cwd=cwd)
+        inner = retry_call(lambda: open_storage(url, heartbeat_interval=heartbeat_interval, grace_period=grace_period,
+                                                cwd=cwd), "opening the Optuna storage", retry_s)
         return RetryingStorage(inner, retry_s)
     url = storage_url(url, cwd)
     path = journal_path(url)

@@ -90,13 +90,14 @@ class RunBook:
     """Creates, feeds and closes the MLflow runs of one sweep (or of one single run)."""
 
     def __init__(self, uri: str, experiment_name: str, parent_run_id: str | None = None, retry_s: float | None = None):
-        from sweeps.storage import Retrying, retry_first_open
+        from sweeps.storage import Retrying, retry_call, retry_first_open
 
         self.uri = uri
         with sqlite_init_lock(uri):  # the client's store runs the schema migrations when it opens
-            # Every call rides out a blip of the tracking store (see storage.retry_call).
-            self.client = Retrying(retry_first_open(lambda: MlflowClient(tracking_uri=uri), "the MLflow store"),
-                                   retry_s, "MLflow")
+            # Opening and every later call ride out a blip of the tracking store (see storage.retry_call).
+            client = retry_call(lambda: retry_first_open(lambda: MlflowClient(tracking_uri=uri), "the MLflow store"),
+                                "opening the MLflow store", retry_s)
+            self.client = Retrying(client, retry_s, "MLflow")
             self.experiment_id = retry_first_open(lambda: self._experiment(experiment_name, artifact_root(uri)),
                                                   "the MLflow store")
         self.parent_run_id = parent_run_id

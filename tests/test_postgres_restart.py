@@ -139,6 +139,36 @@ def test_a_two_worker_sweep_survives_a_postgres_restart(tmp_path, tiny_bert_dir,
     assert "retrying" in log  # it did see the outage
 
 
+@pytest.mark.postgres
+def test_a_sweep_started_while_the_database_is_down_waits_for_it(tmp_path, tiny_bert_dir, private_postgres):
+    """Both stores are opened during the outage (the server comes back only once the sweep has said it is
+    retrying): opening rides out the blip as every later call does, and the sweep finishes normally."""
+    storage, tracking = private_postgres.database("optuna"), private_postgres.database("mlflow")
+    private_postgres.pg_ctl("stop")
+    args = [*TINY, f"model.name_or_path={tiny_bert_dir}", "hydra.sweeper.n_jobs=1", "hydra.sweeper.n_trials=2",
+            f"hydra.sweeper.storage={storage}", f"mlflow.tracking_uri={tracking}", "hydra.sweeper.study_name=down"]
+    proc = start_sweep(tmp_path, *args)
+    try:
+        wait_for(lambda: "retrying" in (tmp_path / "sweep.log").read_text() or proc.poll() is not None, 300,
+                 "the sweep retrying its store")
+        private_postgres.pg_ctl("start")
+        code = proc.wait(timeout=600)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    log = (tmp_path / "sweep.log").read_text()
+    assert code == 0, log[-4000:]
+    assert "opening the Optuna storage failed" in log or "opening the MLflow store failed" in log, log[-3000:]
+    trials = optuna.load_study(study_name="down", storage=storage).get_trials()
+    assert [t.state for t in trials] == [TrialState.COMPLETE] * 2
+
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=tracking)
+    runs = client.search_runs([client.get_experiment_by_name("lora-sweep").experiment_id], max_results=100)
+    assert len(runs) == 3 and {r.info.status for r in runs} == {"FINISHED"}
+
+
 def test_a_worker_whose_trial_was_taken_away_stops_it_and_records_nothing_twice(tmp_path, tiny_bert_dir):
     """RDB storage with heartbeats: another machine fails a trial as stale (a long stall) and
     re-queues it. Its worker must stop training it within seconds, tell Optuna nothing (the
