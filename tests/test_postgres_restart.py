@@ -94,6 +94,21 @@ def private_postgres():
         server.remove()
 
 
+def _sweep_through(cwd: Path, args: list[str], outage) -> str:
+    """Start a sweep, run `outage(proc)` beside it, wait for the sweep: its log, once it exited 0
+    (it is killed, never left running, whatever fails)."""
+    proc = start_sweep(cwd, *args)
+    try:
+        outage(proc)
+        code = proc.wait(timeout=600)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    log = (cwd / "sweep.log").read_text()
+    assert code == 0, log[-4000:]
+    return log
+
+
 @pytest.mark.postgres
 def test_a_two_worker_sweep_survives_a_postgres_restart(tmp_path, tiny_bert_dir, private_postgres):
     """Optuna study and MLflow runs both on the server; it goes down for 5 s while both workers
@@ -103,24 +118,20 @@ def test_a_two_worker_sweep_survives_a_postgres_restart(tmp_path, tiny_bert_dir,
     args = [*LONGER, f"model.name_or_path={tiny_bert_dir}", "hydra.sweeper.n_jobs=2", "hydra.sweeper.n_trials=4",
             "hydra.sweeper.pruner=none", f"hydra.sweeper.storage={storage}", f"mlflow.tracking_uri={tracking}",
             "hydra.sweeper.study_name=blip"]
-    proc = start_sweep(tmp_path, *args)
-    try:
-        def both_training():
-            try:
-                trials = optuna.load_study(study_name="blip", storage=storage).get_trials()
-            except Exception:  # noqa: BLE001 - not created yet
-                return False
-            return sum(t.state == TrialState.RUNNING and bool(t.intermediate_values) for t in trials) >= 1
+    def both_training():
+        try:
+            trials = optuna.load_study(study_name="blip", storage=storage).get_trials()
+        except Exception:  # noqa: BLE001 - not created yet
+            return False
+        return sum(t.state == TrialState.RUNNING and bool(t.intermediate_values) for t in trials) >= 1
+
+    def outage(proc):  # noqa: ARG001
         wait_for(both_training, 400, "a trial in flight")
         private_postgres.pg_ctl("stop")
         time.sleep(5)
         private_postgres.pg_ctl("start")
-        code = proc.wait(timeout=600)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-    log = (tmp_path / "sweep.log").read_text()
-    assert code == 0, log[-4000:]
+
+    log = _sweep_through(tmp_path, args, outage)
     trials = optuna.load_study(study_name="blip", storage=storage).get_trials()
     finished = [t for t in trials if t.state == TrialState.COMPLETE]
     assert len(finished) == 4, [(t.number, t.state.name, t.user_attrs.get("fail_reason")) for t in trials]
@@ -147,17 +158,12 @@ def test_a_sweep_started_while_the_database_is_down_waits_for_it(tmp_path, tiny_
     private_postgres.pg_ctl("stop")
     args = [*TINY, f"model.name_or_path={tiny_bert_dir}", "hydra.sweeper.n_jobs=1", "hydra.sweeper.n_trials=2",
             f"hydra.sweeper.storage={storage}", f"mlflow.tracking_uri={tracking}", "hydra.sweeper.study_name=down"]
-    proc = start_sweep(tmp_path, *args)
-    try:
+    def comes_back(proc):  # a sweep that fails at once shows its log instead of a timeout
         wait_for(lambda: "retrying" in (tmp_path / "sweep.log").read_text() or proc.poll() is not None, 300,
                  "the sweep retrying its store")
         private_postgres.pg_ctl("start")
-        code = proc.wait(timeout=600)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-    log = (tmp_path / "sweep.log").read_text()
-    assert code == 0, log[-4000:]
+
+    log = _sweep_through(tmp_path, args, comes_back)
     assert "opening the Optuna storage failed" in log or "opening the MLflow store failed" in log, log[-3000:]
     trials = optuna.load_study(study_name="down", storage=storage).get_trials()
     assert [t.state for t in trials] == [TrialState.COMPLETE] * 2
