@@ -20,6 +20,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from trace_phases import TRACE_ENV, sweep_records
+
 REPO = Path(__file__).resolve().parents[1]
 BENCH = REPO / "bench"
 SWEEP = REPO / "sweep.py"
@@ -422,7 +424,7 @@ class Context:
 
 @dataclass
 class SweepRun:
-    """One `python sweep.py -m` run: its outside wall time, its trials, the in-process probe records."""
+    """One `python sweep.py -m` run: its outside wall time, its trials, its per-phase records (bench/trace_phases.py)."""
 
     name: str
     workdir: Path
@@ -497,15 +499,11 @@ def run_sweep(ctx: Context, name: str, overrides: list[str], enqueue: list[dict[
         for params in enqueue:
             study.enqueue_trial(params)
     env = bench_env(omp_passive=OMP_PASSIVE)
-    if probe:
-        (workdir / "probe").mkdir()
-        env["PYTHONPATH"] = os.pathsep.join([str(BENCH / "probe"), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
-        env["BENCH_SWEEP_PROBE"] = str(workdir / "probe")
+    if probe:  # the runtime's own per-phase trace (trainer/trace.py)
+        env[TRACE_ENV] = str(workdir / "trace.jsonl")
     log(f"sweep {name}: {' '.join(o for o in overrides if not o.startswith('data.path'))}")
     proc = run(sweep_cmd(*overrides, f"hydra.sweeper.study_name={name}"), workdir, "sweep", timeout=timeout, env=env)
-    records: list[dict[str, Any]] = []
-    for path in sorted((workdir / "probe").glob("*.jsonl")) if probe else []:
-        records += [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    records = sweep_records(workdir / "trace.jsonl") if probe else []
     rows = study_rows(workdir, name)
     log(f"sweep {name}: {proc.wall_s:.0f}s, {len(rows)} trials, best {fmt(max((r.value for r in rows if r.value is not None), default=None), 4)}")
     return SweepRun(name, workdir, proc, rows, records)

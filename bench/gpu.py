@@ -80,9 +80,10 @@ from common import (
     study_rows,
     versions,
 )
+from trace_phases import TRACE_ENV, sweep_records  # noqa: E402
 
 NA_CPU = "n/a (CPU dry run)"
-LOAD_PHASE = "model load + 4-bit quantisation (cached after the first trial)"  # bench/probe's name for load_base_model
+LOAD_PHASE = "model load + 4-bit quantisation (cached after the first trial)"  # bench/trace_phases's label of trainer.model_load
 SPECIALS = ["<unk>", "<s>", "</s>", "<|im_start|>", "<|im_end|>"]
 LR_SPACE = (1e-4, 5e-4)  # the searched learning rates (log scale); seeds 0..3
 SOURCES = {
@@ -100,7 +101,7 @@ SOURCES = {
                               "ru_maxrss on CPU), max per `sweep.worker_id` tag",
     "pre-flight estimate": "the sweep's MLflow parent run tag `sweep.largest_trial_estimate_mb`, the value "
                            "sweeps.preflight.validate_sweep returned (largest trial; no CUDA context or runtime)",
-    "model load cold / warm": "bench/probe's stopwatch (BENCH_SWEEP_PROBE) around trainer.recipe.load_base_model in "
+    "model load cold / warm": "the runtime's trace (LORA_SWEEP_TRACE, phase trainer.model_load: trainer.model.load_base_model) in "
                               "each worker: a trial that ran it loaded cold, one that did not got the worker's warm base "
                               "(the worker does not log TrialResult.resolved['model_load_s'] / ['warm_model'])",
     "rows truncated": "MLflow child runs' `train_rows_truncated` metric (0: every conversation fit seq_len)",
@@ -444,11 +445,10 @@ class Bench:
 
 
 def probe_env(workdir: Path) -> dict[str, str]:
-    """bench/probe's per-phase stopwatch in the sweep and its workers (see bench/probe/sitecustomize.py)."""
+    """The runtime's per-phase trace (trainer/trace.py) in the sweep and its workers."""
     env = bench_env()
-    (workdir / "probe").mkdir(exist_ok=True)
-    env["PYTHONPATH"] = os.pathsep.join([str(BENCH / "probe"), str(REPO), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
-    env["BENCH_SWEEP_PROBE"] = str(workdir / "probe")
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    env[TRACE_ENV] = str(workdir / "trace.jsonl")
     return env
 
 
@@ -472,7 +472,7 @@ def ours(bench: Bench, family: Family, workers: Any) -> dict[str, Any]:
            "trials_per_hour": len(finished) / proc.wall_s * 3600,
            "steady_trials_per_hour": len(timed) / span * 3600 if span > 0 else None,
            "params": [r.params for r in finished], **worker_plan(proc.out), **mlflow_figures(workdir),
-           **load_figures(workdir / "probe"), **gpu.figures(window)}
+           **load_figures(workdir / "trace.jsonl"), **gpu.figures(window)}
     log(f"{name}: {len(finished)} trials in {proc.wall_s:.0f}s, {out['workers']} worker(s)")
     return out
 
@@ -501,10 +501,9 @@ def mlflow_figures(workdir: Path) -> dict[str, Any]:
             "rows_truncated": max(truncated) if truncated else None}
 
 
-def load_figures(probe_dir: Path) -> dict[str, Any]:
-    """Cold loads (seconds each) and warm trials, from the probe's per-trial records."""
-    records = [json.loads(line) for path in sorted(probe_dir.glob("*.jsonl"))
-               for line in path.read_text().splitlines() if line.strip()]
+def load_figures(trace: Path) -> dict[str, Any]:
+    """Cold loads (seconds each) and warm trials, from the trace's per-trial records."""
+    records = sweep_records(trace)
     trials = [r for r in records if r.get("kind") == "trial"]
     cold = [r for r in trials if LOAD_PHASE in r["phases"]]
     return {"cold_loads_s": [r["phases"][LOAD_PHASE] for r in cold], "warm_trials": len(trials) - len(cold),

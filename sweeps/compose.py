@@ -9,6 +9,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from sweeps.search_space import override_line
+from trainer.trace import traced
 
 
 @dataclass(frozen=True)
@@ -21,6 +22,7 @@ class ComposeSpec:
         return list(self.overrides) + [override_line(k, v) for k, v in params.items()]
 
 
+@traced("sweep.compose")
 def compose_job(spec: ComposeSpec, params: dict[str, Any]) -> DictConfig:
     """The job config (no `hydra` node) for `params` on top of the user's overrides."""
     from hydra import compose, initialize_config_dir

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from pathlib import Path
+from trainer.trace import traced
 
 
+@traced("sweep.curves")
 def plot_curves(history: list[dict], path: Path, title: str) -> Path | None:
     """Train loss (left) and eval metrics (right) against optimizer step."""
     if not history:

@@ -13,6 +13,7 @@ from sweeps.pruning import ROW_MEAN_OBJECTIVES, prune_guard
 from sweeps.samplers import kwargs_of, SweeperConfigError, make_pruner, make_sampler
 from sweeps.search_space import SearchSpace
 from sweeps.worker_plan import DeviceError, plan_for
+from trainer.trace import traced
 
 Composer = Callable[[dict[str, Any]], DictConfig]
 
@@ -97,6 +98,7 @@ def config_variants(space: SearchSpace) -> list[tuple[str, Any]]:
     return [(key, value) for key, values in space.extremes().items() for value in values]
 
 
+@traced("sweep.preflight")
 def validate_sweep(conf: DictConfig, job: DictConfig, space: SearchSpace, compose: ComposeSpec,
                    objectives: list[str], composer: Composer) -> float:
     """Static checks on the sweeper settings, then on the job config under every search-space

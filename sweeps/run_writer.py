@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from sweeps.events import MlflowSink, RunOpened, TrialEvent
+from trainer.trace import traced
 
 KEY = "single"
 _REPO = Path(__file__).resolve().parents[1]
@@ -35,6 +36,7 @@ _REPO = Path(__file__).resolve().parents[1]
 class RunWriter:
     """The training process's handle on the writer process."""
 
+    @traced("mlflow.writer_start")
     def __init__(self, uri: str | None, experiment: str, on_reply: Callable[[str, Any], None]):
         """Start the writer for the store at `uri` (the config's, unresolved) and `experiment`;
         `on_reply(kind, value)` hears ("run", (run_id, uri)) and ("error", message)."""
@@ -49,6 +51,7 @@ class RunWriter:
         self._reader.start()
         self._write(_Setup(uri, os.getcwd(), experiment))
 
+    @traced("mlflow.writer_send")
     def send(self, event: TrialEvent) -> None:
         """Queue a trial event (sweeps.events) in the writer; raises once the writer has stopped on an error."""
         self._write(event)
@@ -63,6 +66,7 @@ class RunWriter:
             self._reader.join(timeout=10)
             raise RuntimeError(f"the MLflow writer stopped: {self.error or 'it exited'}") from None
 
+    @traced("mlflow.writer_finish")
     def finish(self, timeout: float = 600) -> None:
         """Close stdin and wait until the writer has written everything it was sent."""
         try:

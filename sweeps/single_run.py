@@ -14,6 +14,7 @@ from omegaconf import DictConfig, OmegaConf
 from sweeps.events import CurvesDrawn, MetricsLogged, RunClosed, RunOpened
 from sweeps.progress import console, data_fit_note
 from sweeps.run_writer import KEY, RunWriter
+from trainer.trace import traced
 
 
 class _WriterReporter:
@@ -40,6 +41,7 @@ def _announce(kind: str, value) -> None:
         console.print(f"[red]MLflow: {scrub_text(str(value))}")
 
 
+@traced("single_run")
 def run_single(cfg: DictConfig) -> float:
     from hydra.core.hydra_config import HydraConfig
 

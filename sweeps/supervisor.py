@@ -30,6 +30,7 @@ from sweeps.study import TrialBudget, count_finished, fail_trial, requeue, stora
 from sweeps.tracking import RunBook
 from sweeps.worker import ABORT_SIGNAL, WorkerSpec, worker_main
 from sweeps.worker_plan import DeviceOomPolicy, worker_context
+from trainer import trace
 
 log = logging.getLogger(__name__)
 MAX_SKIPS_PER_TRIAL = 5
@@ -94,8 +95,10 @@ class Supervisor:
     def start(self) -> "Supervisor":
         """Spawn the workers now: they import torch and load the base model while the sweep process
         does its own slow start-up (the MLflow store); their events wait in the queue meanwhile."""
-        for spec in self.specs:
-            self._start(spec)
+        trace.mark("sweep.startup")  # process start to here: imports, Hydra, pre-flight, study
+        with trace.span("sweep.spawn_workers"):
+            for spec in self.specs:
+                self._start(spec)
         return self
 
     def attach(self, runbook: RunBook | None) -> None:

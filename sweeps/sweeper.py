@@ -21,6 +21,7 @@ from sweeps.compose import ComposeSpec
 from sweeps.samplers import SweeperConfigError, normalize_sampler_config
 from sweeps.search_space import SearchSpace, parse_search_space, split_overrides
 from sweeps.storage import mask_url, storage_url
+from trainer.trace import traced
 
 
 class Sweep:
@@ -87,6 +88,7 @@ class Sweep:
                 del cfg["hydra"]
             return cfg
 
+        @traced("sweep.compose_variant")
         def compose(params: dict[str, Any]) -> DictConfig:
             chosen = {k: v for k, v in params.items() if k in groups}
             key = tuple(sorted((k, repr(v)) for k, v in chosen.items()))

@@ -24,6 +24,7 @@ from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
 
 from sweeps.redact import flatten, redact, redact_yaml, scrub_text
 from sweeps.storage import SQLITE, absolute_sqlite, sqlite_path
+from trainer.trace import traced
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +90,7 @@ def runs_page_url(tracking_uri: str, experiment_id: str) -> str:
 class RunBook:
     """Creates, feeds and closes the MLflow runs of one sweep (or of one single run)."""
 
+    @traced("mlflow.open_store")
     def __init__(self, uri: str, experiment_name: str, parent_run_id: str | None = None, retry_s: float | None = None):
         from sweeps.storage import Retrying, retry_call, retry_first_open
 
@@ -119,6 +121,7 @@ class RunBook:
             return found.experiment_id
 
     # -- parent ---------------------------------------------------------------------------
+    @traced("mlflow.open_parent")
     def open_parent(self, run_name: str, existing_run_id: str | None, params: dict[str, Any], tags: dict[str, str]) -> str:
         """Reattach to the sweep's parent run (resume) or create it."""
         if existing_run_id:

@@ -26,6 +26,7 @@ from sweeps.events import MetricsLogged, RunClosed, RunOpened, TagsSet
 from sweeps.pruning import PruneGuard
 from sweeps.search_space import SearchSpace
 from sweeps.storage import MEMORY_SKIP_ATTR, RACE_SUFFIX
+from trainer import trace
 
 
 class Interrupted(BaseException):
@@ -165,7 +166,9 @@ def worker_main(spec: WorkerSpec, events, replies, retire=None) -> None:
     _die_with_parent()
     watchdog = SweepWatchdog(spec.sweep_pid or os.getppid(), spec.sweep_started).start()
     try:
-        Worker(spec, events, replies, retire).loop()
+        worker = Worker(spec, events, replies, retire)
+        trace.mark("worker.startup")  # fork or spawn, imports, study and sampler
+        worker.loop()
     except Interrupted:
         pass
     finally:
@@ -258,6 +261,7 @@ class TrialReporter:
         """The coming evaluation's score on each eval row, per metric (trainer.reporting)."""
         self.rows = rows.get(self.objective)
 
+    @trace.traced("worker.report")
     def report(self, step: int, metrics: dict[str, float]) -> None:
         import optuna
 
@@ -321,12 +325,15 @@ class Worker:
             if self.spec.deadline is not None and time.time() >= self.spec.deadline:
                 return  # the sweep's time budget is spent; the trials already running have finished
             owner = owner_attrs(spec.worker_id, sweep_pid, spec.sweep_started)
-            trial = self.budget.next_trial(owner, waiting_only=spec.replay_only)
+            with trace.span("worker.ask"):
+                trial = self.budget.next_trial(owner, waiting_only=spec.replay_only)
             if trial is None:
                 return
-            self.run_one(trial)
+            with trace.span("worker.trial", trial=trial.number):
+                self.run_one(trial)
 
     # -- one trial ---------------------------------------------------------------------------
+    @trace.traced("worker.sample_params")
     def _params(self, trial) -> dict[str, Any]:
         from sweeps.search_space import suggest
 
@@ -613,6 +620,7 @@ def _link(link: RunLink | None, timeout: float = 60.0) -> None:
         link.wait(timeout)
 
 
+@trace.traced("worker.adapter_sha256")
 def adapter_sha256(adapter_dir) -> str | None:
     """One hash over the adapter weights: the determinism check compares it across runs."""
     if not adapter_dir:

@@ -8,6 +8,7 @@ from typing import Any
 
 from trainer.conversations import read_jsonl, resolve_format, to_messages
 from trainer.errors import ConfigError
+from trainer.trace import traced
 
 SUBSET_SEED = 1234  # fixed: the max_*_samples subset must not depend on any trial seed
 
@@ -113,6 +114,7 @@ def _conversation_splits(data: dict[str, Any], fmt: str) -> tuple[Any, Any]:
     return tuple(datasets.Dataset.from_dict({"messages": m}) for m in out)  # type: ignore[return-value]
 
 
+@traced("trainer.tokenize")
 def load_raw(data: dict[str, Any], task_type: str) -> RawData:
     """Splits for a `data` config group (plain dict); validates columns and labels (and, for
     task=sft, every conversation)."""

@@ -19,6 +19,7 @@ from typing import Any
 
 from trainer.data import RawData
 from trainer.errors import ConfigError
+from trainer.trace import traced
 
 IGNORE_INDEX = -100
 
@@ -170,6 +171,7 @@ def encode_sft(raw: RawData, tok: Any, task: dict[str, Any], max_len: int) -> En
     return EncodedData(train, eval_, None, None, stats=stats)
 
 
+@traced("trainer.tokenize")
 def encode(raw: RawData, tok: Any, data: dict[str, Any], task: dict[str, Any], max_len: int) -> EncodedData:
     """Tokenize both splits for the task type (see module doc)."""
     with _quiet_datasets():

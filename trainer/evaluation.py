@@ -13,6 +13,7 @@ from typing import Any
 from trainer.encoding import IGNORE_INDEX, EncodedData
 from trainer.metrics import (causal_lm_metrics, causal_lm_row_scores, classification_metrics,
                              classification_row_scores, sequence_logprobs)
+from trainer.trace import traced
 
 Collate = Callable[[list[dict[str, Any]]], dict[str, Any]]
 RowScores = dict[str, list[float]]  # metric name -> its score on each eval row, dataset order
@@ -107,6 +108,7 @@ def _eval_causal(model: Any, data: EncodedData, collate: Collate, bs: int, devic
             causal_lm_row_scores(row_nll, row_tokens, preds, data.eval.class_labels))
 
 
+@traced("trainer.eval")
 def evaluate_rows(model: Any, data: EncodedData, collate: Collate, task_type: str, batch_size: int, device: Any,
                   autocast: Any, label_scoring: str = "mean") -> tuple[dict[str, float], RowScores]:
     """Eval metrics (see trainer.metrics) and, for each metric that is a mean over the eval
@@ -124,6 +126,7 @@ def evaluate_rows(model: Any, data: EncodedData, collate: Collate, task_type: st
         model.train(was_training)
 
 
+@traced("trainer.eval")
 def evaluate(model: Any, data: EncodedData, collate: Collate, task_type: str, batch_size: int, device: Any,
              autocast: Any, label_scoring: str = "mean") -> dict[str, float]:
     """Eval metrics (see trainer.metrics); restores train mode afterwards."""

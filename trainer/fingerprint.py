@@ -7,6 +7,7 @@ import os
 import platform
 
 from trainer.seeding import determinism_policy
+from trainer.trace import traced
 
 
 def _version(dist: str) -> str | None:
@@ -28,6 +29,7 @@ def cpu_model() -> str:
     return platform.processor() or "unknown"
 
 
+@traced("trainer.fingerprint")
 def environment_fingerprint() -> dict[str, str]:
     """Library versions, accelerator and CPU description as flat strings (MLflow tag friendly)."""
     import torch

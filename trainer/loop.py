@@ -24,6 +24,7 @@ from typing import Any
 from trainer.checkpoint import Checkpointer, restore_rng_states, rng_states
 from trainer.errors import NonFiniteLossError, TrialPreempted
 from trainer.reporting import Reporter
+from trainer.trace import traced
 
 METRIC_SCHEDULERS = ("reduce_lr_on_plateau", "greedy")  # stepped with eval_loss at each eval, not per step
 IGNORE_INDEX = -100
@@ -149,6 +150,7 @@ def _make_scheduler(train: dict[str, Any], optimizer: Any, plan: LoopPlan) -> An
                          scheduler_specific_kwargs=dict(train.get("scheduler_kwargs") or {}))
 
 
+@traced("trainer.train")
 def train_loop(model: Any, features: list[dict[str, Any]], collate: Callable, evaluate: Callable[[], dict[str, float]],
                train: dict[str, Any], plan: LoopPlan, device: Any, data_seed: int, reporter: Reporter,
                causal: bool = False, selection: Any = None, checkpoint: Checkpointer | None = None) -> LoopOutcome:

@@ -9,6 +9,7 @@ from typing import Any
 
 from trainer.errors import ConfigError
 from trainer.targets import CLASSIFIER_HEADS, LM_HEADS
+from trainer.trace import traced
 
 
 def head_names(task_type: str) -> tuple[str, ...]:
@@ -16,6 +17,7 @@ def head_names(task_type: str) -> tuple[str, ...]:
     return CLASSIFIER_HEADS if task_type == "classification" else LM_HEADS
 
 
+@traced("trainer.tokenize")
 def load_tokenizer(model: dict[str, Any], task: dict[str, Any] | None = None) -> Any:
     """Tokenizer with a pad token (eos when it has none) and right padding (causal-LM training);
     for task=sft, with the chat template the task renders conversations with."""
@@ -55,6 +57,7 @@ def quantization_config(quant: dict[str, Any], task_type: str) -> Any:
     return None
 
 
+@traced("trainer.model_load")
 def load_base_model(model: dict[str, Any], quant: dict[str, Any], task_type: str, num_labels: int | None,
                     pad_token_id: int | None, device: Any, gradient_checkpointing: bool, precision: str = "fp32") -> Any:
     """From_pretrained (+ prepare_model_for_kbit_training when quantized), frozen, on `device`.
@@ -137,6 +140,7 @@ def keep_4bit_layout_on_cpu(model: Any) -> None:
             layer.support_avx512bf16_for_cpu = False
 
 
+@traced("trainer.lora_setup")
 def reset_head(base: Any, task_type: str) -> None:
     """Re-draw the classification head from the global RNG (call right after seeding), so a
     warm base gives the same head as a fresh load. Causal LMs keep their pretrained lm_head."""
@@ -163,6 +167,7 @@ def lora_alpha(lora: dict[str, Any]) -> float:
     return float(ratio * lora["r"]) if ratio is not None else float(lora["lora_alpha"])
 
 
+@traced("trainer.lora_setup")
 def apply_lora(base: Any, lora: dict[str, Any], targets: list[str], task_type: str, precision: str = "fp32") -> Any:
     """Wrap `base` with a fresh LoRA adapter (draws LoRA A from the global RNG).
 

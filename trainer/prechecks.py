@@ -16,6 +16,7 @@ from trainer.data import RawData, check_test_split, load_raw
 from trainer.errors import ConfigError
 from trainer.targets import TARGET_PRESETS, matches, is_head, leaf_names, resolve_target_modules
 from trainer.validation import validate_config
+from trainer.trace import traced
 
 MB = 2**20
 # CPU: peak RSS over what autograd keeps for backward (backward's transient gradients, and glibc
@@ -217,6 +218,7 @@ def saved_module_params(model: Any, cfg: DictConfig, shapes: Shapes, targets: li
     return total
 
 
+@traced("trainer.preflight")
 def preflight(cfg: DictConfig) -> PreflightReport:
     """validate_config, then the architecture/data checks (ConfigError on the first problem)."""
     validate_config(cfg)

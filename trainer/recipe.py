@@ -33,6 +33,7 @@ from trainer.seeding import seed_everything
 from trainer.selection import EvalSelection
 from trainer.targets import resolve_target_modules
 from trainer.validation import task_direction, validate_config
+from trainer.trace import span, traced
 
 
 def _peak_memory_mb(device: Any) -> float:
@@ -44,6 +45,7 @@ def _peak_memory_mb(device: Any) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+@traced("trainer.lora_removal")
 def _give_back(cache: WarmCache, key: str, base: Any, peft_model: Any, lora: dict[str, Any]) -> None:
     """Leave the cached base exactly as loaded, or drop it from the cache."""
     try:
@@ -78,6 +80,7 @@ class _AnswerEval:
         return metrics
 
 
+@traced("trainer.run_trial")
 def run_trial(cfg: DictConfig, reporter: Reporter | None = None, cache: WarmCache | None = None,
               output_dir: str | Path | None = None, objective: tuple[str, str] | None = None,
               objective_at: str = "last", evaluate_test: bool = False, checkpoint_dir: str | Path | None = None,
@@ -176,7 +179,8 @@ def run_trial(cfg: DictConfig, reporter: Reporter | None = None, cache: WarmCach
         adapter_dir = None
         if output_dir is not None and train.get("save_adapter", True):
             adapter_dir = Path(output_dir) / "adapter"
-            peft_model.save_pretrained(str(adapter_dir), safe_serialization=True)
+            with span("trainer.save_adapter"):
+                peft_model.save_pretrained(str(adapter_dir), safe_serialization=True)
         trainable, total = peft_model.get_nb_trainable_parameters()
         checkpoint.remove()
     except torch.OutOfMemoryError as e:

@@ -13,6 +13,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from trainer.errors import ConfigError
+from trainer.trace import traced
 
 TARGET_PRESETS: tuple[str, ...] = ("qv", "attn", "attn_mlp", "all_linear")
 
@@ -114,6 +115,7 @@ def _preset_modules(preset: str, body: list[str]) -> list[str]:
     return body  # all_linear
 
 
+@traced("trainer.lora_setup")
 def resolve_target_modules(model_or_module_names: Any, spec: Any) -> list[str]:
     """Resolve a preset name or check an explicit list against a model (or a list of its
     module names). Raises ConfigError naming the model's real linear modules on a mismatch."""

@@ -16,6 +16,7 @@ from omegaconf import DictConfig
 from trainer.config import get
 from trainer.errors import ConfigError
 from trainer.targets import TARGET_PRESETS
+from trainer.trace import traced
 
 TASK_METRICS: dict[str, dict[str, str]] = {  # metric -> optimisation direction
     "classification": {"accuracy": "maximize", "macro_f1": "maximize", "loss": "minimize"},
@@ -294,6 +295,7 @@ def _check_data(cfg: DictConfig) -> None:
              "null or the name of a held-out split (e.g. test)")
 
 
+@traced("trainer.validate_config")
 def validate_config(cfg: DictConfig) -> None:
     """Raise ConfigError for the first invalid value; needs no model, no data, no network."""
     model = get(cfg, "model.name_or_path")
