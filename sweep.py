@@ -31,7 +31,7 @@ def main(cfg: DictConfig) -> float:
 
 
 if __name__ == "__main__":
-    from sweeps.fast_exit import exit_now
+    from sweeps.runtime.fast_exit import exit_now
 
     try:
         main()

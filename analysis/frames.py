@@ -13,7 +13,7 @@ import optuna
 import pandas as pd
 from optuna.trial import FrozenTrial
 
-from sweeps.storage import MEMORY_SKIP_ATTR, REPRODUCE_SUFFIX
+from sweeps.search.storage import MEMORY_SKIP_ATTR, REPRODUCE_SUFFIX
 
 # User attrs promoted to their own columns (the rest go to `attr.<key>` when scalar).
 TRIAL_ATTRS = ("mlflow_run_id", "trainable_params", "total_params", "train_runtime_s", "fail_reason",

@@ -23,7 +23,7 @@ from analysis.document import to_html, to_markdown
 from analysis.importance import param_importances
 from analysis.reproducibility import fresh
 from analysis.tracking import log_report, resolve_tracking_uri
-from sweeps.storage import journal_path, latest_study_name, mask_url, open_storage, storage_url
+from sweeps.search.storage import journal_path, latest_study_name, mask_url, open_storage, storage_url
 
 logger = logging.getLogger("analysis.report")  # not __main__ under `python -m`
 

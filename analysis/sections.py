@@ -15,7 +15,7 @@ from analysis.reproducibility import (crossed_grids, determinism_check, determin
                                       held_out, lead_significance, per_config_summary)
 from analysis.stats import (expected_max, expected_max_std, rank_stability, seed_variance_components,
                             variance_by_seed_kind)
-from sweeps.redact import scrub_text
+from sweeps.tracking.redact import scrub_text
 
 LEADERBOARD_SIZE = 10
 FigureResult = Path | str  # the PNG written, or why it was skipped

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from sweeps.storage import absolute_sqlite, is_masked
+from sweeps.search.storage import absolute_sqlite, is_masked
 
 DEFAULT_TRACKING_DB = "mlflow.db"
 ARTIFACT_PATH = "report"

@@ -63,7 +63,7 @@ def summary(workdir: Path) -> dict:
     import optuna
     from optuna.trial import TrialState
 
-    from sweeps.storage import latest_study_name, open_storage
+    from sweeps.search.storage import latest_study_name, open_storage
 
     storage = open_storage(str(workdir / "optuna-journal.log"))
     study = optuna.load_study(study_name=latest_study_name(storage), storage=storage)
@@ -82,7 +82,7 @@ def held_out(workdir: Path, common: list[str], params: dict) -> dict[tuple[int, 
     import optuna
     from optuna.trial import TrialState
 
-    from sweeps.storage import latest_study_name, open_storage
+    from sweeps.search.storage import latest_study_name, open_storage
 
     fixed = {"seed": 0, **params}  # 0: conf/sweep.yaml's seed, the base config's
     workdir.mkdir()

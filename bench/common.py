@@ -315,7 +315,7 @@ def study_rows(workdir: Path, study_name: str) -> list[TrialRow]:
     import optuna
 
     sys.path.insert(0, str(REPO))
-    from sweeps.storage import open_storage
+    from sweeps.search.storage import open_storage
 
     storage = open_storage(None, cwd=workdir)
     study = optuna.load_study(study_name=study_name, storage=storage)
@@ -342,7 +342,7 @@ def mlflow_runs(workdir: Path) -> list[Any]:
 def override_line(key: str, value: Any) -> str:
     """The exact override our sweeper composes for a sampled value (reused, not re-implemented)."""
     sys.path.insert(0, str(REPO))
-    from sweeps.search_space import override_line as ours
+    from sweeps.search.space import override_line as ours
 
     return ours(key, value)
 
@@ -492,7 +492,7 @@ def run_sweep(ctx: Context, name: str, overrides: list[str], enqueue: list[dict[
         import optuna
 
         sys.path.insert(0, str(REPO))
-        from sweeps.storage import open_storage
+        from sweeps.search.storage import open_storage
 
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         study = optuna.create_study(storage=open_storage(None, cwd=workdir), study_name=name, direction="maximize")

@@ -63,7 +63,6 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import (
-    BENCH,
     REPO,
     SWEEP,
     BenchError,
@@ -100,7 +99,7 @@ SOURCES = {
     "peak memory per worker": "MLflow child runs' `peak_memory_mb` metric (torch.cuda.max_memory_allocated on a GPU, "
                               "ru_maxrss on CPU), max per `sweep.worker_id` tag",
     "pre-flight estimate": "the sweep's MLflow parent run tag `sweep.largest_trial_estimate_mb`, the value "
-                           "sweeps.preflight.validate_sweep returned (largest trial; no CUDA context or runtime)",
+                           "sweeps.preflight.preflight_sweep returned (largest trial; no CUDA context or runtime)",
     "model load cold / warm": "the runtime's trace (LORA_SWEEP_TRACE, phase trainer.model_load: trainer.model.load_base_model) in "
                               "each worker: a trial that ran it loaded cold, one that did not got the worker's warm base "
                               "(the worker does not log TrialResult.resolved['model_load_s'] / ['warm_model'])",
@@ -607,7 +606,7 @@ def hf_search_main(argv: list[str]) -> None:
     )
     from transformers.utils import logging as hf_logging
 
-    from sweeps.compose import ComposeSpec, compose_job
+    from sweeps.runtime.compose import ComposeSpec, compose_job
     from trainer.config import get
     from trainer.data import load_raw
     from trainer.encoding import encode, make_collator
@@ -739,7 +738,7 @@ def main(argv: list[str] | None = None) -> int:
     plan = PLANS["cpu-dry" if args.cpu_dry else "gpu"]
     if args.budget_s is not None:
         plan = replace(plan, budget_s=args.budget_s)
-    from sweeps.worker_plan import cuda_device_count
+    from sweeps.runtime.worker_plan import cuda_device_count
 
     if plan.gpu and not cuda_device_count():
         print("error: no CUDA GPU is visible; run `python bench/gpu.py --out DIR --cpu-dry` on CPU", file=sys.stderr)

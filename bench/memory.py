@@ -99,7 +99,7 @@ def estimate_probe(overrides: list[str]) -> dict[str, float]:
     import bitsandbytes  # noqa: F401
 
     import trainer
-    from sweeps.compose import ComposeSpec, compose_job
+    from sweeps.runtime.compose import ComposeSpec, compose_job
 
     cfg = compose_job(ComposeSpec(str(REPO / "conf"), "sweep", tuple(overrides)), {})
     estimate = trainer.preflight(cfg).estimate_memory_mb(cfg, device="cpu")

@@ -32,7 +32,7 @@ from trace_phases import TRACE_ENV, single_run_phases  # noqa: E402
 IMPORTS = [  # what `python sweep.py` imports before and during its single-run code, in its order, grouped
     ("imports: hydra, omegaconf", ("hydra", "omegaconf", "hydra.core.hydra_config")),
     ("imports: optuna, rich", ("optuna", "rich")),
-    ("imports: project (sweeps, trainer)", ("trainer", "sweeps.single_run", "sweeps.worker")),
+    ("imports: project (sweeps, trainer)", ("trainer", "sweeps.single_run", "sweeps.runtime.worker")),
     ("imports: torch, transformers, peft, bitsandbytes, datasets",
      ("torch", "transformers", "transformers.models.bert.modeling_bert", "peft", "bitsandbytes", "datasets")),
     ("imports: project (sweeps, trainer)", ("trainer.recipe", "trainer.prechecks")),
@@ -53,8 +53,8 @@ def main() -> None:
     t_cli = time.perf_counter()
     sys.argv = [str(REPO / "sweep.py"), *sys.argv[1:]]
 
-    def report() -> None:  # at exit: sweep.py ends the process itself (sweeps.fast_exit)
-        from sweeps import fast_exit
+    def report() -> None:  # at exit: sweep.py ends the process itself (sweeps.runtime.fast_exit)
+        from sweeps.runtime import fast_exit
 
         cli_total = time.perf_counter() - t_cli
         traced = single_run_phases(trace, os.getpid())

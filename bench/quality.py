@@ -84,7 +84,7 @@ def our_arm(ctx: Context, name: str, overrides: list[str], steps: int) -> ArmRun
         from optuna import load_study
 
         sys.path.insert(0, str(REPO))
-        from sweeps.storage import open_storage
+        from sweeps.search.storage import open_storage
 
         outcome = load_study(study_name=name, storage=open_storage(None, cwd=run_.workdir)).user_attrs["race"]
         winner = next(r for r in run_.rows if r.number == outcome["winner"])

@@ -76,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     import optuna
     from scipy.stats import ttest_rel
 
-    from sweeps.storage import RACE_SUFFIX, REPRODUCE_SUFFIX, latest_study_name, open_storage
+    from sweeps.search.storage import RACE_SUFFIX, REPRODUCE_SUFFIX, latest_study_name, open_storage
 
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="race-cost-"))
     if args.workdir is None:

@@ -9,12 +9,12 @@ import optuna
 from omegaconf import DictConfig
 from rich.table import Table
 
-from sweeps.compose import ComposeSpec
+from sweeps.runtime.compose import ComposeSpec
 from sweeps.progress import console
-from sweeps.samplers import kwargs_of, make_sampler, sampler_seed
-from sweeps.search_space import SearchSpace, suggest
-from sweeps.storage import mask_url
-from sweeps.worker_plan import plan_for
+from sweeps.search.samplers import kwargs_of, make_sampler, sampler_seed
+from sweeps.search.space import SearchSpace, suggest
+from sweeps.search.storage import mask_url
+from sweeps.runtime.worker_plan import plan_for
 
 N_SAMPLES = 5
 

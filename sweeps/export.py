@@ -23,9 +23,9 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from sweeps.storage import is_masked, journal_path, latest_study_name, mask_url, open_storage, sqlite_path, storage_url
-from sweeps.study import trial_folder
-from sweeps.worker import adapter_sha256  # the hash the trial recorded
+from sweeps.search.storage import is_masked, journal_path, latest_study_name, mask_url, open_storage, sqlite_path, storage_url
+from sweeps.search.study import trial_folder
+from sweeps.runtime.trial import adapter_sha256  # the hash the trial recorded
 
 EXIT_BAD_INPUT = 2
 N_SAMPLES = 16
@@ -166,7 +166,7 @@ def fetch(sel: TrialSource, scratch: Path) -> tuple[Path, Any, str]:
         except Exception as exc:  # noqa: BLE001 - the study holds enough to recompose it
             print(f"warning: no config.yaml from MLflow ({exc}); recomposing the trial config", file=sys.stderr)
     if config is None:
-        from sweeps.compose import ComposeSpec, compose_job
+        from sweeps.runtime.compose import ComposeSpec, compose_job
 
         attrs, spec = sel.study.user_attrs, sel.study.user_attrs["compose"]
         params = {**attrs.get("fixed_params", {}), **sel.trial.params, **sel.trial.user_attrs.get("overrides", {})}

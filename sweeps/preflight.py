@@ -7,12 +7,12 @@ from typing import Any, Callable
 
 from omegaconf import DictConfig
 
-from sweeps.compose import ComposeSpec
+from sweeps.runtime.compose import ComposeSpec
 from sweeps.progress import console, data_fit_note
-from sweeps.pruning import ROW_MEAN_OBJECTIVES, prune_guard
-from sweeps.samplers import kwargs_of, SweeperConfigError, make_pruner, make_sampler
-from sweeps.search_space import SearchSpace
-from sweeps.worker_plan import DeviceError, plan_for
+from sweeps.search.pruning import ROW_MEAN_OBJECTIVES, prune_guard
+from sweeps.search.samplers import kwargs_of, SweeperConfigError, make_pruner, make_sampler
+from sweeps.search.space import SearchSpace
+from sweeps.runtime.worker_plan import DeviceError, plan_for
 from trainer.trace import traced
 
 Composer = Callable[[dict[str, Any]], DictConfig]
@@ -99,7 +99,7 @@ def config_variants(space: SearchSpace) -> list[tuple[str, Any]]:
 
 
 @traced("sweep.preflight")
-def validate_sweep(conf: DictConfig, job: DictConfig, space: SearchSpace, compose: ComposeSpec,
+def preflight_sweep(conf: DictConfig, job: DictConfig, space: SearchSpace, compose: ComposeSpec,
                    objectives: list[str], composer: Composer) -> float:
     """Static checks on the sweeper settings, then on the job config under every search-space
     extreme (validate_config), then on the real model and data (trainer.preflight). Returns the

@@ -13,8 +13,8 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-from sweeps.storage import MEMORY_SKIP_ATTR
-from sweeps.study import top_trials
+from sweeps.search.storage import MEMORY_SKIP_ATTR
+from sweeps.search.study import top_trials
 
 console = Console(highlight=False, width=None if sys.stdout.isatty() else 160)
 

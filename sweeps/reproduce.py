@@ -24,9 +24,9 @@ from omegaconf import OmegaConf
 from optuna.trial import TrialState
 
 from sweeps.progress import console, top_trials_table  # noqa: F401
-from sweeps.search_space import SearchSpace
-from sweeps.storage import REPRODUCE_SUFFIX, is_masked, latest_study_name, mask_url, open_storage, storage_url
-from sweeps.study import open_study, top_trials
+from sweeps.search.space import SearchSpace
+from sweeps.search.storage import REPRODUCE_SUFFIX, is_masked, latest_study_name, mask_url, open_storage, storage_url
+from sweeps.search.study import open_study, top_trials
 
 FRESH_SEED_BASE = 10_000  # replicate seeds never collide with seeds a search space would try
 
@@ -168,10 +168,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from sweeps.session import SweepSession
+    from sweeps.runtime.session import SweepSession
     from sweeps.sweeper_config import LoraOptunaSweeperConf, ReproduceConf
-    from sweeps.compose import ComposeSpec
-    from sweeps.tracking import RunBook, tracking_uri
+    from sweeps.runtime.compose import ComposeSpec
+    from sweeps.tracking.runbook import RunBook, tracking_uri
 
     args = parse_args(argv)
     url = storage_url(args.storage)

@@ -1,7 +1,7 @@
 """`python sweep.py` without -m: one fine-tune with the composed config, logged to MLflow the same
 way a sweep trial is (params, step metrics, curves, adapter, environment).
 
-The MLflow writing happens in a writer process (sweeps/run_writer.py), started first so that its
+The MLflow writing happens in a writer process (sweeps/tracking/writer.py), started first so that its
 imports overlap this process's torch import; this process trains and sends it what to log."""
 
 from __future__ import annotations
@@ -11,9 +11,9 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from sweeps.events import CurvesDrawn, MetricsLogged, RunClosed, RunOpened
+from sweeps.runtime.events import CurvesDrawn, MetricsLogged, RunClosed, RunOpened
 from sweeps.progress import console, data_fit_note
-from sweeps.run_writer import KEY, RunWriter
+from sweeps.tracking.writer import KEY, RunWriter
 from trainer.trace import traced
 
 
@@ -33,7 +33,7 @@ class _WriterReporter:
 
 
 def _announce(kind: str, value) -> None:
-    from sweeps.redact import scrub_text
+    from sweeps.tracking.redact import scrub_text
 
     if kind == "run":
         console.print(f"MLflow run {value[0]} in {scrub_text(value[1])}")
@@ -59,7 +59,7 @@ def _redact_hydra_outputs(output_dir: Path, subdir: str | None) -> None:
     """Hydra has already written the composed config and the command-line overrides into
     `<output_dir>/.hydra/` and opened `<job>.log` there: mask the secrets in those files and in
     every later log line, as the MLflow run has them."""
-    from sweeps.redact import install_log_scrubbing, redact_yaml
+    from sweeps.tracking.redact import install_log_scrubbing, redact_yaml
 
     install_log_scrubbing()
     folder = output_dir / subdir if subdir else None  # hydra.output_subdir=null: Hydra wrote none
@@ -76,7 +76,7 @@ def _train_and_log(cfg: DictConfig, writer: RunWriter) -> float:
     import trainer
     from hydra.core.hydra_config import HydraConfig
 
-    from sweeps.worker import SAMPLES_TABLE, adapter_sha256
+    from sweeps.runtime.trial import SAMPLES_TABLE, adapter_sha256
 
     trainer.validate_config(cfg)
     note = data_fit_note(trainer.preflight(cfg).data_stats)

@@ -29,7 +29,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from sweeps.redact import redact_override
+from sweeps.tracking.redact import redact_override
 
 REPO = Path(__file__).resolve().parents[1]
 

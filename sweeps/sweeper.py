@@ -17,10 +17,10 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from sweeps.compose import ComposeSpec
-from sweeps.samplers import SweeperConfigError, normalize_sampler_config
-from sweeps.search_space import SearchSpace, parse_search_space, split_overrides
-from sweeps.storage import mask_url, storage_url
+from sweeps.runtime.compose import ComposeSpec
+from sweeps.search.samplers import SweeperConfigError, normalize_sampler_config
+from sweeps.search.space import SearchSpace, parse_search_space, split_overrides
+from sweeps.search.storage import mask_url, storage_url
 from trainer.trace import traced
 
 
@@ -36,7 +36,7 @@ class Sweep:
 
     # -- the steps ---------------------------------------------------------------------------
     def run(self, arguments: list[str]) -> None:
-        from sweeps.preflight import validate_sweep
+        from sweeps.preflight import preflight_sweep
         from sweeps.progress import console
 
         # hydra-optuna-sweeper's `_target_` sampler/pruner nodes → short names, before anything reads them
@@ -48,7 +48,7 @@ class Sweep:
         compose = ComposeSpec(self.config_dir(), str(self.config.hydra.job.config_name), tuple(plain))
         if not conf.dry_run:
             warm_up_workers(conf)
-        largest_mb = validate_sweep(conf, job, space, compose, objectives, self.compose_variant(plain))
+        largest_mb = preflight_sweep(conf, job, space, compose, objectives, self.compose_variant(plain))
         url = storage_url(conf.storage)
         study_name = conf.study_name or default_name(self.job_config(resolve=False), space, objectives, directions)
         if conf.dry_run:
@@ -58,7 +58,7 @@ class Sweep:
             return
         console.print(f"[bold]study[/] {study_name}  [bold]storage[/] {mask_url(url)}  "
                       f"[bold]mlflow[/] {mask_url(self.tracking_uri(job))}")
-        from sweeps.session import SweepSession
+        from sweeps.runtime.session import SweepSession
 
         SweepSession(conf, job, space, compose, url, study_name, objectives, directions,
                      self.tracking_uri(job), self.trial_root(), largest_mb=largest_mb).run()
@@ -76,7 +76,7 @@ class Sweep:
         """Trial configs for the pre-flight, as Hydra composes them. Hydra composes once per
         combination of config-group choices; other keys are set on a copy of that composition
         (composing each of ~20 search-space extremes costs seconds before the first trial)."""
-        from sweeps.search_space import override_line
+        from sweeps.search.space import override_line
 
         groups = {p.name for p in Path(self.config_dir()).iterdir() if p.is_dir()}
         bases: dict[tuple, DictConfig] = {}
@@ -113,7 +113,7 @@ class Sweep:
         raise SweeperConfigError("the primary config must live in a folder (--config-dir); package configs are not supported")
 
     def tracking_uri(self, job: DictConfig) -> str:
-        from sweeps.tracking import tracking_uri
+        from sweeps.tracking.runbook import tracking_uri
 
         return tracking_uri(job.mlflow.tracking_uri)
 
@@ -124,7 +124,7 @@ class Sweep:
 
 def warm_up_workers(conf: DictConfig) -> None:
     """CPU sweeps: start the workers' fork server now, so its imports overlap the pre-flight."""
-    from sweeps.worker_plan import DeviceError, plan_for, start_fork_server
+    from sweeps.runtime.worker_plan import DeviceError, plan_for, start_fork_server
 
     try:
         on_gpu = plan_for(conf).on_gpu
@@ -156,7 +156,7 @@ def resolve_objectives(conf: DictConfig, job: DictConfig) -> tuple[list[str], li
 
 
 def default_name(job: DictConfig, space: SearchSpace, objectives: list[str], directions: list[str]) -> str:
-    from sweeps.study import default_study_name
+    from sweeps.search.study import default_study_name
 
     problem = {k: v for k, v in OmegaConf.to_container(job, resolve=False).items() if k != "mlflow"}
     problem["search_space"] = space.grammar

@@ -19,7 +19,7 @@ class ReproduceConf:
 
 @dataclass
 class RaceConf:
-    enabled: bool = False        # race the best configs on fresh seeds after the search (see sweeps/race.py)
+    enabled: bool = False        # race the best configs on fresh seeds after the search (see sweeps/runtime/race.py)
     top_k: int = 3               # configs that enter the race
     max_runs: int = 24           # race runs at most (rounds = max_runs // top_k, one seed pair each)
     alpha: float = 0.05          # race-wide chance of dropping a config as good as the leader
@@ -29,7 +29,7 @@ class RaceConf:
 class LoraOptunaSweeperConf:
     _target_: str = "hydra_plugins.lora_optuna_sweeper.lora_optuna_sweeper.LoraOptunaSweeper"
     # Hydra must not instantiate the nested `_target_` nodes (hydra-optuna-sweeper's sampler/pruner
-    # form): the sweeper translates them to short names (sweeps.samplers.normalize_sampler_config).
+    # form): the sweeper translates them to short names (sweeps.search.samplers.normalize_sampler_config).
     _recursive_: bool = False
     n_trials: int = 10                  # finished (complete + pruned) trials, across all workers and machines
     timeout: Optional[float] = None     # seconds of wall clock for the search: no trial starts after it, running ones finish

@@ -43,7 +43,7 @@ def start_sweep(cwd: Path, *overrides: str) -> subprocess.Popen:
 
 
 def journal(cwd: Path) -> optuna.storages.BaseStorage:
-    from sweeps.storage import open_storage
+    from sweeps.search.storage import open_storage
 
     return open_storage(None, cwd=cwd)
 

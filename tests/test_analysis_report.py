@@ -18,7 +18,7 @@ from analysis import sections
 from analysis.frames import mlflow_runs_frame
 from analysis.report import ALL_PNGS, build_report, main
 from analysis.tracking import resolve_tracking_uri
-from sweeps.storage import open_storage
+from sweeps.search.storage import open_storage
 
 NAME = "lora-demo"
 DISTS = {"lora.r": Cat([4, 8, 16]), "lora.lora_alpha": Cat([8, 16, 32]), "lora.lora_dropout": Flt(0.0, 0.2),

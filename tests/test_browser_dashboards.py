@@ -28,7 +28,7 @@ from pathlib import Path
 
 import pytest
 
-from sweeps.tracking import MLFLOW_UI
+from sweeps.tracking.runbook import MLFLOW_UI
 
 REPO = Path(__file__).resolve().parents[1]
 SHOTS = REPO / "docs" / "screenshots"

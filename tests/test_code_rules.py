@@ -1,6 +1,6 @@
 """House rules read from the source: no module of ours uses a private name of another module of
 ours, and Optuna's private handles (`study._storage`, `trial._trial_id`, ...) are reached in one
-place only (sweeps/study.py), so an Optuna upgrade that moves them breaks there and nowhere else."""
+place only (sweeps/search/study.py), so an Optuna upgrade that moves them breaks there and nowhere else."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 OURS = ("sweeps", "trainer", "analysis", "hydra_plugins")
 OPTUNA_PRIVATE = {"_storage", "_trial_id", "_study_id", "_is_multi_objective"}
-OPTUNA_ADAPTER = REPO / "sweeps" / "study.py"
+OPTUNA_ADAPTER = REPO / "sweeps" / "search" / "study.py"
 
 
 def sources() -> list[Path]:
@@ -46,7 +46,7 @@ def violations(path: Path) -> list[str]:
             found.append(f"{path.relative_to(REPO)}:{node.lineno}: {ast.unparse(node)}")
         elif (node.attr in OPTUNA_PRIVATE and path != OPTUNA_ADAPTER
               and not (isinstance(node.value, ast.Name) and node.value.id == "self")):
-            found.append(f"{path.relative_to(REPO)}:{node.lineno}: {ast.unparse(node)} (Optuna's; use sweeps.study)")
+            found.append(f"{path.relative_to(REPO)}:{node.lineno}: {ast.unparse(node)} (Optuna's; use sweeps.search.study)")
     return found
 
 
@@ -59,10 +59,10 @@ def test_the_rule_catches_what_it_forbids(tmp_path, monkeypatch):
     """The checker itself: each forbidden form in a scratch module is reported."""
     bad = tmp_path / "sweeps" / "bad.py"
     bad.parent.mkdir()
-    bad.write_text("from sweeps.worker import _Heartbeat\nimport sweeps.study as st\nfrom sweeps import export\n"
+    bad.write_text("from sweeps.runtime.worker import _Heartbeat\nimport sweeps.search.study as st\nfrom sweeps import export\n"
                    "st._private()\nexport._helper\nstudy = object()\nstudy._storage\nself._storage\n")
     monkeypatch.setattr(f"{__name__}.REPO", tmp_path)
     found = violations(bad)
     assert sorted(found, key=lambda f: int(f.split(":")[1])) == [
-        "sweeps/bad.py:1: from sweeps.worker import _Heartbeat", "sweeps/bad.py:4: st._private",
-        "sweeps/bad.py:5: export._helper", "sweeps/bad.py:7: study._storage (Optuna's; use sweeps.study)"], found
+        "sweeps/bad.py:1: from sweeps.runtime.worker import _Heartbeat", "sweeps/bad.py:4: st._private",
+        "sweeps/bad.py:5: export._helper", "sweeps/bad.py:7: study._storage (Optuna's; use sweeps.search.study)"], found

@@ -9,13 +9,13 @@ from types import SimpleNamespace
 import optuna
 from optuna.trial import TrialState
 
-from sweeps.compose import ComposeSpec
-from sweeps.search_space import parse_search_space
-from sweeps.storage import open_storage, storage_url
-from sweeps.study import OOM_REQUEUE_LIMIT, requeue_after_oom
-from sweeps.supervisor import Supervisor
-from sweeps.worker import Worker, WorkerSpec
-from sweeps.worker_plan import DeviceOomPolicy
+from sweeps.runtime.compose import ComposeSpec
+from sweeps.search.space import parse_search_space
+from sweeps.search.storage import open_storage, storage_url
+from sweeps.search.study import OOM_REQUEUE_LIMIT, requeue_after_oom
+from sweeps.runtime.supervisor import Supervisor
+from sweeps.runtime.worker import Worker, WorkerSpec
+from sweeps.runtime.worker_plan import DeviceOomPolicy
 
 
 def test_repeated_ooms_on_one_gpu_retire_one_of_its_workers_never_the_last():

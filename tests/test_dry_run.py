@@ -63,12 +63,12 @@ def test_dry_run_tiny_writes_nothing(tiny_dry_run, tiny_bert_dir):
 
 
 def test_dry_run_samples_are_the_sweeps_first_trials(tiny_dry_run):
-    """What worker 0 of a fresh one-worker sweep proposes (sweeps/worker.py: Worker.__init__ and _params)."""
+    """What worker 0 of a fresh one-worker sweep proposes (sweeps/runtime/worker.py: Worker.__init__ and _params)."""
     import optuna
     from omegaconf import OmegaConf
 
-    from sweeps.samplers import make_sampler, worker_seed
-    from sweeps.search_space import parse_search_space, suggest
+    from sweeps.search.samplers import make_sampler, worker_seed
+    from sweeps.search.space import parse_search_space, suggest
 
     grammar = OmegaConf.to_container(OmegaConf.load(REPO / "conf/search_space/default.yaml"))
     space = parse_search_space(grammar, [])

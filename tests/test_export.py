@@ -86,7 +86,7 @@ def test_merged_model_reloads_with_same_predictions(sweep, merged):
     from peft import PeftModel
     from transformers import AutoModelForSequenceClassification
 
-    from sweeps.compose import ComposeSpec, compose_job
+    from sweeps.runtime.compose import ComposeSpec, compose_job
     from trainer.config import get
     from trainer.data import load_raw
     from trainer.encoding import encode, make_collator
@@ -164,7 +164,7 @@ def _bad_input_study(sweep: Path, tmp_path: Path) -> tuple[Path, dict[str, int]]
     """A copy of the sweep's journal plus a FAIL, a PRUNED trial and a multi-objective study."""
     journal = tmp_path / "copy.log"
     shutil.copy(sweep / "optuna-journal.log", journal)
-    from sweeps.storage import open_storage
+    from sweeps.search.storage import open_storage
 
     storage = open_storage(str(journal))
     name = only_study(sweep).study_name

@@ -42,7 +42,7 @@ import importlib.abc, importlib.util, os, sys
 
 class _CapWorkers(importlib.abc.MetaPathFinder):
     def find_spec(self, name, path, target=None):
-        if name != "sweeps.worker":
+        if name != "sweeps.runtime.worker":
             return None
         sys.meta_path.remove(self)
         spec = importlib.util.find_spec(name)
@@ -224,7 +224,7 @@ def test_warm_base_after_other_target_modules_equals_cold(tiny_chat_llama_dir: P
     fresh load does (attention on the math kernel: the fused ones have nondeterministic backwards)."""
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
-    from sweeps.worker import adapter_sha256
+    from sweeps.runtime.trial import adapter_sha256
     from trainer import WarmCache, run_trial
 
     cache = WarmCache()
@@ -252,7 +252,7 @@ def test_export_and_merge_on_cuda(two_workers: tuple[Path, str], tmp_path: Path)
     diff, tol = (float(x) for x in DIFF.search(proc.stdout).groups())
     assert diff <= tol
     best = only_study(cwd).best_trial
-    from sweeps.worker import adapter_sha256
+    from sweeps.runtime.trial import adapter_sha256
 
     assert adapter_sha256(out / "adapter") == best.user_attrs["adapter_sha256"]
     assert list(out.glob("*.safetensors")) and "quantization_config" not in (out / "config.json").read_text()

@@ -47,7 +47,7 @@ def _gpu_machine(monkeypatch, visible: str | None, nvml_count: int) -> None:
 
 
 def test_each_mig_slice_gets_a_worker_though_one_process_enumerates_one(monkeypatch):
-    from sweeps.worker_plan import WorkerPlan, cuda_device_count
+    from sweeps.runtime.worker_plan import WorkerPlan, cuda_device_count
 
     mig = ["MIG-4c5d6e7f-aaaa-bbbb-cccc-ddddeeeeffff", "MIG-0a1b2c3d-1111-2222-3333-444455556666"]
     _gpu_machine(monkeypatch, ",".join(mig), nvml_count=1)  # CUDA in the sweep process sees only the first slice
@@ -57,7 +57,7 @@ def test_each_mig_slice_gets_a_worker_though_one_process_enumerates_one(monkeypa
 
 
 def test_indices_and_uuids_are_counted_as_cuda_sees_them(monkeypatch):
-    from sweeps.worker_plan import DeviceError, WorkerPlan, cuda_device_count
+    from sweeps.runtime.worker_plan import DeviceError, WorkerPlan, cuda_device_count
 
     _gpu_machine(monkeypatch, None, nvml_count=4)  # unset: every GPU, numbered absolutely
     assert WorkerPlan.make(n_jobs=None, devices=[1, 3]).cuda_devices == ["1", "3"]
@@ -97,8 +97,8 @@ def test_the_preflight_refuses_devices_it_cannot_see(monkeypatch, devices, says)
     """The sweeper's pre-flight (before any store or worker): the key, the visible GPUs as the
     parent's CUDA_VISIBLE_DEVICES entries, and the indices allowed."""
     from sweeps.preflight import check_sweeper_settings
-    from sweeps.samplers import SweeperConfigError
-    from sweeps.search_space import parse_search_space
+    from sweeps.search.samplers import SweeperConfigError
+    from sweeps.search.space import parse_search_space
 
     _gpu_machine(monkeypatch, "2,3", nvml_count=2)
     space = parse_search_space({}, ["lora.r=4,8"])
@@ -119,8 +119,8 @@ def gpu_sweep(monkeypatch, tiny_bert_dir):
 
     import trainer
     import trainer.prechecks  # noqa: F401
-    from sweeps.compose import ComposeSpec
-    from sweeps.search_space import parse_search_space
+    from sweeps.runtime.compose import ComposeSpec
+    from sweeps.search.space import parse_search_space
 
     _gpu_machine(monkeypatch, "2,3", nvml_count=2)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
@@ -137,13 +137,13 @@ def test_the_sweep_preflight_creates_no_cuda_context(gpu_sweep, monkeypatch):
     """Sweeper settings, every search-space extreme through validate_config and the meta-model
     pre-flight, and the worker plan, with the GPU properties from a (faked) probe."""
     import trainer.devices as devices
-    from sweeps.preflight import validate_sweep
-    from sweeps.worker_plan import plan_for
+    from sweeps.preflight import preflight_sweep
+    from sweeps.runtime.worker_plan import plan_for
 
     monkeypatch.setattr(devices, "cuda_properties", lambda index: {"name": f"Fake GPU {index}", "bf16": True},
                         raising=False)
     conf = _sweeper_conf(devices=[1, 0])
-    validate_sweep(conf, gpu_sweep["job"], gpu_sweep["space"], gpu_sweep["compose"], ["eval_accuracy"],
+    preflight_sweep(conf, gpu_sweep["job"], gpu_sweep["space"], gpu_sweep["compose"], ["eval_accuracy"],
                    gpu_sweep["composer"])
     assert plan_for(conf).cuda_devices == ["3", "2"]
 
@@ -152,12 +152,12 @@ def test_the_gpu_probe_runs_in_a_child_process(gpu_sweep):
     """Unfaked, the device's properties come from a child process (whose context dies with it): on
     a GPU machine the pre-flight completes; without one it fails with our train.device error, and
     never by calling a context-making function here."""
-    from sweeps.preflight import validate_sweep
-    from sweeps.samplers import SweeperConfigError
+    from sweeps.preflight import preflight_sweep
+    from sweeps.search.samplers import SweeperConfigError
 
     gpu_sweep["trainer"].devices.cuda_properties.cache_clear()
     try:
-        validate_sweep(_sweeper_conf(), gpu_sweep["job"], gpu_sweep["space"], gpu_sweep["compose"], ["eval_accuracy"],
+        preflight_sweep(_sweeper_conf(), gpu_sweep["job"], gpu_sweep["space"], gpu_sweep["compose"], ["eval_accuracy"],
                        gpu_sweep["composer"])
     except (gpu_sweep["trainer"].ConfigError, SweeperConfigError) as exc:
         assert "train.device: must be a GPU this process can use, got 'cuda:0'" in str(exc)

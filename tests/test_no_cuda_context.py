@@ -41,9 +41,9 @@ def two_gpus_no_context(monkeypatch):
 
 
 def test_preflight_on_a_gpu_config_creates_no_cuda_context(two_gpus_no_context, tiny_bert_dir, monkeypatch):
-    import sweeps.worker_plan as worker_plan
+    import sweeps.runtime.worker_plan as worker_plan
     import trainer
-    from sweeps.worker_plan import WorkerPlan
+    from sweeps.runtime.worker_plan import WorkerPlan
 
     cfg = compose_cfg([f"model.name_or_path={tiny_bert_dir}", "train.device=cuda", "train.precision=bf16",
                        "quant=4bit", "quant.compute_dtype=auto", "data.max_train_samples=32", "data.max_eval_samples=16"])

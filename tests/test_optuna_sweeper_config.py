@@ -9,9 +9,9 @@ from omegaconf import OmegaConf
 from optuna.trial import TrialState
 
 from sweep_helpers import TINY, only_study, run_sweep, runs
-from sweeps.pruning import GuardedPruner, PruneGuard
-from sweeps.samplers import SweeperConfigError, make_pruner, make_sampler, normalize_sampler_config
-from sweeps.search_space import parse_search_space
+from sweeps.search.pruning import GuardedPruner, PruneGuard
+from sweeps.search.samplers import SweeperConfigError, make_pruner, make_sampler, normalize_sampler_config
+from sweeps.search.space import parse_search_space
 from sweeps.sweeper_config import LoraOptunaSweeperConf
 
 SPACE = parse_search_space({"x": "interval(-5.0, 5.0)", "y": "choice(-5, 0, 5)"})

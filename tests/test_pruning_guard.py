@@ -6,8 +6,8 @@ from __future__ import annotations
 import optuna
 import pytest
 
-from sweeps.pruning import PruneGuard
-from sweeps.samplers import SweeperConfigError, make_pruner
+from sweeps.search.pruning import PruneGuard
+from sweeps.search.samplers import SweeperConfigError, make_pruner
 
 STEPS = (2, 4, 6, 8)
 

@@ -8,9 +8,9 @@ import pytest
 import yaml
 from optuna.trial import TrialState, create_trial
 
-from sweeps.redact import (MASK, flatten, is_secret_env, is_secret_key, redact, redact_override, redact_yaml,
+from sweeps.tracking.redact import (MASK, flatten, is_secret_env, is_secret_key, redact, redact_override, redact_yaml,
                            scrub_text)
-from sweeps.storage import mask_url
+from sweeps.search.storage import mask_url
 
 HF = "hf_" + "Qx7Lm2Pz9Rt4Vw8Ks1Nb6Yc3Hd5Jf0Gt"
 SK = "sk-proj-" + "T3stK3yAbCdEfGhIjKlMnOpQrSt"
@@ -110,7 +110,7 @@ def test_config_yaml_is_masked_like_params_and_untouched_without_secrets():
 
 def test_runbook_masks_config_yaml_params_and_tags(tmp_path, monkeypatch):
     """The MLflow write boundary: a child run's config.yaml artifact, params and error tag."""
-    from sweeps.tracking import RunBook
+    from sweeps.tracking.runbook import RunBook
 
     monkeypatch.setenv("HF_TOKEN", HF)
     book = RunBook(f"sqlite:///{tmp_path / 'mlflow.db'}", "exp")
@@ -128,7 +128,7 @@ def test_runbook_masks_config_yaml_params_and_tags(tmp_path, monkeypatch):
 
 
 def test_fail_reason_is_masked_when_a_trial_is_failed_from_outside():
-    from sweeps.study import fail_trial
+    from sweeps.search.study import fail_trial
 
     study = optuna.create_study()
     trial = study.ask()
@@ -155,7 +155,7 @@ def test_log_handlers_write_masked_messages_and_tracebacks():
     import io
     import logging
 
-    from sweeps.redact import install_log_scrubbing
+    from sweeps.tracking.redact import install_log_scrubbing
 
     stream = io.StringIO()
     logger = logging.getLogger("test_redact.scrub")

@@ -22,10 +22,10 @@ from omegaconf import OmegaConf
 from optuna.trial import TrialState
 
 from sweeps.progress import SweepProgress
-from sweeps.storage import RetryingStorage, StoreUnavailable, is_transient, open_storage, retry_call
-from sweeps.study import fail_orphaned_trials, owner_attrs, process_started
-from sweeps.supervisor import Supervisor
-from sweeps.tracking import RunBook, tracking_uri
+from sweeps.search.storage import RetryingStorage, StoreUnavailable, is_transient, open_storage, retry_call
+from sweeps.search.study import fail_orphaned_trials, owner_attrs, process_started
+from sweeps.runtime.supervisor import Supervisor
+from sweeps.tracking.runbook import RunBook, tracking_uri
 
 REFUSED = sqlalchemy.exc.OperationalError("SELECT 1", {}, Exception(
     'connection to server at "127.0.0.1", port 5432 failed: Connection refused'))
@@ -145,10 +145,10 @@ class BeatStore:
 def test_the_heartbeat_keeps_beating_after_a_failed_beat():
     """A heartbeat thread that died on its first error would get a live trial failed as stale
     and re-run elsewhere while it still trains."""
-    from sweeps.worker import _Heartbeat
+    from sweeps.runtime.reporting import Heartbeat
 
     store = BeatStore(fail=2)
-    beat = _Heartbeat(store, 7, 1)
+    beat = Heartbeat(store, 7, 1)
     try:
         time.sleep(6)
     finally:
@@ -181,8 +181,8 @@ def test_a_reused_pid_is_not_mistaken_for_the_dead_sweep_that_owned_a_trial(tmp_
 
 def test_store_retry_s_is_validated():
     from sweeps.preflight import check_sweeper_settings
-    from sweeps.samplers import SweeperConfigError
-    from sweeps.search_space import parse_search_space
+    from sweeps.search.samplers import SweeperConfigError
+    from sweeps.search.space import parse_search_space
     from sweeps.sweeper_config import LoraOptunaSweeperConf
 
     conf = OmegaConf.structured(LoraOptunaSweeperConf(store_retry_s=-1))

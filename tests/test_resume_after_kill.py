@@ -53,7 +53,7 @@ class Stores:
         return self.kind != "journal" or (self.cwd / "optuna-journal.log").exists()
 
     def study(self, suffix: str = "") -> optuna.Study | None:
-        from sweeps.storage import open_storage
+        from sweeps.search.storage import open_storage
 
         if self._opened is None:  # one storage for all the polling: each RDB storage holds connections
             self._opened = open_storage(self.storage)

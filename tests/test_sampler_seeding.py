@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import optuna
 
-from sweeps.compose import ComposeSpec
-from sweeps.search_space import parse_search_space, suggest
-from sweeps.storage import open_storage, storage_url
-from sweeps.worker import Worker, WorkerSpec
+from sweeps.runtime.compose import ComposeSpec
+from sweeps.search.space import parse_search_space, suggest
+from sweeps.search.storage import open_storage, storage_url
+from sweeps.runtime.worker import Worker, WorkerSpec
 
 SPACE = parse_search_space({"lora.r": "choice(4, 8, 16)", "train.learning_rate": "tag(log, interval(1e-4, 1e-2))",
                             "lora.lora_dropout": "interval(0.0, 0.2)"})

@@ -6,8 +6,8 @@ import optuna
 import pytest
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
-from sweeps.samplers import SweeperConfigError, make_pruner, make_sampler, sampler_seed
-from sweeps.search_space import (SearchSpaceError, base_params, override_line, parse_search_space, split_overrides,
+from sweeps.search.samplers import SweeperConfigError, make_pruner, make_sampler, sampler_seed
+from sweeps.search.space import (SearchSpaceError, base_params, override_line, parse_search_space, split_overrides,
                                  suggest)
 
 

@@ -187,6 +187,6 @@ def test_no_planted_secret_survives_a_sweep_with_reproduce_report_and_single_run
 
 
 def _journal(cwd: Path):
-    from sweeps.storage import open_storage
+    from sweeps.search.storage import open_storage
 
     return open_storage(None, cwd=cwd)

@@ -12,9 +12,9 @@ import optuna
 import pytest
 from mlflow.tracking import MlflowClient
 
-from sweeps.events import MetricsLogged, RunClosed, RunOpened
-from sweeps.supervisor import Supervisor
-from sweeps.tracking import RunBook, tracking_uri
+from sweeps.runtime.events import MetricsLogged, RunClosed, RunOpened
+from sweeps.runtime.supervisor import Supervisor
+from sweeps.tracking.runbook import RunBook, tracking_uri
 
 N_TRIALS = 12
 CONFIG = {f"group{g}": {f"field{f}": f * g for f in range(10)} for g in range(8)}  # 80 params, like a real trial

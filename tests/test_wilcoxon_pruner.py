@@ -13,8 +13,8 @@ import pytest
 from optuna.trial import TrialState
 
 from sweep_helpers import TINY, only_study, run_sweep
-from sweeps.pruning import PruneGuard, row_scores_key
-from sweeps.samplers import make_pruner
+from sweeps.search.pruning import PruneGuard, row_scores_key
+from sweeps.search.samplers import make_pruner
 
 ROWS, STEPS = 300, (2, 4, 6, 8)
 UNGUARDED = PruneGuard(prune_after=0.0, min_trials=1)

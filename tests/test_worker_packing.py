@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 from omegaconf import OmegaConf
 
-from sweeps.worker_plan import CUDA_CONTEXT_MB, MEMORY_SAFETY, DeviceError, GpuInfo, WorkerPlan, pack_workers, plan_for
+from sweeps.runtime.worker_plan import CUDA_CONTEXT_MB, MEMORY_SAFETY, DeviceError, GpuInfo, WorkerPlan, pack_workers, plan_for
 
 H200 = GpuInfo("GPU-aaaa", "NVIDIA H200", 143_000.0, 140_000.0)
 T4 = GpuInfo("GPU-bbbb", "Tesla T4", 15_360.0, 15_000.0)

@@ -7,7 +7,7 @@ import os
 
 import pytest
 
-from sweeps.worker_plan import DeviceError, WorkerPlan, auto_cpu_workers, visible_devices
+from sweeps.runtime.worker_plan import DeviceError, WorkerPlan, auto_cpu_workers, visible_devices
 
 
 def _memory_gib() -> float:
@@ -33,7 +33,7 @@ def test_cpu_plan_splits_the_cores_between_workers():
 
 def _gpus(monkeypatch, count: int, visible: str | None) -> None:
     """A faked device inventory: `count` GPUs seen through CUDA_VISIBLE_DEVICES=`visible`."""
-    import sweeps.worker_plan as worker_plan
+    import sweeps.runtime.worker_plan as worker_plan
 
     monkeypatch.setattr(worker_plan, "cuda_device_count", lambda: count)
     if visible is None:

@@ -19,10 +19,10 @@ from optuna.trial import TrialState
 
 from sweeps.progress import console
 from sweeps.reproduce import fresh_seed_values
-from sweeps.study import top_trials
-from sweeps.search_space import SearchSpace
-from sweeps.storage import RACE_SUFFIX
-from sweeps.study import open_study
+from sweeps.search.study import top_trials
+from sweeps.search.space import SearchSpace
+from sweeps.search.storage import RACE_SUFFIX
+from sweeps.search.study import open_study
 
 
 

@@ -22,7 +22,7 @@ from typing import Any, Iterator
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from sweeps.storage import MEMORY_SKIP_ATTR, is_transient, journal_path, retry_call, sqlite_path
+from sweeps.search.storage import MEMORY_SKIP_ATTR, is_transient, journal_path, retry_call, sqlite_path
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 log = logging.getLogger(__name__)
@@ -264,7 +264,7 @@ def trial_id(trial: optuna.trial.Trial | optuna.trial.FrozenTrial) -> int:
 def fail_trial(study: optuna.Study, trial_id: int, reason: str) -> bool:
     """Mark a RUNNING trial FAIL from outside its worker (dead worker, Ctrl-C); the reason is
     stored with secrets masked."""
-    from sweeps.redact import scrub_text
+    from sweeps.tracking.redact import scrub_text
 
     reason = scrub_text(reason)
     storage = storage_of(study)

@@ -24,12 +24,13 @@ from typing import Any, Callable
 
 import optuna
 
-from sweeps.events import EventError, MlflowSink, RunOpened
-from sweeps.storage import StoreUnavailable, retry_budget_cap
-from sweeps.study import TrialBudget, count_finished, fail_trial, requeue, storage_of
-from sweeps.tracking import RunBook
-from sweeps.worker import ABORT_SIGNAL, WorkerSpec, worker_main
-from sweeps.worker_plan import DeviceOomPolicy, worker_context
+from sweeps.runtime.events import EventError, MlflowSink, RunOpened
+from sweeps.search.storage import StoreUnavailable, retry_budget_cap
+from sweeps.search.study import TrialBudget, count_finished, fail_trial, requeue, storage_of
+from sweeps.tracking.runbook import RunBook
+from sweeps.runtime.stop import ABORT_SIGNAL
+from sweeps.runtime.worker import WorkerSpec, worker_main
+from sweeps.runtime.worker_plan import DeviceOomPolicy, worker_context
 from trainer import trace
 
 log = logging.getLogger(__name__)
@@ -152,7 +153,7 @@ class Supervisor:
     # -- events -------------------------------------------------------------------------------
     @property
     def sink(self) -> MlflowSink | None:
-        """Writes the workers' trial events (sweeps.events) to the current runbook, if any."""
+        """Writes the workers' trial events (sweeps.runtime.events) to the current runbook, if any."""
         if self.runbook is None:
             return None
         if self._sink is None or self._sink.runbook is not self.runbook:

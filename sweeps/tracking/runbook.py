@@ -1,7 +1,7 @@
 """MLflow bookkeeping: one parent run per sweep, one child run per trial.
 
 A `RunBook` is the single writer of a sweep's MLflow runs. Workers never touch MLflow: they send
-typed trial events (sweeps/events.py) to the sweep process, whose MlflowSink applies them here. So a
+typed trial events (sweeps/runtime/events.py) to the sweep process, whose MlflowSink applies them here. So a
 local SQLite store sees one writer however many workers run, children get `mlflow.parentRunId`
 explicitly (no in-process run stack), and the sweep process, which knows every open run, can close
 the runs of a dead worker as FAILED and those of an interrupted sweep as KILLED.
@@ -22,8 +22,8 @@ from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
 
-from sweeps.redact import flatten, redact, redact_yaml, scrub_text
-from sweeps.storage import SQLITE, absolute_sqlite, sqlite_path
+from sweeps.tracking.redact import flatten, redact, redact_yaml, scrub_text
+from sweeps.search.storage import SQLITE, absolute_sqlite, sqlite_path
 from trainer.trace import traced
 
 log = logging.getLogger(__name__)
@@ -92,7 +92,7 @@ class RunBook:
 
     @traced("mlflow.open_store")
     def __init__(self, uri: str, experiment_name: str, parent_run_id: str | None = None, retry_s: float | None = None):
-        from sweeps.storage import Retrying, retry_call, retry_first_open
+        from sweeps.search.storage import Retrying, retry_call, retry_first_open
 
         self.uri = uri
         with sqlite_init_lock(uri):  # the client's store runs the schema migrations when it opens

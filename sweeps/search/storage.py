@@ -77,7 +77,7 @@ def sqlite_path(url: str) -> Path | None:
 
 
 def is_masked(url: str | None) -> bool:
-    """A URL recorded with a secret masked (`***`, by mask_url or sweeps.redact) cannot be used to connect."""
+    """A URL recorded with a secret masked (`***`, by mask_url or sweeps.tracking.redact) cannot be used to connect."""
     return bool(url) and "***" in str(url)
 
 

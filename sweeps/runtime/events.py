@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from sweeps.storage import StoreUnavailable
+from sweeps.search.storage import StoreUnavailable
 
 
 @dataclass(frozen=True)
@@ -77,7 +77,7 @@ class EventError(RuntimeError):
 
 
 class MlflowSink:
-    """Applies trial events to a RunBook (sweeps.tracking). `apply` returns the run id for
+    """Applies trial events to a RunBook (sweeps.tracking.runbook). `apply` returns the run id for
     `RunOpened`, else None."""
 
     def __init__(self, runbook: Any) -> None:
@@ -98,7 +98,7 @@ class MlflowSink:
         except StoreUnavailable:
             raise  # the store stayed down past store_retry_s: the caller stops the sweep
         except Exception as exc:
-            from sweeps.redact import scrub_text
+            from sweeps.tracking.redact import scrub_text
 
             reason = scrub_text(f"{type(event).__name__} could not be written: {type(exc).__name__}: {exc}")
             self._fail(event.key, reason)
@@ -123,7 +123,7 @@ class MlflowSink:
         self.runbook.set_trial_tags(e.key, e.tags)
 
     def _curves(self, e: CurvesDrawn) -> None:
-        from sweeps.curves import plot_curves
+        from sweeps.tracking.curves import plot_curves
 
         drawn = plot_curves(e.history, Path(e.path), e.title)
         run_id = self.runbook.open_runs.get(e.key)

@@ -7,8 +7,8 @@ from typing import Any, Callable, Mapping
 
 import optuna
 
-from sweeps.pruning import GuardedPruner, PruneGuard, RowWilcoxonPruner
-from sweeps.search_space import SearchSpace
+from sweeps.search.pruning import GuardedPruner, PruneGuard, RowWilcoxonPruner
+from sweeps.search.space import SearchSpace
 
 SAMPLERS = ("tpe", "random", "grid", "cmaes", "gp", "nsgaii", "qmc")
 PRUNERS = ("median", "hyperband", "successive_halving", "percentile", "threshold", "wilcoxon", "none")
@@ -157,7 +157,7 @@ def make_sampler(name: str, seed: int | None, space: SearchSpace, n_objectives: 
 
 def make_pruner(name: str, kwargs: Mapping[str, Any] | None = None, guard: PruneGuard | None = None,
                 total_steps: int | None = None) -> optuna.pruners.BasePruner:
-    """The named Optuna pruner behind the guard (sweeps.pruning): nothing is pruned before
+    """The named Optuna pruner behind the guard (sweeps.search.pruning): nothing is pruned before
     `guard.prune_after` of a trial nor before `guard.min_trials` trials finished. Hyperband and
     successive halving take their first rung from the guard (`min_resource`) when `total_steps`,
     the base config's length, is known and the kwargs do not set it."""

@@ -8,7 +8,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from sweeps.search_space import override_line
+from sweeps.search.space import override_line
 from trainer.trace import traced
 
 

@@ -17,7 +17,7 @@ from omegaconf import DictConfig
 # What the fork server imports once for all CPU workers (otherwise each worker pays the imports again).
 # `trainer` first: it quiets a bitsandbytes import-time warning (see trainer/__init__.py).
 WORKER_PRELOAD = ["trainer", "torch", "transformers", "transformers.optimization", "peft", "bitsandbytes", "datasets",
-                  "matplotlib.figure", "matplotlib.backends.backend_agg", "sweeps.worker", "trainer.recipe"]
+                  "matplotlib.figure", "matplotlib.backends.backend_agg", "sweeps.runtime.worker", "trainer.recipe"]
 
 # Device nodes of the GPU drivers torch.cuda can use on Linux (NVIDIA, ROCm, WSL2).
 _GPU_DEVICE_NODES = ("/dev/nvidiactl", "/dev/kfd", "/dev/dxg")
@@ -224,7 +224,7 @@ def start_fork_server() -> None:
     """Start the CPU workers' fork server now (it imports in the background; returns at once)."""
     from multiprocessing import forkserver
 
-    from sweeps.worker import quiet_environment
+    from sweeps.runtime.worker import quiet_environment
 
     quiet_environment()  # the libraries read these when the server imports them
     worker_context(on_gpu=False)

@@ -15,18 +15,18 @@ import optuna
 from omegaconf import DictConfig, OmegaConf
 from optuna.trial import TrialState
 
-from sweeps.compose import ComposeSpec
+from sweeps.runtime.compose import ComposeSpec
 from sweeps.progress import SweepProgress, base_text, console, gain_over_base, top_trials_table
-from sweeps.pruning import prune_guard
-from sweeps.redact import redact, redact_override
-from sweeps.samplers import kwargs_of
-from sweeps.search_space import SearchSpace, base_params
-from sweeps.storage import MEMORY_SKIP_ATTR, STORE_RETRY_S, mask_url, open_storage, storage_url
-from sweeps.study import TrialBudget, fail_orphaned_trials, open_study, process_started
-from sweeps.supervisor import Outcome, Supervisor, SweepAborted
-from sweeps.tracking import RunBook, json_text, runs_page_url
-from sweeps.worker import WorkerSpec
-from sweeps.worker_plan import WorkerPlan, plan_for
+from sweeps.search.pruning import prune_guard
+from sweeps.tracking.redact import redact, redact_override
+from sweeps.search.samplers import kwargs_of
+from sweeps.search.space import SearchSpace, base_params
+from sweeps.search.storage import MEMORY_SKIP_ATTR, STORE_RETRY_S, mask_url, open_storage, storage_url
+from sweeps.search.study import TrialBudget, fail_orphaned_trials, open_study, process_started
+from sweeps.runtime.supervisor import Outcome, Supervisor, SweepAborted
+from sweeps.tracking.runbook import RunBook, json_text, runs_page_url
+from sweeps.runtime.worker import WorkerSpec
+from sweeps.runtime.worker_plan import WorkerPlan, plan_for
 
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)  # Ctrl-C; SLURM preemption or time limit, kill, spot reclaim
@@ -132,7 +132,7 @@ class SweepSession:
                 status = "KILLED"
             else:
                 if conf.get("race") is not None and conf.race.enabled:
-                    from sweeps.race import run_race
+                    from sweeps.runtime.race import run_race
 
                     run_race(study, storage, self, runbook)
                 if int(conf.reproduce.top_k) > 0 and int(conf.reproduce.n_seeds) > 0:
@@ -224,7 +224,7 @@ class SweepSession:
         FAILED with the reason). A run whose trial is still RUNNING, or whose owner is alive on
         this host, is left alone; another host's, only once its trial ended `other_host_grace_s`
         ago (its own sweep would have closed it by then)."""
-        from sweeps.study import owner_gone
+        from sweeps.search.study import owner_gone
 
         runs = [r for r in runbook.running_children() if r.data.tags.get("optuna.study_name") == study.study_name]
         if not runs:

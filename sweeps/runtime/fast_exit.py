@@ -6,7 +6,7 @@ import atexit
 import os
 import sys
 
-exit_code: int | None = None  # what `exit_now` was given (read by bench/probe_trial.py's atexit hook)
+exit_code: int | None = None  # what `exit_now` was given (the exit status, for an atexit hook such as bench/probe_trial.py)
 
 
 def exit_now(code: object) -> None:

@@ -4,7 +4,7 @@ Why a process: a single run spends its first seconds importing torch on one core
 writer imports MLflow and matplotlib on the other core and opens the store if it already exists;
 later it creates the run, logs the step metrics and draws the curve PNG off the training process:
 the split a sweep already has between its workers and the sweep process, where the RunBook lives. The training
-process pickles the trial events of a sweep worker (sweeps.events) on stdin, after one setup message
+process pickles the trial events of a sweep worker (sweeps.runtime.events) on stdin, after one setup message
 (store, working directory, experiment); the writer applies them with the same MlflowSink. Replies (the
 run id, or the error that stopped the writer) are pickled on stdout.
 
@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from sweeps.events import MlflowSink, RunOpened, TrialEvent
+from sweeps.runtime.events import MlflowSink, RunOpened, TrialEvent
 from trainer.trace import traced
 
 KEY = "single"
@@ -42,7 +42,7 @@ class RunWriter:
         `on_reply(kind, value)` hears ("run", (run_id, uri)) and ("error", message)."""
         env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in (str(_REPO), os.environ.get("PYTHONPATH")) if p),
                    MPLBACKEND="Agg")
-        self.proc = subprocess.Popen([sys.executable, "-m", "sweeps.run_writer"], stdin=subprocess.PIPE,
+        self.proc = subprocess.Popen([sys.executable, "-m", "sweeps.tracking.writer"], stdin=subprocess.PIPE,
                                      stdout=subprocess.PIPE, env=env)
         self.error: str | None = None
         self.run_id: str | None = None
@@ -53,7 +53,7 @@ class RunWriter:
 
     @traced("mlflow.writer_send")
     def send(self, event: TrialEvent) -> None:
-        """Queue a trial event (sweeps.events) in the writer; raises once the writer has stopped on an error."""
+        """Queue a trial event (sweeps.runtime.events) in the writer; raises once the writer has stopped on an error."""
         self._write(event)
 
     def _write(self, message: Any) -> None:
@@ -101,7 +101,7 @@ class _Setup:
 
 
 def _serve(stdin: Any, stdout: Any) -> None:
-    from sweeps.tracking import RunBook, tracking_uri
+    from sweeps.tracking.runbook import RunBook, tracking_uri
 
     def reply(kind: str, value: Any) -> None:
         pickle.dump((kind, value), stdout)
@@ -125,7 +125,7 @@ def _serve(stdin: Any, stdout: Any) -> None:
             if isinstance(event, RunOpened):
                 reply("run", (run_id, uri))
     except BaseException as exc:
-        from sweeps.redact import scrub_text
+        from sweeps.tracking.redact import scrub_text
 
         reply("error", scrub_text(f"{type(exc).__name__}: {exc}"))  # a store error can quote its URL
         raise
@@ -142,7 +142,7 @@ def _warm_up(uri: str) -> None:
 
     from matplotlib.figure import Figure
 
-    from sweeps.storage import sqlite_path
+    from sweeps.search.storage import sqlite_path
 
     Figure(figsize=(1, 1)).savefig(io.BytesIO(), format="png")
     database = sqlite_path(uri)
@@ -162,7 +162,7 @@ def main() -> None:
     try:
         _serve(stdin, stdout)
     except BaseException:
-        from sweeps.redact import scrub_text
+        from sweeps.tracking.redact import scrub_text
 
         sys.stderr.write(scrub_text(traceback.format_exc()))
         sys.stderr.flush()
