@@ -14,6 +14,7 @@ from sweeps.search.space import parse_search_space
 from sweeps.search.storage import open_storage, storage_url
 from sweeps.search.study import OOM_REQUEUE_LIMIT, requeue_after_oom
 from sweeps.runtime.supervisor import Supervisor
+from sweeps.runtime.events import TrialEnd, TrialFinished
 from sweeps.runtime.worker import Worker, WorkerSpec
 from sweeps.runtime.worker_plan import DeviceOomPolicy
 
@@ -52,8 +53,8 @@ def test_the_supervisor_counts_requeued_ooms_as_no_failure_and_retires_a_worker(
     retire = {i: supervisor.ctx.Event() for i in range(3)}
     supervisor.retire.update(retire)
     for number in (0, 1):
-        supervisor.events.put(("trial_finished", 2, {"key": f"s:{number}", "number": number, "state": "OOM_REQUEUED",
-                                                     "value": None, "reason": "out of memory: CUDA out of memory"}))
+        supervisor.events.put((2, TrialFinished(f"s:{number}", number, TrialEnd.OOM_REQUEUED, None,
+                                                "out of memory: CUDA out of memory")))
     supervisor.procs.update({i: _ended_worker() for i in range(3)})
 
     outcome = supervisor.run()  # max_failure_rate=0 would abort on a single counted failure

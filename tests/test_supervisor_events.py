@@ -38,10 +38,10 @@ def test_events_queued_behind_a_slow_store_are_all_applied_before_run_returns(tm
     # process's polling window, as at the end of a sweep whose workers finish together.
     for number in range(N_TRIALS):
         key = f"drain:{number}"
-        supervisor.events.put(("event", None, RunOpened(key, f"trial-{number}", CONFIG, {}, "a: 1\n")))
+        supervisor.events.put((None, RunOpened(key, f"trial-{number}", CONFIG, {}, "a: 1\n")))
         for step in range(1, 6):
-            supervisor.events.put(("event", None, MetricsLogged(key, step, {"eval_accuracy": step / 10})))
-        supervisor.events.put(("event", None, RunClosed(key, "FINISHED", {"eval_accuracy": 0.5}, {})))
+            supervisor.events.put((None, MetricsLogged(key, step, {"eval_accuracy": step / 10})))
+        supervisor.events.put((None, RunClosed(key, "FINISHED", {"eval_accuracy": 0.5}, {})))
     supervisor.procs[0] = _ended_worker()
 
     supervisor.run()
@@ -68,7 +68,7 @@ def _sweep_with_one_open_run(tmp_path):
     runbook.open_parent("sweep", None, params={}, tags={})
     supervisor = Supervisor(optuna.create_study(), runbook, [SimpleNamespace(worker_id=0, cuda_device=None)],
                             n_trials=1, max_retry=0, max_failure_rate=1.0)
-    supervisor.events.put(("event", None, RunOpened("events:0", "trial-0", {"lr": 0.1}, {}, "lr: 0.1\n")))
+    supervisor.events.put((None, RunOpened("events:0", "trial-0", {"lr": 0.1}, {}, "lr: 0.1\n")))
     return uri, runbook, supervisor
 
 
@@ -77,8 +77,8 @@ def _sweep_with_one_open_run(tmp_path):
                          ids=["unknown event", "event MLflow refuses"])
 def test_an_unknown_or_failing_event_closes_its_run_failed_with_the_reason(tmp_path, caplog, bad):
     uri, runbook, supervisor = _sweep_with_one_open_run(tmp_path)
-    supervisor.events.put(("event", None, bad))
-    supervisor.events.put(("event", None, RunClosed("events:0", "FINISHED", {"eval_accuracy": 0.5})))
+    supervisor.events.put((None, bad))
+    supervisor.events.put((None, RunClosed("events:0", "FINISHED", {"eval_accuracy": 0.5})))
     supervisor.procs[0] = _ended_worker()
 
     supervisor.run()

@@ -1,7 +1,8 @@
-"""What a running trial tells the process that writes its MLflow run, and the one sink that writes it.
+"""What a running trial tells the process that writes its MLflow run, and the one sink that writes
+it; what a worker tells the sweep process about its trials.
 
-A sweep's workers put these events on the sweep process's queue; a single run pickles them to its
-writer process. Both apply them with `MlflowSink`. Every event is a frozen dataclass, so a renamed
+A sweep's workers put `(worker_id, message)` on the sweep process's queue; a single run pickles its
+trial events to its writer process. Both apply trial events with `MlflowSink`. Every event is a frozen dataclass, so a renamed
 field fails where the event is built, and the sink knows each event type by class: an event it
 does not know, or one whose write fails, closes that trial's run FAILED with the reason and raises
 `EventError`. A run is never left RUNNING behind a logged warning.
@@ -10,6 +11,7 @@ does not know, or one whose write fails, closes that trial's run FAILED with the
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from enum import Enum
 from pathlib import Path
 from typing import Any, Callable
 
@@ -70,6 +72,48 @@ class RunClosed:
 
 
 TrialEvent = RunOpened | MetricsLogged | TagsSet | CurvesDrawn | RunClosed
+
+
+class TrialEnd(str, Enum):
+    """How a trial ended in a worker, as the sweep process counts it."""
+
+    COMPLETE = "COMPLETE"
+    PRUNED = "PRUNED"
+    PREEMPTED = "PREEMPTED"          # SIGTERM: checkpointed, a continuation is queued
+    SKIPPED = "SKIPPED"              # over hydra.sweeper.max_memory_gb, never trained
+    OOM_REQUEUED = "OOM_REQUEUED"    # out of memory on a shared GPU, queued again
+    FAIL = "FAIL"
+
+
+@dataclass(frozen=True)
+class TrialStarted:
+    """A worker took a trial: the sweep process remembers it, to fail and re-queue it if that
+    worker dies."""
+
+    key: str
+    trial_id: int
+    number: int
+    params: dict[str, Any]
+    user_attrs: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class TrialFinished:
+    """A worker's trial ended (told to Optuna, its run closed)."""
+
+    key: str
+    number: int
+    state: TrialEnd
+    value: float | None = None
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class WorkerDone:
+    """A worker left its trial loop; its exit is handled when the process is reaped."""
+
+
+WorkerMessage = TrialStarted | TrialFinished | WorkerDone
 
 
 class EventError(RuntimeError):

@@ -49,7 +49,7 @@ class TrialReporter:
         if self.heartbeat is not None:
             self.heartbeat.check()
         self.history.append({"step": step, **metrics})
-        self.events.put(("event", None, MetricsLogged(self.key, step, metrics)))
+        self.events.put((None, MetricsLogged(self.key, step, metrics)))
 
     def should_stop(self) -> bool:
         """Asked by the trainer at every step boundary: SIGTERM arrived (checkpoint, then stop)."""

@@ -24,7 +24,8 @@ from typing import Any, Callable
 
 import optuna
 
-from sweeps.runtime.events import EventError, MlflowSink, RunOpened
+from sweeps.runtime.events import (EventError, MlflowSink, RunOpened, TrialEnd, TrialFinished, TrialStarted,
+                                   WorkerDone)
 from sweeps.search.storage import StoreUnavailable, retry_budget_cap
 from sweeps.search.study import TrialBudget, count_finished, fail_trial, requeue, storage_of
 from sweeps.tracking.runbook import RunBook
@@ -57,15 +58,6 @@ class Outcome:
     failures: list[str] = field(default_factory=list)
 
 
-@dataclass
-class _Running:
-    key: str
-    trial_id: int
-    number: int
-    params: dict
-    user_attrs: dict
-
-
 class Supervisor:
     def __init__(self, study: optuna.Study, runbook: RunBook | None, specs: list[WorkerSpec], *, n_trials: int,
                  max_retry: int, max_failure_rate: float, on_progress: Callable[[Outcome], None] | None = None,
@@ -77,7 +69,7 @@ class Supervisor:
         self.ctx = worker_context(on_gpu=any(spec.cuda_device is not None for spec in specs))
         self.events = self.ctx.Queue()
         self.procs: dict[int, mp.Process] = {}
-        self.running: dict[int, _Running] = {}
+        self.running: dict[int, TrialStarted] = {}  # worker id -> the trial it runs
         self.replies: dict[int, Any] = {}   # worker id -> queue for the MLflow run id of its trial
         self.run_ids: dict[str, str] = {}   # trial key -> MLflow run id
         self.outcome = Outcome()
@@ -164,10 +156,10 @@ class Supervisor:
         deadline = time.monotonic() + timeout
         while True:  # returns by the deadline even when workers keep the queue full
             try:
-                kind, worker_id, payload = self.events.get(timeout=max(0.0, deadline - time.monotonic()))
+                worker_id, message = self.events.get(timeout=max(0.0, deadline - time.monotonic()))
             except queue.Empty:
                 return
-            self._handle(kind, worker_id, payload)
+            self._handle(worker_id, message)
             if time.monotonic() >= deadline:
                 return
 
@@ -178,10 +170,10 @@ class Supervisor:
         deadline = None if cap_s is None else time.monotonic() + cap_s
         while deadline is None or time.monotonic() < deadline:
             try:
-                kind, worker_id, payload = self.events.get(timeout=quiet_s)
+                worker_id, message = self.events.get(timeout=quiet_s)
             except queue.Empty:
                 return
-            self._handle(kind, worker_id, payload)
+            self._handle(worker_id, message)
 
     def _close_orphaned_runs(self) -> None:
         """Every worker ended normally, yet a run is still open: its worker never sent the close
@@ -190,43 +182,49 @@ class Supervisor:
             keys = self.runbook.close_all("FAILED", "its worker ended without closing this run")
             log.warning("closed %d MLflow run(s) their workers left open: %s", len(keys), keys)
 
-    def _handle(self, kind: str, worker_id: int | None, payload: Any) -> None:
-        if kind == "event":
+    def _handle(self, worker_id: int | None, message: Any) -> None:
+        """One message from a worker: its own news (`WorkerMessage`) is counted here; anything
+        else is a trial event for MLflow, and the sink fails an unknown one loudly (its run is
+        closed FAILED with the reason)."""
+        if isinstance(message, TrialStarted):
+            self.running[worker_id] = message
+            self.outcome.started += 1
+        elif isinstance(message, TrialFinished):
+            self._finished(worker_id, message)
+        elif isinstance(message, WorkerDone):
+            pass  # the process exit is handled in _reap
+        else:
             run_id = None
             if self.sink is not None:
                 try:
-                    run_id = self.sink.apply(payload)
+                    run_id = self.sink.apply(message)
                 except EventError as exc:  # its run is closed FAILED; the sweep goes on with the others
                     log.error("MLflow: %s", exc)
-                    self.outcome.failures.append(f"MLflow run of {payload.key}: {exc}")
-            if isinstance(payload, RunOpened):
-                self._reply_run_id(worker_id, payload.key, run_id)
-        elif kind == "trial_started":
-            self.running[worker_id] = _Running(**payload)
-            self.outcome.started += 1
-        elif kind == "trial_finished":
-            self.running.pop(worker_id, None)
-            state = payload["state"]
-            if state == "COMPLETE":
-                self.outcome.complete += 1
-            elif state == "PRUNED":
-                self.outcome.pruned += 1
-            elif state == "PREEMPTED":
-                self.outcome.preempted += 1
-                self._preempted_workers.add(worker_id)
-            elif state == "SKIPPED":
-                self.outcome.skipped += 1
-                self._check_skips()
-            elif state == "OOM_REQUEUED":
-                self.outcome.oom_requeued += 1
-                self._oom_on_shared_device(worker_id)
-            else:
-                self.outcome.failed += 1
-                self.outcome.failures.append(f"trial {payload['number']}: {payload['reason']}")
-                if not self._stopping:
-                    self._check_failure_rate()  # at once: fast-failing workers must not run on
-        elif kind == "worker_done":
-            pass  # the process exit is handled in _reap
+                    self.outcome.failures.append(f"MLflow run of {getattr(message, 'key', '?')}: {exc}")
+            if isinstance(message, RunOpened):
+                self._reply_run_id(worker_id, message.key, run_id)
+
+    def _finished(self, worker_id: int | None, message: TrialFinished) -> None:
+        self.running.pop(worker_id, None)
+        state = TrialEnd(message.state)
+        if state is TrialEnd.COMPLETE:
+            self.outcome.complete += 1
+        elif state is TrialEnd.PRUNED:
+            self.outcome.pruned += 1
+        elif state is TrialEnd.PREEMPTED:
+            self.outcome.preempted += 1
+            self._preempted_workers.add(worker_id)
+        elif state is TrialEnd.SKIPPED:
+            self.outcome.skipped += 1
+            self._check_skips()
+        elif state is TrialEnd.OOM_REQUEUED:
+            self.outcome.oom_requeued += 1
+            self._oom_on_shared_device(worker_id)
+        else:
+            self.outcome.failed += 1
+            self.outcome.failures.append(f"trial {message.number}: {message.reason}")
+            if not self._stopping:
+                self._check_failure_rate()  # at once: fast-failing workers must not run on
 
     def _oom_on_shared_device(self, worker_id: int) -> None:
         victim = self.oom_policy.record_oom(worker_id)
@@ -281,7 +279,7 @@ class Supervisor:
         log.warning("%s; starting worker %d", reason, spec.worker_id)
         self._start(spec)
 
-    def _fail_dead_trial(self, running: _Running, reason: str) -> None:
+    def _fail_dead_trial(self, running: TrialStarted, reason: str) -> None:
         frozen = storage_of(self.study).get_trial(running.trial_id)  # the params it had sampled by then
         if running.key in self.run_ids and "mlflow_run_id" not in frozen.user_attrs:
             try:

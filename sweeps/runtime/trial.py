@@ -19,7 +19,7 @@ import traceback
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sweeps.runtime.events import RunClosed, RunOpened, TagsSet
+from sweeps.runtime.events import RunClosed, RunOpened, TagsSet, TrialEnd, TrialFinished, TrialStarted
 from sweeps.runtime.reporting import Heartbeat, RunLink, TrialReporter, wait_for_link
 from sweeps.runtime.stop import STOP, Interrupted, SweepGone, TrialTakenAway
 from sweeps.search.storage import MEMORY_SKIP_ATTR, RACE_SUFFIX
@@ -95,9 +95,7 @@ class TrialRun:
         self.key = f"{spec.study_name}:{number}"
         self.kind = "race" if spec.study_name.endswith(RACE_SUFFIX) else "reproduce" if spec.replay_only else "trial"
         self.folder = trial_folder(spec.trial_root, self.kind, number)
-        self.events.put(("trial_started", spec.worker_id, {
-            "key": self.key, "trial_id": trial_id(trial), "number": number, "params": dict(trial.params),
-            "user_attrs": dict(trial.user_attrs)}))
+        self.send(TrialStarted(self.key, trial_id(trial), number, dict(trial.params), dict(trial.user_attrs)))
         self.heartbeat = Heartbeat(worker.storage, trial_id(trial), spec.heartbeat_interval)
         self.reporter: TrialReporter | None = None
         self.link: RunLink | None = None
@@ -158,7 +156,7 @@ class TrialRun:
         reason = f"estimated {estimate_gb:.2f} GiB, over hydra.sweeper.max_memory_gb={limit:g}"
         self.trial.set_user_attr(MEMORY_SKIP_ATTR, reason)
         self.study.tell(self.trial, state=optuna.trial.TrialState.PRUNED)
-        self.finished("SKIPPED", None, reason)
+        self.finished(TrialEnd.SKIPPED, None, reason)
         return True
 
     def open(self, cfg, resume: bool) -> None:
@@ -174,9 +172,9 @@ class TrialRun:
                    ("retry_of", "replicates_trial", "seed_kind")}}
         if resume:
             tags["sweep.continues_trial"] = str(trial.user_attrs.get("resumes_trial", trial.user_attrs.get("retry_of")))
-        self.events.put(("event", spec.worker_id, RunOpened(
+        self.send(RunOpened(
             self.key, f"{self.kind}-{trial.number}", OmegaConf.to_container(cfg, resolve=True), tags,
-            OmegaConf.to_yaml(cfg), reopen_run_id=trial.user_attrs.get("resume_run_id") if resume else None)))
+            OmegaConf.to_yaml(cfg), reopen_run_id=trial.user_attrs.get("resume_run_id") if resume else None))
         self.opened = True
         self.link = RunLink(self.worker.replies, self.key, trial) if self.worker.replies is not None else None
         self.reporter = TrialReporter(self.events, self.key, trial, spec.objectives[0],
@@ -203,7 +201,7 @@ class TrialRun:
             self.trial.set_user_attr("oom_retry", {
                 "batch_size": int(cfg.train.batch_size),
                 "gradient_accumulation_steps": int(cfg.train.gradient_accumulation_steps)})
-            self.events.put(("event", None, TagsSet(self.key, {"oom_retry": "true"})))
+            self.send(TagsSet(self.key, {"oom_retry": "true"}))
             return trainer.run_trial(cfg, reporter=self.reporter, cache=self.worker.cache, output_dir=self.folder,
                                      checkpoint_dir=checkpoint_dir, **self.selection())
 
@@ -262,7 +260,7 @@ class TrialRun:
         self.close("FINISHED", final, {"optuna.state": "COMPLETE", "adapter_sha256": sha or "",
                                        "deterministic": deterministic}, artifacts,
                    step=result.steps, tables={SAMPLES_TABLE: result.samples})
-        self.finished("COMPLETE", values[0])
+        self.finished(TrialEnd.COMPLETE, values[0])
 
     def end(self) -> None:
         self.heartbeat.stop()
@@ -285,7 +283,7 @@ class TrialRun:
                              f"{self.spec.study_name} #{self.trial.number} (pruned: {exc})")
         self.close("KILLED", None, {"optuna.state": "PRUNED", "pruned": "true", "pruned_at_step": str(step)},
                    [(str(curves), None)] if curves else [])
-        self.finished("PRUNED", None)
+        self.finished(TrialEnd.PRUNED, None)
 
     def preempted(self, exc) -> None:
         """SIGTERM during training: the trial was checkpointed after `exc.step`. It ends FAIL
@@ -307,7 +305,7 @@ class TrialRun:
         if self.opened:
             self.close("KILLED", None, {"optuna.state": "FAIL", "sweep.preempted": "true",
                                         "sweep.preempted_at_step": str(exc.step), "sweep.end_reason": reason}, [])
-        self.finished("PREEMPTED", None, reason)
+        self.finished(TrialEnd.PREEMPTED, None, reason)
 
     def taken_away(self) -> None:
         """The trial was failed by another process (stale heartbeat) and re-queued there: close
@@ -316,7 +314,7 @@ class TrialRun:
         reason = "taken away: another process failed this trial as stale and re-queued it; stopped here"
         if self.opened:
             self.close("FAILED", None, {"optuna.state": "FAIL", "error": reason}, [])
-        self.finished("FAIL", None, reason)
+        self.finished(TrialEnd.FAIL, None, reason)
 
     def sweep_gone(self, exc) -> None:
         """The sweep process died: the trial ends FAIL marked `orphaned` (the rerun re-runs it),
@@ -346,7 +344,7 @@ class TrialRun:
                 if self.opened:
                     self.close("FAILED", None, {"optuna.state": "FAIL", "error": reason, "oom": "true",
                                                 "sweep.oom_requeued": "true"}, [])
-                self.finished("OOM_REQUEUED", None, reason)
+                self.finished(TrialEnd.OOM_REQUEUED, None, reason)
                 return
         self.fail(reason, "FAILED", oom=True)
 
@@ -371,15 +369,17 @@ class TrialRun:
         if self.opened:
             self.close(run_status, None, {"optuna.state": "FAIL", "error": reason[:4000], "oom": str(oom).lower(),
                                           "traceback": detail[-4000:]}, [])
-        self.finished("FAIL", None, reason)
+        self.finished(TrialEnd.FAIL, None, reason)
 
     # -- messages to the sweep process -----------------------------------------------------------
-    def close(self, status, metrics, tags, artifacts, step: int | None = None, tables=None) -> None:
-        self.events.put(("event", None, RunClosed(self.key, status, metrics, tags, list(artifacts), step, tables)))
+    def send(self, message) -> None:
+        self.events.put((self.spec.worker_id, message))
 
-    def finished(self, state, value, reason: str = "") -> None:
-        self.events.put(("trial_finished", self.spec.worker_id, {"key": self.key, "number": self.trial.number,
-                                                                 "state": state, "value": value, "reason": reason}))
+    def close(self, status, metrics, tags, artifacts, step: int | None = None, tables=None) -> None:
+        self.send(RunClosed(self.key, status, metrics, tags, list(artifacts), step, tables))
+
+    def finished(self, state: TrialEnd, value, reason: str = "") -> None:
+        self.send(TrialFinished(self.key, self.trial.number, state, value, reason))
 
 
 def _objective_value(name: str, result) -> float:

@@ -13,6 +13,7 @@ import time
 from dataclasses import dataclass, field
 
 from sweeps.runtime.compose import ComposeSpec
+from sweeps.runtime.events import WorkerDone
 from sweeps.runtime.stop import ABORT_SIGNAL, STOP, Interrupted, SweepGone
 from sweeps.runtime.trial import run_one
 from sweeps.search.pruning import PruneGuard
@@ -124,7 +125,7 @@ def worker_main(spec: WorkerSpec, events, replies, retire=None) -> None:
         if watchdog.gone:
             events.cancel_join_thread()  # nobody reads the queue any more: exit without flushing it
         else:
-            events.put(("worker_done", spec.worker_id, {}))
+            events.put((spec.worker_id, WorkerDone()))
 
 
 def _on_sweep_gone(signum, frame):  # noqa: ARG001
