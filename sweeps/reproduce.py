@@ -196,8 +196,9 @@ def main(argv: list[str] | None = None) -> int:
         uri = tracking_uri(None)
     compose = ComposeSpec(attrs["compose"]["config_dir"], attrs["compose"]["config_name"],
                           tuple(attrs["compose"]["overrides"]))
-    session = SweepSession(conf, None, SearchSpace(fixed=dict(attrs.get("fixed_params", {}))), compose, url, name,
-                           list(attrs["objectives"]), list(attrs["directions"]), uri, attrs["trial_root"])
+    session = SweepSession(conf, None, SearchSpace(fixed=dict(attrs.get("fixed_params", {}))), compose, url=url,
+                           study_name=name, objectives=list(attrs["objectives"]), directions=list(attrs["directions"]),
+                           tracking_uri=uri, trial_root=attrs["trial_root"])
     runbook = RunBook(uri, attrs["mlflow_experiment_name"], parent_run_id=attrs.get("mlflow_parent_run_id"))
     print(f"reproducing the top {args.top_k} of {name!r} ({mask_url(url)})")
     repro = run_reproduction(study, storage, session, runbook)

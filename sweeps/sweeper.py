@@ -60,8 +60,9 @@ class Sweep:
                       f"[bold]mlflow[/] {mask_url(self.tracking_uri(job))}")
         from sweeps.runtime.session import SweepSession
 
-        SweepSession(conf, job, space, compose, url, study_name, objectives, directions,
-                     self.tracking_uri(job), self.trial_root(), largest_mb=largest_mb).run()
+        SweepSession(conf, job, space, compose, url=url, study_name=study_name, objectives=objectives,
+                     directions=directions, tracking_uri=self.tracking_uri(job), trial_root=self.trial_root(),
+                     largest_mb=largest_mb).run()
 
     # -- helpers --------------------------------------------------------------------------------
     def job_config(self, resolve: bool = True) -> DictConfig:

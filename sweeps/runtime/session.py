@@ -68,9 +68,15 @@ def sigterm_as_ctrl_c():
 
 
 class SweepSession:
-    def __init__(self, conf: DictConfig, job: DictConfig, space: SearchSpace, compose: ComposeSpec, url: str,
+    """One sweep process's part of a study: opens it (and the base trial), starts the workers and
+    the MLflow parent, supervises the search, then the race or reproduction and the summary."""
+
+    def __init__(self, conf: DictConfig, job: DictConfig | None, space: SearchSpace, compose: ComposeSpec, *, url: str,
                  study_name: str, objectives: list[str], directions: list[str], tracking_uri: str, trial_root: str,
                  largest_mb: float | None = None):
+        """`conf` is hydra.sweeper, `job` the composed job config (None when reproducing a stored
+        study), `compose` how a trial config is composed; the rest say where the study and the
+        runs live."""
         self.conf, self.job, self.space, self.compose = conf, job, space, compose
         self.largest_mb = largest_mb  # the pre-flight's memory estimate of the largest trial (auto packing)
         self.url, self.study_name, self.objectives, self.directions = url, study_name, objectives, directions
