@@ -24,6 +24,7 @@ from typing import Any
 from trainer.checkpoint import Checkpointer, restore_rng_states, rng_states
 from trainer.errors import NonFiniteLossError, TrialPreempted
 from trainer.reporting import Reporter
+from trainer.settings import TrainSettings
 from trainer.trace import traced
 
 METRIC_SCHEDULERS = ("reduce_lr_on_plateau", "greedy")  # stepped with eval_loss at each eval, not per step
@@ -44,12 +45,13 @@ class LoopPlan:
     effective_batch_size: int
 
     @classmethod
-    def build(cls, train: dict[str, Any], n_train: int) -> LoopPlan:
-        micro = math.ceil(n_train / train["batch_size"])
-        per_epoch = max(math.ceil(micro / train["gradient_accumulation_steps"]), 1)
-        total = train["max_steps"] if train.get("max_steps", -1) > 0 else per_epoch * train["num_epochs"]
-        warmup = train.get("warmup_steps") or math.ceil(train.get("warmup_ratio", 0.0) * total)
-        return cls(per_epoch, total, warmup, train["batch_size"] * train["gradient_accumulation_steps"])
+    def build(cls, train: TrainSettings | dict[str, Any], n_train: int) -> LoopPlan:
+        train = TrainSettings.of(train)
+        micro = math.ceil(n_train / train.batch_size)
+        per_epoch = max(math.ceil(micro / train.gradient_accumulation_steps), 1)
+        total = train.max_steps if train.max_steps > 0 else per_epoch * train.num_epochs
+        warmup = train.warmup_steps or math.ceil(train.warmup_ratio * total)
+        return cls(per_epoch, total, warmup, train.batch_size * train.gradient_accumulation_steps)
 
 
 @dataclass
@@ -128,13 +130,14 @@ def accepts_loss_kwargs(model: Any) -> bool:
     return any(p.kind == inspect.Parameter.VAR_KEYWORD for p in inspect.signature(inner.forward).parameters.values())
 
 
-def make_optimizer(train: dict[str, Any], params: list[Any]) -> Any:
+def make_optimizer(train: TrainSettings | dict[str, Any], params: list[Any]) -> Any:
     """train.optim: torch AdamW or a bitsandbytes AdamW (8-bit state and/or paged state), all
     with the configured learning rate and decoupled weight decay."""
     import torch
 
-    name = BNB_OPTIMIZERS[train.get("optim", "adamw_torch")]
-    kwargs = {"lr": train["learning_rate"], "weight_decay": train.get("weight_decay", 0.0)}
+    train = TrainSettings.of(train)
+    name = BNB_OPTIMIZERS[train.optim]
+    kwargs = {"lr": train.learning_rate, "weight_decay": train.weight_decay}
     if name is None:
         return torch.optim.AdamW(params, **kwargs)
     import bitsandbytes.optim
@@ -142,17 +145,16 @@ def make_optimizer(train: dict[str, Any], params: list[Any]) -> Any:
     return getattr(bitsandbytes.optim, name)(params, **kwargs)
 
 
-def _make_scheduler(train: dict[str, Any], optimizer: Any, plan: LoopPlan) -> Any:
+def _make_scheduler(train: TrainSettings, optimizer: Any, plan: LoopPlan) -> Any:
     from transformers import get_scheduler
 
-    return get_scheduler(train["lr_scheduler_type"], optimizer, num_warmup_steps=plan.warmup_steps,
-                         num_training_steps=plan.total_steps,
-                         scheduler_specific_kwargs=dict(train.get("scheduler_kwargs") or {}))
+    return get_scheduler(train.lr_scheduler_type, optimizer, num_warmup_steps=plan.warmup_steps,
+                         num_training_steps=plan.total_steps, scheduler_specific_kwargs=dict(train.scheduler_kwargs or {}))
 
 
 @traced("trainer.train")
 def train_loop(model: Any, features: list[dict[str, Any]], collate: Callable, evaluate: Callable[[], dict[str, float]],
-               train: dict[str, Any], plan: LoopPlan, device: Any, data_seed: int, reporter: Reporter,
+               train: TrainSettings, plan: LoopPlan, device: Any, data_seed: int, reporter: Reporter,
                causal: bool = False, selection: Any = None, checkpoint: Checkpointer | None = None) -> LoopOutcome:
     """Train for plan.total_steps, evaluating every eval_every_steps and at the end; `causal`:
     the loss is over label tokens (causal LM) rather than examples (classification);
@@ -166,14 +168,14 @@ def train_loop(model: Any, features: list[dict[str, Any]], collate: Callable, ev
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = make_optimizer(train, params)
     scheduler = _make_scheduler(train, optimizer, plan)
-    plateau = train["lr_scheduler_type"] in METRIC_SCHEDULERS
-    autocast = autocast_for(device, train["precision"])
-    scaler = torch.amp.GradScaler(device.type) if train["precision"] == "fp16" else None
+    plateau = train.lr_scheduler_type in METRIC_SCHEDULERS
+    autocast = autocast_for(device, train.precision)
+    scaler = torch.amp.GradScaler(device.type) if train.precision == "fp16" else None
     generator = torch.Generator().manual_seed(data_seed)
-    lengths = [len(f["input_ids"]) for f in features] if train.get("group_by_length") else None
-    groups = step_groups(len(features), train["batch_size"], train["gradient_accumulation_steps"], generator, lengths)
-    log_every, eval_every = train.get("log_every_steps", 0), train.get("eval_every_steps", 0)
-    max_norm = train.get("max_grad_norm", 0.0) or float("inf")
+    lengths = [len(f["input_ids"]) for f in features] if train.group_by_length else None
+    groups = step_groups(len(features), train.batch_size, train.gradient_accumulation_steps, generator, lengths)
+    log_every, eval_every = train.log_every_steps, train.eval_every_steps
+    max_norm = train.max_grad_norm or float("inf")
     # causal LMs that take num_items_in_batch sum their token losses and divide by the step's total
     # themselves; other models return a mean, rescaled below to the same quantity
     step_total_kwarg = causal and accepts_loss_kwargs(model)

@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import logging
 import warnings
+from dataclasses import replace
 from typing import Any
 
 from trainer.errors import ConfigError
+from trainer.settings import LoraSettings, QuantSettings
 from trainer.targets import CLASSIFIER_HEADS, LM_HEADS
 from trainer.trace import traced
 
@@ -38,27 +40,27 @@ def load_tokenizer(model: dict[str, Any], task: dict[str, Any] | None = None) ->
     return tok
 
 
-def quantization_config(quant: dict[str, Any], task_type: str) -> Any:
+def quantization_config(quant: QuantSettings, task_type: str) -> Any:
     """bitsandbytes config for quant.mode, or None; the head is never quantized."""
     import torch
     from transformers import BitsAndBytesConfig
 
     skip = list(head_names(task_type))
-    if quant["mode"] == "4bit":
+    if quant.mode == "4bit":
         return BitsAndBytesConfig(
             load_in_4bit=True,
-            bnb_4bit_quant_type=quant.get("quant_type", "nf4"),
-            bnb_4bit_use_double_quant=bool(quant.get("double_quant", False)),
-            bnb_4bit_compute_dtype=getattr(torch, quant.get("compute_dtype", "float32")),
+            bnb_4bit_quant_type=quant.quant_type,
+            bnb_4bit_use_double_quant=bool(quant.double_quant),
+            bnb_4bit_compute_dtype=getattr(torch, quant.compute_dtype),
             llm_int8_skip_modules=skip,
         )
-    if quant["mode"] == "8bit":
+    if quant.mode == "8bit":
         return BitsAndBytesConfig(load_in_8bit=True, llm_int8_skip_modules=skip)
     return None
 
 
 @traced("trainer.model_load")
-def load_base_model(model: dict[str, Any], quant: dict[str, Any], task_type: str, num_labels: int | None,
+def load_base_model(model: dict[str, Any], quant: QuantSettings | dict[str, Any], task_type: str, num_labels: int | None,
                     pad_token_id: int | None, device: Any, gradient_checkpointing: bool, precision: str = "fp32") -> Any:
     """From_pretrained (+ prepare_model_for_kbit_training when quantized), frozen, on `device`.
 
@@ -71,7 +73,8 @@ def load_base_model(model: dict[str, Any], quant: dict[str, Any], task_type: str
 
     from trainer.devices import resolve_compute_dtype
 
-    quant = {**quant, "compute_dtype": resolve_compute_dtype(quant.get("compute_dtype", "float32"), device)}
+    quant = QuantSettings.of(quant)
+    quant = replace(quant, compute_dtype=resolve_compute_dtype(quant.compute_dtype, device))
     weights = torch.bfloat16 if precision == "pure_bf16" else torch.float32
 
     kwargs: dict[str, Any] = {
@@ -79,12 +82,12 @@ def load_base_model(model: dict[str, Any], quant: dict[str, Any], task_type: str
         "trust_remote_code": bool(model.get("trust_remote_code")),
     }
     qconfig = quantization_config(quant, task_type)
-    if quant["mode"] == "8bit":  # bnb casts fp32/bf16 activations to fp16 for int8 matmuls and says so on every call
+    if quant.mode == "8bit":  # bnb casts fp32/bf16 activations to fp16 for int8 matmuls and says so on every call
         warnings.filterwarnings("ignore", message="MatMul8bitLt: inputs will be cast", category=UserWarning)
         logging.getLogger("bitsandbytes.autograd._functions").setLevel(logging.ERROR)  # bitsandbytes >= 0.45 logs it
     if qconfig is not None:
         kwargs.update(quantization_config=qconfig, device_map={"": str(device)},
-                      dtype=getattr(torch, quant["compute_dtype"]) if quant["mode"] == "4bit" else weights)
+                      dtype=getattr(torch, quant.compute_dtype) if quant.mode == "4bit" else weights)
     else:
         kwargs["dtype"] = weights
     if task_type == "classification":
@@ -96,7 +99,7 @@ def load_base_model(model: dict[str, Any], quant: dict[str, Any], task_type: str
     if qconfig is None:
         base.to(device)
     gc_kwargs = {"use_reentrant": False}
-    if qconfig is not None and quant.get("prepare_kbit_training", True):
+    if qconfig is not None and quant.prepare_kbit_training:
         from peft import prepare_model_for_kbit_training
 
         base = prepare_model_for_kbit_training(base, use_gradient_checkpointing=gradient_checkpointing,
@@ -161,14 +164,13 @@ def reset_head(base: Any, task_type: str) -> None:
                     module.reset_parameters()
 
 
-def lora_alpha(lora: dict[str, Any]) -> float:
-    """alpha_ratio * r when alpha_ratio is set, else lora_alpha."""
-    ratio = lora.get("alpha_ratio")
-    return float(ratio * lora["r"]) if ratio is not None else float(lora["lora_alpha"])
+def lora_alpha(lora: LoraSettings | dict[str, Any]) -> float:
+    """alpha_ratio * r when alpha_ratio is set, else lora_alpha (LoraSettings.alpha, for a dict too)."""
+    return LoraSettings.of(lora).alpha
 
 
 @traced("trainer.lora_setup")
-def apply_lora(base: Any, lora: dict[str, Any], targets: list[str], task_type: str, precision: str = "fp32") -> Any:
+def apply_lora(base: Any, lora: LoraSettings | dict[str, Any], targets: list[str], task_type: str, precision: str = "fp32") -> Any:
     """Wrap `base` with a fresh LoRA adapter (draws LoRA A from the global RNG).
 
     Trained in full beside it: the classification head and `lora.modules_to_save` (peft trains a
@@ -178,21 +180,21 @@ def apply_lora(base: Any, lora: dict[str, Any], targets: list[str], task_type: s
     import torch
     from peft import LoftQConfig, LoraConfig, TaskType, get_peft_model
 
+    lora = LoraSettings.of(lora)
     heads = [n for n in CLASSIFIER_HEADS if hasattr(base, n)] if task_type == "classification" else []
-    extra = [m for m in lora.get("modules_to_save") or [] if m not in heads]
-    init = lora.get("init_lora_weights", True)
+    extra = [m for m in lora.modules_to_save or [] if m not in heads]
     loftq = {}
-    if init == "loftq":
-        loftq["loftq_config"] = LoftQConfig(loftq_bits=lora.get("loftq_bits", 4), loftq_iter=lora.get("loftq_iter", 1))
+    if lora.init_lora_weights == "loftq":
+        loftq["loftq_config"] = LoftQConfig(loftq_bits=lora.loftq_bits, loftq_iter=lora.loftq_iter)
     config = LoraConfig(
-        r=lora["r"],
-        lora_alpha=lora_alpha(lora),
-        lora_dropout=lora["lora_dropout"],
+        r=lora.r,
+        lora_alpha=lora.alpha,
+        lora_dropout=lora.lora_dropout,
         target_modules=targets,
-        bias=lora.get("bias", "none"),
-        use_rslora=bool(lora.get("use_rslora", False)) or lora.get("scaling", "standard") == "rslora",
-        use_dora=bool(lora.get("use_dora", False)),
-        init_lora_weights=init,
+        bias=lora.bias,
+        use_rslora=lora.rslora,
+        use_dora=bool(lora.use_dora),
+        init_lora_weights=lora.init_lora_weights,
         task_type=TaskType.SEQ_CLS if task_type == "classification" else TaskType.CAUSAL_LM,
         modules_to_save=(heads + extra) or None,
         **loftq,
@@ -208,11 +210,11 @@ def apply_lora(base: Any, lora: dict[str, Any], targets: list[str], task_type: s
     return model
 
 
-def mutates_base(lora: dict[str, Any]) -> bool:
+def mutates_base(lora: LoraSettings) -> bool:
     """Inits that rewrite the base weights (PiSSA/OLoRA residuals, LoftQ's quantised weights) or
     train base biases, after which a cached base is no longer the pretrained model."""
-    init = str(lora.get("init_lora_weights", True)).lower()
-    return init.startswith("pissa") or init in ("olora", "loftq") or lora.get("bias", "none") != "none"
+    init = str(lora.init_lora_weights).lower()
+    return init.startswith("pissa") or init in ("olora", "loftq") or lora.bias != "none"
 
 
 def is_pristine(base: Any) -> bool:

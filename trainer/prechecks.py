@@ -14,6 +14,7 @@ from omegaconf import DictConfig
 from trainer.config import get
 from trainer.data import RawData, check_test_split, load_raw
 from trainer.errors import ConfigError
+from trainer.settings import LoraSettings, QuantSettings, TrainSettings
 from trainer.targets import TARGET_PRESETS, matches, is_head, leaf_names, resolve_target_modules
 from trainer.validation import validate_config
 from trainer.trace import traced
@@ -78,16 +79,16 @@ def _linear_shapes(model: Any) -> Shapes:
     return shapes
 
 
-def lora_param_count(shapes: Shapes, targets: list[str], lora: dict[str, Any], head_params: int,
+def lora_param_count(shapes: Shapes, targets: list[str], lora: LoraSettings, head_params: int,
                      body_bias_params: int) -> int:
     """What peft will train: r*(in+out) per targeted layer (+out for DoRA's magnitude), biases
     per lora.bias, and the copy of the classification head (`head_params`, 0 for causal LMs)."""
     body = [n for n in shapes if not is_head(n)]
     hit = set().union(*(matches(t, body) for t in targets))
-    n = sum(lora["r"] * (shapes[h][0] + shapes[h][1]) + (shapes[h][1] if lora.get("use_dora") else 0) for h in hit)
-    if lora.get("bias", "none") == "all":
+    n = sum(lora.r * (shapes[h][0] + shapes[h][1]) + (shapes[h][1] if lora.use_dora else 0) for h in hit)
+    if lora.bias == "all":
         n += body_bias_params
-    elif lora.get("bias", "none") == "lora_only":
+    elif lora.bias == "lora_only":
         n += sum(shapes[h][1] for h in hit if shapes[h][2])
     return n + head_params
 
@@ -140,20 +141,22 @@ class PreflightReport:
 
         An upper bound on sequence length (dynamic padding usually makes T smaller).
         """
-        quant, train, lora = get(cfg, "quant"), get(cfg, "train"), get(cfg, "lora")
-        w = 2 if train.get("precision") == "pure_bf16" else 4
-        state = {"adamw_8bit": 2, "paged_adamw_8bit": 2, "paged_adamw_32bit": 8}.get(train.get("optim", "adamw_torch"), 2 * w)
+        # unchecked (of): the sweep estimates configs preflight has checked already
+        quant, train, lora = (group.of(get(cfg, name)) for group, name in
+                              ((QuantSettings, "quant"), (TrainSettings, "train"), (LoraSettings, "lora")))
+        w = 2 if train.precision == "pure_bf16" else 4
+        state = {"adamw_8bit": 2, "paged_adamw_8bit": 2, "paged_adamw_32bit": 8}.get(train.optim, 2 * w)
         weights = self.quantizable_params * _weight_bits(quant) / 8 + (self.base_params - self.quantizable_params) * w
-        targets = resolve_target_modules(list(self.linear_shapes), lora["target_modules"])
+        targets = resolve_target_modules(list(self.linear_shapes), lora.target_modules)
         adapter = lora_param_count(self.linear_shapes, targets, lora, self.head_params, self.body_bias_params) * (2 * w + state)
-        b, t = train["batch_size"], train["max_seq_length"]
+        b, t = train.batch_size, train.max_seq_length
         body = [n for n in self.linear_shapes if not is_head(n)]
         hit = set().union(*(matches(target, body) for target in targets))
-        per_input = w + 1 if float(lora.get("lora_dropout", 0.0)) > 0 else w
-        lora_acts = b * t * sum(self.linear_shapes[h][0] * per_input + 2 * lora["r"] * w for h in hit)
+        per_input = w + 1 if float(lora.lora_dropout) > 0 else w
+        lora_acts = b * t * sum(self.linear_shapes[h][0] * per_input + 2 * lora.r * w for h in hit)
         per_layer = b * t * (10 * self.hidden_size + 2 * self.intermediate_size + self.num_heads * t) * w
         acts = per_layer * self.num_layers + lora_acts
-        if train.get("gradient_checkpointing"):
+        if train.gradient_checkpointing:
             acts = b * t * self.hidden_size * self.num_layers * w + per_layer + lora_acts / max(self.num_layers, 1)
         logits = b * t * self.vocab_size * 8 if get(cfg, "task.type") != "classification" else 0
         if device == "cpu":
@@ -162,10 +165,10 @@ class PreflightReport:
         return (weights + adapter + acts + logits) / MB
 
 
-def _weight_bits(quant: dict[str, Any]) -> float:
-    if quant["mode"] != "4bit":
-        return QUANT_BITS[quant["mode"]]
-    return 4 + (8 / 64 + 32 / (64 * 256) if quant.get("double_quant") else 32 / 64)
+def _weight_bits(quant: QuantSettings) -> float:
+    if quant.mode != "4bit":
+        return QUANT_BITS[quant.mode]
+    return 4 + (8 / 64 + 32 / (64 * 256) if quant.double_quant else 32 / 64)
 
 
 def _config_int(config: Any, *names: str) -> int:
@@ -187,15 +190,16 @@ def _check_data(raw: RawData, cfg: DictConfig) -> None:
         verbalizations(raw.num_labels, raw.label_names, task.get("verbalizer"))
 
 
-def saved_module_params(model: Any, cfg: DictConfig, shapes: Shapes, targets: list[str]) -> int:
+def saved_module_params(model: Any, cfg: DictConfig, shapes: Shapes, targets: list[str],
+                        lora: LoraSettings, quant: QuantSettings) -> int:
     """Parameters that lora.modules_to_save trains in full (peft's rule: module names ending with an
     entry); ConfigError for an entry that matches nothing, overlaps a LoRA target, or would copy a
     quantized layer (bitsandbytes weights cannot be trained)."""
-    saved = get(cfg, "lora.modules_to_save") or []
+    saved = lora.modules_to_save or []
     if not saved:
         return 0
     modules = dict(model.named_modules())
-    quantized = get(cfg, "quant.mode") != "none"
+    quantized = quant.mode != "none"
     lora_layers = {n for t in targets for n in matches(t, shapes)}
     total = 0
     for entry in saved:
@@ -210,7 +214,7 @@ def saved_module_params(model: Any, cfg: DictConfig, shapes: Shapes, targets: li
                                   f"{name} is (or holds) a layer of lora.target_modules")
             if quantized and any(not is_head(n) for n in inner):
                 raise ConfigError("lora.modules_to_save", saved,
-                                  f"unquantized modules with quant.mode={get(cfg, 'quant.mode')} "
+                                  f"unquantized modules with quant.mode={quant.mode} "
                                   "(e.g. lm_head, embed_tokens, norms)",
                                   f"{name} is quantized by bitsandbytes and cannot be trained in full; use quant=none")
             if get(cfg, "task.type") != "classification" or not is_head(name):  # the head copy is counted already
@@ -221,25 +225,25 @@ def saved_module_params(model: Any, cfg: DictConfig, shapes: Shapes, targets: li
 @traced("trainer.preflight")
 def preflight(cfg: DictConfig) -> PreflightReport:
     """validate_config, then the architecture/data checks (ConfigError on the first problem)."""
-    validate_config(cfg)
-    task_type, lora, model = get(cfg, "task.type"), get(cfg, "lora"), get(cfg, "model")
-    if get(cfg, "quant.mode") != "none" and importlib.util.find_spec("bitsandbytes") is None:
-        raise ConfigError("quant.mode", get(cfg, "quant.mode"), "none (bitsandbytes is not installed)")
+    lora, quant, train = validate_config(cfg)
+    task_type, model = get(cfg, "task.type"), get(cfg, "model")
+    if quant.mode != "none" and importlib.util.find_spec("bitsandbytes") is None:
+        raise ConfigError("quant.mode", quant.mode, "none (bitsandbytes is not installed)")
     check_test_split(get(cfg, "data"))
     raw = _raw_data(json.dumps(get(cfg, "data"), sort_keys=True), task_type)
     _check_data(raw, cfg)
     stats = {}
     if task_type == "sft":
         stats = _sft_stats(json.dumps(model, sort_keys=True), json.dumps(get(cfg, "data"), sort_keys=True),
-                           json.dumps(get(cfg, "task"), sort_keys=True), get(cfg, "train.max_seq_length"))
+                           json.dumps(get(cfg, "task"), sort_keys=True), train.max_seq_length)
     meta = _meta_model(model["name_or_path"], model.get("revision"), bool(model.get("trust_remote_code")),
                        task_type, raw.num_labels)
     config = meta.config
     max_pos = _config_int(config, "max_position_embeddings", "n_positions")
-    if max_pos and get(cfg, "train.max_seq_length") > max_pos:
-        raise ConfigError("train.max_seq_length", get(cfg, "train.max_seq_length"), f"<= {max_pos} for this model")
+    if max_pos and train.max_seq_length > max_pos:
+        raise ConfigError("train.max_seq_length", train.max_seq_length, f"<= {max_pos} for this model")
 
-    configured = resolve_target_modules(meta, lora["target_modules"])
+    configured = resolve_target_modules(meta, lora.target_modules)
     shapes = _linear_shapes(meta)
     by_preset: dict[str, list[str]] = {}
     for preset in TARGET_PRESETS:
@@ -250,7 +254,7 @@ def preflight(cfg: DictConfig) -> PreflightReport:
     params = dict(meta.named_parameters())
     base_params = sum(p.numel() for p in params.values())
     head = sum(p.numel() for n, p in params.items() if is_head(n)) if task_type == "classification" else 0
-    head += saved_module_params(meta, cfg, shapes, configured)
+    head += saved_module_params(meta, cfg, shapes, configured, lora, quant)
     body_bias = sum(p.numel() for n, p in params.items() if n.endswith("bias") and not is_head(n))
     count = lambda targets: lora_param_count(shapes, targets, lora, head, body_bias)  # noqa: E731
     quantizable = sum(i * o for n, (i, o, _) in shapes.items() if not is_head(n))

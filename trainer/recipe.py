@@ -18,19 +18,20 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from trainer.cache import WarmCache, data_key, model_key, tokenizer_key
-from trainer.checkpoint import AUTO, Checkpointer, checkpoint_step, config_digest
+from trainer.checkpoint import Checkpointer, checkpoint_step, config_digest
 from trainer.config import get
 from trainer.data import load_raw, load_test
 from trainer.devices import device_name, resolve_compute_dtype, resolve_device
 from trainer.encoding import encode, make_collator
 from trainer.evaluation import evaluate, evaluate_rows
 from trainer.loop import LoopPlan, autocast_for, train_loop
-from trainer.model import (apply_lora, is_pristine, load_base_model, load_tokenizer, lora_alpha, mutates_base,
-                           reset_head, restore_base)
+from trainer.model import (apply_lora, is_pristine, load_base_model, load_tokenizer, mutates_base, reset_head,
+                           restore_base)
 from trainer.reporting import RecordingReporter, Reporter
 from trainer.result import TrialResult
 from trainer.seeding import seed_everything
 from trainer.selection import EvalSelection
+from trainer.settings import LoraSettings
 from trainer.targets import resolve_target_modules
 from trainer.validation import task_direction, validate_config
 from trainer.trace import span, traced
@@ -46,7 +47,7 @@ def _peak_memory_mb(device: Any) -> float:
 
 
 @traced("trainer.lora_removal")
-def _give_back(cache: WarmCache, key: str, base: Any, peft_model: Any, lora: dict[str, Any]) -> None:
+def _give_back(cache: WarmCache, key: str, base: Any, peft_model: Any, lora: LoraSettings) -> None:
     """Leave the cached base exactly as loaded, or drop it from the cache."""
     try:
         if peft_model is not None:
@@ -97,12 +98,12 @@ def run_trial(cfg: DictConfig, reporter: Reporter | None = None, cache: WarmCach
     replicates, never for the search)."""
     import torch
 
-    validate_config(cfg)
-    model_cfg, data_cfg, task, lora, quant, train = (get(cfg, k) for k in ("model", "data", "task", "lora", "quant", "train"))
+    lora, quant, train = validate_config(cfg)
+    model_cfg, data_cfg, task = (get(cfg, k) for k in ("model", "data", "task"))
     seed, task_type = get(cfg, "seed"), task["type"]
     reporter = reporter if reporter is not None else RecordingReporter()
     cache = cache if cache is not None else WarmCache()
-    device = resolve_device(train["device"])
+    device = resolve_device(train.device)
     seed_everything(seed)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
@@ -111,35 +112,35 @@ def run_trial(cfg: DictConfig, reporter: Reporter | None = None, cache: WarmCach
     t0 = time.perf_counter()
     tok = cache.get("tokenizer", tokenizer_key(cfg), lambda: load_tokenizer(model_cfg, task))
     data = cache.get("data", data_key(cfg), lambda: encode(load_raw(data_cfg, task_type), tok, data_cfg, task,
-                                                          train["max_seq_length"]))
+                                                          train.max_seq_length))
     timing["tokenize_s"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
     mkey = model_key(cfg, data.num_labels, device)
-    if train["precision"] == "pure_bf16":
+    if train.precision == "pure_bf16":
         mkey += " bf16 weights"  # not the fp32 base that the other precisions share
     warm = cache.contains("model", mkey)
     base = cache.get("model", mkey, lambda: load_base_model(model_cfg, quant, task_type, data.num_labels,
-                                                            tok.pad_token_id, device, train["gradient_checkpointing"],
-                                                            train["precision"]))
+                                                            tok.pad_token_id, device, train.gradient_checkpointing,
+                                                            train.precision))
     timing["model_load_s"] = time.perf_counter() - t0
-    targets = resolve_target_modules(base, lora["target_modules"])
+    targets = resolve_target_modules(base, lora.target_modules)
 
     peft_model = None
     try:
         seed_everything(seed)
         reset_head(base, task_type)
-        peft_model = apply_lora(base, lora, targets, task_type, train["precision"])
+        peft_model = apply_lora(base, lora, targets, task_type, train.precision)
 
         collate = make_collator(tok, task_type)
-        autocast = autocast_for(device, train["precision"])
+        autocast = autocast_for(device, train.precision)
         plan = LoopPlan.build(train, len(data.train.features))
-        answers = _AnswerEval(peft_model, data, tok, task, train["batch_size"], device, autocast)
+        answers = _AnswerEval(peft_model, data, tok, task, train.batch_size, device, autocast)
 
         row_sink = getattr(reporter, "eval_rows", None)
 
         def run_eval() -> dict[str, float]:
-            metrics, rows = evaluate_rows(peft_model, data, collate, task_type, train["batch_size"], device, autocast,
+            metrics, rows = evaluate_rows(peft_model, data, collate, task_type, train.batch_size, device, autocast,
                                           task.get("label_scoring", "mean"))
             if answers.every_eval:
                 metrics = {**metrics, **answers()}
@@ -149,10 +150,10 @@ def run_trial(cfg: DictConfig, reporter: Reporter | None = None, cache: WarmCach
             return metrics
 
         metric, direction = objective or ("eval_" + task["metric"], task_direction(task))
-        selection = EvalSelection(metric, direction, objective_at, train.get("early_stopping_patience"))
+        selection = EvalSelection(metric, direction, objective_at, train.early_stopping_patience)
         if checkpoint_dir is None and output_dir is not None:
             checkpoint_dir = Path(output_dir) / "checkpoint"
-        checkpoint = Checkpointer(checkpoint_dir, train.get("checkpoint_every_steps", AUTO),
+        checkpoint = Checkpointer(checkpoint_dir, train.checkpoint_every_steps,
                                   config_digest(OmegaConf.to_container(cfg, resolve=True)), resume=resume)
         resumed_from = checkpoint_step(checkpoint_dir) if resume else None
         outcome = train_loop(peft_model, data.train.features, collate, run_eval, train, plan, device,
@@ -169,15 +170,15 @@ def run_trial(cfg: DictConfig, reporter: Reporter | None = None, cache: WarmCach
 
         if evaluate_test and data_cfg.get("test_split"):
             held_out = cache.get("data", data_key(cfg) + " test", lambda: encode(
-                load_test(data_cfg, task_type), tok, data_cfg, task, train["max_seq_length"]))
-            scores = evaluate(peft_model, held_out, collate, task_type, train["batch_size"], device, autocast,
+                load_test(data_cfg, task_type), tok, data_cfg, task, train.max_seq_length))
+            scores = evaluate(peft_model, held_out, collate, task_type, train.batch_size, device, autocast,
                               task.get("label_scoring", "mean"))
             if answers.enabled:
-                scores.update(_AnswerEval(peft_model, held_out, tok, task, train["batch_size"], device, autocast)())
+                scores.update(_AnswerEval(peft_model, held_out, tok, task, train.batch_size, device, autocast)())
             outcome.final_metrics.update({"test_" + k.removeprefix("eval_"): v for k, v in scores.items()})
 
         adapter_dir = None
-        if output_dir is not None and train.get("save_adapter", True):
+        if output_dir is not None and train.save_adapter:
             adapter_dir = Path(output_dir) / "adapter"
             with span("trainer.save_adapter"):
                 peft_model.save_pretrained(str(adapter_dir), safe_serialization=True)
@@ -204,17 +205,17 @@ def run_trial(cfg: DictConfig, reporter: Reporter | None = None, cache: WarmCach
         adapter_dir=adapter_dir,
         samples=answers.samples,
         resolved={
-            "lora_alpha": lora_alpha(lora),
+            "lora_alpha": lora.alpha,
             "target_modules": targets,
             "num_labels": data.num_labels,
             "device": str(device),
             "device_name": device_name(device),
-            "compute_dtype": {"4bit": resolve_compute_dtype(quant.get("compute_dtype", "float32"), device),
-                              "8bit": "int8/float16"}.get(quant["mode"], "bfloat16" if train["precision"] == "pure_bf16"
+            "compute_dtype": {"4bit": resolve_compute_dtype(quant.compute_dtype, device),
+                              "8bit": "int8/float16"}.get(quant.mode, "bfloat16" if train.precision == "pure_bf16"
                                                           else "float32"),
-            "precision": train["precision"],
-            "optim": train.get("optim", "adamw_torch"),
-            "group_by_length": bool(train.get("group_by_length", False)),
+            "precision": train.precision,
+            "optim": train.optim,
+            "group_by_length": bool(train.group_by_length),
             "train_padding_fraction": outcome.padding_fraction,
             "objective_at": objective_at,
             "best_step": selection.best_step,
