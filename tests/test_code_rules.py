@@ -66,3 +66,61 @@ def test_the_rule_catches_what_it_forbids(tmp_path, monkeypatch):
     assert sorted(found, key=lambda f: int(f.split(":")[1])) == [
         "sweeps/bad.py:1: from sweeps.runtime.worker import _Heartbeat", "sweeps/bad.py:4: st._private",
         "sweeps/bad.py:5: export._helper", "sweeps/bad.py:7: study._storage (Optuna's; use sweeps.search.study)"], found
+
+
+def _code(module: str, name: str) -> bool:
+    """`from module import name` binds a module, class or function (not a state object such as STOP)."""
+    import importlib
+    import inspect
+
+    try:
+        obj = getattr(importlib.import_module(module), name)
+    except AttributeError:
+        return True  # a submodule
+    except ImportError:
+        return True
+    return inspect.ismodule(obj) or inspect.isclass(obj) or inspect.isroutine(obj)
+
+
+def patches(path: Path) -> list[str]:
+    """`ours.name = ...` or `setattr(ours, ...)`, where `ours` is one of our modules or a class or
+    function imported from one."""
+    tree = ast.parse(path.read_text(), filename=str(path))
+    ours: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] in OURS:
+            ours |= {alias.asname or alias.name for alias in node.names if _code(node.module, alias.name)}
+        elif isinstance(node, ast.Import):
+            ours |= {alias.asname or alias.name.split(".")[0] for alias in node.names if alias.name.split(".")[0] in OURS}
+    found = []
+    for node in ast.walk(tree):
+        targets = node.targets if isinstance(node, ast.Assign) else [node.target] if isinstance(
+            node, (ast.AugAssign, ast.AnnAssign)) else []
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "setattr" and node.args:
+            targets = [ast.Attribute(value=node.args[0], attr="?")]
+        for target in targets:
+            if not isinstance(target, ast.Attribute):
+                continue
+            base = target.value
+            while isinstance(base, ast.Attribute):
+                base = base.value
+            if isinstance(base, ast.Name) and base.id in ours:
+                found.append(f"{path.relative_to(REPO)}:{node.lineno}: {ast.unparse(target)}")
+    return found
+
+
+def test_nothing_patches_our_modules_at_run_time():
+    """The benchmarks read the runtime's own trace (LORA_SWEEP_TRACE) instead of replacing our
+    functions: a patch aimed at a renamed function silently measures nothing."""
+    found = [v for path in sources() for v in patches(path)]
+    assert not found, "\n".join(found)
+
+
+def test_the_patch_rule_catches_what_it_forbids(tmp_path, monkeypatch):
+    bad = tmp_path / "bench" / "bad.py"
+    bad.parent.mkdir()
+    bad.write_text("import trainer.recipe as recipe\nfrom sweeps.runtime import worker\n"
+                   "recipe.train_loop = print\nsetattr(worker.Worker, 'run_one', print)\n"
+                   "import json\njson.dumps = print\n")
+    monkeypatch.setattr(__import__(__name__), "REPO", tmp_path)
+    assert patches(bad) == ["bench/bad.py:3: recipe.train_loop", "bench/bad.py:4: worker.Worker.?"]
