@@ -211,3 +211,31 @@ def test_a_nan_objective_fails_the_trial_and_its_mlflow_run_alike(tmp_path, tiny
     by_number = {int(r.data.tags["optuna.trial_number"]): r for r in children}
     assert all(by_number[t.number].info.status == "FAILED" for t in nan)
     assert all("eval_loss=nan" in by_number[t.number].data.tags["error"] for t in nan)
+
+
+def _open_at_once(url: str, barrier, errors) -> None:
+    barrier.wait()
+    try:
+        open_storage(url)
+    except Exception as exc:  # noqa: BLE001 - reported to the test
+        errors.put(f"{type(exc).__name__}: {str(exc).splitlines()[0]}")
+
+
+def test_processes_opening_a_fresh_sqlite_store_at_once_all_get_it(tmp_path):
+    """A sweep and a dashboard (or two sweeps) opening a new SQLite study database in the same
+    moment both run Optuna's schema migration; the loser's duplicate version row must be taken
+    for the race it is, and the store opened once the winner is done."""
+    ctx = mp.get_context("spawn")
+    for attempt in range(3):
+        url = f"sqlite:///{tmp_path / f'race{attempt}.db'}"
+        barrier, errors = ctx.Barrier(6), ctx.Queue()
+        procs = [ctx.Process(target=_open_at_once, args=(url, barrier, errors)) for _ in range(6)]
+        for p in procs:
+            p.start()
+        for p in procs:
+            p.join(120)
+        found = []
+        while not errors.empty():
+            found.append(errors.get())
+        assert not found, found
+        assert all(p.exitcode == 0 for p in procs)

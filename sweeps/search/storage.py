@@ -139,9 +139,10 @@ def _schema_race(exc: BaseException | None) -> bool:
     seen = 0
     while exc is not None and seen < 10:
         text = f"{type(exc).__name__} {exc}".lower()
-        # the last: alembic's version row moved under a concurrent migration
-        if any(k in text for k in ("duplicate", "already exists", "uniqueviolation", "database is locked",
-                                   "expected to match one row")):
+        # alembic's version row written twice (PostgreSQL: UniqueViolation; SQLite: "UNIQUE constraint
+        # failed"), or moved under a concurrent migration ("expected to match one row")
+        if any(k in text for k in ("duplicate", "already exists", "uniqueviolation", "unique constraint failed",
+                                   "database is locked", "expected to match one row")):
             return True
         exc, seen = exc.__cause__ or exc.__context__, seen + 1
     return False
