@@ -134,7 +134,7 @@ def run_benchmark(ctx: Context) -> Section:
             f"length {s.max_len}), eval on {bare[0]['num_eval']} rows once at the end, {s.ov_repeats} alternating "
             f"repeat(s). Our run: `python sweep.py` (single-run mode: Hydra, preflight, an MLflow run with params, step "
             f"metrics, curves PNG and adapter, written by a writer process beside the trainer) through "
-            f"bench/probe_trial.py (stopwatch per phase; CPU seconds count both processes).\n\n"
+            f"bench/probe_trial.py (phases from the runtime's own trace, LORA_SWEEP_TRACE; CPU seconds count both processes).\n\n"
             f"{summary}\n\nWhere the time goes (seconds, mean over repeats; our phases are exclusive of nested ones):\n\n"
             + md_table(["phase", "bare loop", "ours", "ours - bare"], table_rows)
             + f"\n\nReading: ours takes {extra_s:+.1f}s ({(ratio - 1) * 100:+.1f}%) over the bare loop; phases the bare "

@@ -95,7 +95,7 @@ def run_benchmark(ctx: Context) -> Section:
             f"(user+sys, polled): ours {std.proc.cpu_s.get('sweep', 0):.0f} in the sweep process (supervisor, progress, "
             f"MLflow writer) + {std.proc.cpu_s.get('worker', 0):.0f} in the worker; cold "
             f"{sum(c['cpu'] for c in cold) / len(cold):.0f} per trial; HF {hp.cpu_s.get('sweep', 0):.0f} in all.\n\n"
-            f"Where a trial's time goes (seconds; ours from the in-process probe, median over warm trials 2..n; "
+            f"Where a trial's time goes (seconds; ours from the runtime's trace (LORA_SWEEP_TRACE), median over warm trials 2..n; "
             f"HF from its own timers):\n\n{per_trial}\n\n"
             f"Reading: {_reading(std, hf, hp.wall_s, cold_wall / len(cold))}")
     results = {"throughput_ratio_vs_cold": r_cold, "throughput_ratio_vs_hf": r_hf, "trials_per_hour_ours": ours_tph,
