@@ -42,14 +42,16 @@ def test_a_traced_sweep_shows_each_trial_and_its_phases(tmp_path, monkeypatch, t
     out = tmp_path / "trace.jsonl"
     monkeypatch.setenv(trace.TRACE_ENV, str(out))
     run_sweep(tmp_path, *TINY, f"model.name_or_path={tiny_bert_dir}", "hydra.sweeper.n_jobs=1",
-              "hydra.sweeper.n_trials=2", "hydra.sweeper.include_base=false")
+              "hydra.sweeper.n_trials=2", "hydra.sweeper.include_base=false", "hydra.sweeper.race.enabled=true",
+              "hydra.sweeper.race.top_k=2", "hydra.sweeper.race.max_runs=4")
     spans = _lines(out)
-    trials = [s for s in spans if s["phase"] == "worker.trial"]
+    (startup,) = [s for s in spans if s["phase"] == "sweep.startup"]  # once, though the race starts workers again
+    sweep_pid = startup["pid"]
+    assert len([s for s in spans if s["phase"] == "sweep.spawn_workers"]) >= 2  # the search's, then one per race round
+    search_worker = min((s for s in spans if s["phase"] == "worker.startup"), key=lambda s: s["start"])["pid"]
+    trials = [s for s in spans if s["phase"] == "worker.trial" and s["pid"] == search_worker]
     assert sorted(s["trial"] for s in trials) == [0, 1]
-    worker = {s["pid"] for s in trials}
-    assert len(worker) == 1
-    (sweep_pid,) = {s["pid"] for s in spans if s["phase"] == "sweep.startup"}
-    assert sweep_pid not in worker
+    assert sweep_pid != search_worker
     assert {"sweep.preflight", "sweep.spawn_workers", "mlflow.open_store", "mlflow.open_parent"} <= {
         s["phase"] for s in spans if s["pid"] == sweep_pid}
 

@@ -27,6 +27,7 @@ from sweeps.runtime.supervisor import Outcome, Supervisor, SweepAborted
 from sweeps.tracking.runbook import RunBook, json_text, runs_page_url
 from sweeps.runtime.worker import WorkerSpec
 from sweeps.runtime.worker_plan import WorkerPlan, plan_for
+from trainer import trace
 
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)  # Ctrl-C; SLURM preemption or time limit, kill, spot reclaim
@@ -104,6 +105,7 @@ class SweepSession:
         console.print(f"search: {n_trials} trials{limit}, {where}")
         for line in self.plan(n_trials).lines:
             console.print(f"  {line}")
+        trace.mark("sweep.startup")  # process start to here: imports, Hydra, pre-flight, study
         supervisor = self.supervisor(study, None, specs, n_trials).start()
         runbook = None
         try:

@@ -88,7 +88,6 @@ class Supervisor:
     def start(self) -> "Supervisor":
         """Spawn the workers now: they import torch and load the base model while the sweep process
         does its own slow start-up (the MLflow store); their events wait in the queue meanwhile."""
-        trace.mark("sweep.startup")  # process start to here: imports, Hydra, pre-flight, study
         with trace.span("sweep.spawn_workers"):
             for spec in self.specs:
                 self._start(spec)
