@@ -26,7 +26,7 @@ from optuna.trial import TrialState
 from sweeps.progress import console, top_trials_table  # noqa: F401
 from sweeps.search.space import SearchSpace
 from sweeps.search.storage import REPRODUCE_SUFFIX, is_masked, latest_study_name, mask_url, open_storage, storage_url
-from sweeps.search.study import open_study, top_trials
+from sweeps.search.study import top_trials
 
 FRESH_SEED_BASE = 10_000  # replicate seeds never collide with seeds a search space would try
 
@@ -100,14 +100,8 @@ def enqueue_plan(repro: optuna.Study, plan: list[dict[str, Any]]) -> int:
 def run_reproduction(study: optuna.Study, storage, session, runbook) -> optuna.Study:
     """Plan, enqueue and run the replicates in new workers on the sweep's plan, under its MLflow parent."""
     conf = session.conf.reproduce
-    repro = open_study(storage, study.study_name + REPRODUCE_SUFFIX, [study.directions[0].name.lower()])
-    # Resume after the sweep process died mid-reproduction: its RUNNING replicates become FAIL
-    # (enqueue_plan below queues them again) and their MLflow runs are closed.
-    session.fail_orphans(repro, max_retry=None)
-    session.close_dead_runs(repro, runbook)
-    for key in ("objective_metric", "mlflow_parent_run_id", "mlflow_tracking_uri", "mlflow_experiment_name"):
-        if key in study.user_attrs:
-            repro.set_user_attr(key, study.user_attrs[key])
+    # on a resume, the replicates left RUNNING are failed there; enqueue_plan below queues them again
+    repro = session.open_companion(study, storage, REPRODUCE_SUFFIX, runbook)
     design = str(conf.get("design", "crossed"))
     plan = plan_replicates(study, int(conf.top_k), int(conf.n_seeds), list(conf.seed_kinds), bool(conf.determinism_check),
                            design)

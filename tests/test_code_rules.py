@@ -22,20 +22,26 @@ def private(name: str) -> bool:
     return name.startswith("_") and not (name.startswith("__") and name.endswith("__"))
 
 
+def names_of_ours(tree: ast.AST, keep=lambda module, name: True) -> set[str]:
+    """Names the file binds to our modules (`import sweeps.x`) or to what it imports from them
+    (`from sweeps.x import y`, where `keep(module, name)`)."""
+    ours: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] in OURS:
+            ours |= {alias.asname or alias.name for alias in node.names if keep(node.module, alias.name)}
+        elif isinstance(node, ast.Import):
+            ours |= {alias.asname or alias.name.split(".")[0] for alias in node.names if alias.name.split(".")[0] in OURS}
+    return ours
+
+
 def violations(path: Path) -> list[str]:
     """`from ours import _x`, and `name._x` where `name` came from one of our modules; Optuna's
     private handles on anything but `self` outside the adapter."""
     tree = ast.parse(path.read_text(), filename=str(path))
-    ours: set[str] = set()  # names bound to our modules, or to classes and functions imported from them
-    found = []
-    for node in ast.walk(tree):
-        if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] in OURS:
-            for alias in node.names:
-                if private(alias.name):
-                    found.append(f"{path.relative_to(REPO)}:{node.lineno}: from {node.module} import {alias.name}")
-                ours.add(alias.asname or alias.name)
-        elif isinstance(node, ast.Import):
-            ours |= {alias.asname or alias.name.split(".")[0] for alias in node.names if alias.name.split(".")[0] in OURS}
+    found = [f"{path.relative_to(REPO)}:{node.lineno}: from {node.module} import {alias.name}"
+             for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.module
+             and node.module.split(".")[0] in OURS for alias in node.names if private(alias.name)]
+    ours = names_of_ours(tree)  # names bound to our modules, or to what was imported from them
     for node in ast.walk(tree):
         if not isinstance(node, ast.Attribute) or not private(node.attr):
             continue
@@ -86,12 +92,7 @@ def patches(path: Path) -> list[str]:
     """`ours.name = ...` or `setattr(ours, ...)`, where `ours` is one of our modules or a class or
     function imported from one."""
     tree = ast.parse(path.read_text(), filename=str(path))
-    ours: set[str] = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] in OURS:
-            ours |= {alias.asname or alias.name for alias in node.names if _code(node.module, alias.name)}
-        elif isinstance(node, ast.Import):
-            ours |= {alias.asname or alias.name.split(".")[0] for alias in node.names if alias.name.split(".")[0] in OURS}
+    ours = names_of_ours(tree, keep=_code)
     found = []
     for node in ast.walk(tree):
         targets = node.targets if isinstance(node, ast.Assign) else [node.target] if isinstance(

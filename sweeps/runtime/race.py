@@ -22,7 +22,6 @@ from sweeps.reproduce import fresh_seed_values
 from sweeps.search.study import top_trials
 from sweeps.search.space import SearchSpace
 from sweeps.search.storage import RACE_SUFFIX
-from sweeps.search.study import open_study
 
 
 
@@ -62,12 +61,7 @@ def run_race(study: optuna.Study, storage: Any, session: Any, runbook: Any) -> d
     maximize = study.directions[0] == optuna.study.StudyDirection.MAXIMIZE
     rounds = max(2, int(conf.max_runs) // len(top))
     seeds = fresh_seed_values(top, 2 * rounds)
-    race = open_study(storage, study.study_name + RACE_SUFFIX, [study.directions[0].name.lower()])
-    session.fail_orphans(race, max_retry=None)
-    session.close_dead_runs(race, runbook)
-    for key in ("objective_metric", "mlflow_parent_run_id", "mlflow_tracking_uri", "mlflow_experiment_name"):
-        if key in study.user_attrs:
-            race.set_user_attr(key, study.user_attrs[key])
+    race = session.open_companion(study, storage, RACE_SUFFIX, runbook)
     console.print(f"race: top {len(top)} configs {[t.number for t in top]} on fresh seed pairs, at most "
                   f"{rounds} rounds ({int(conf.max_runs)} runs), dropping a rival at one-sided "
                   f"alpha={float(conf.alpha)} / (rivals x rounds)")

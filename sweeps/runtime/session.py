@@ -214,6 +214,19 @@ class SweepSession:
         return float(self.conf.get("store_retry_s", STORE_RETRY_S))
 
     # -- resuming after the sweep process itself died ----------------------------------------------
+    def open_companion(self, study: optuna.Study, storage, suffix: str, runbook: RunBook) -> optuna.Study:
+        """The study of the race or the reproduction beside `study` (`<name><suffix>`), so the
+        search's sampler never learns from replicates. On a resume after the sweep process died
+        there, its RUNNING trials become FAIL and their MLflow runs are closed; it carries the
+        search's objective and MLflow attrs, which the report and export read."""
+        companion = open_study(storage, study.study_name + suffix, [study.directions[0].name.lower()])
+        self.fail_orphans(companion, max_retry=None)
+        self.close_dead_runs(companion, runbook)
+        for key in ("objective_metric", "mlflow_parent_run_id", "mlflow_tracking_uri", "mlflow_experiment_name"):
+            if key in study.user_attrs:
+                companion.set_user_attr(key, study.user_attrs[key])
+        return companion
+
     def fail_orphans(self, study: optuna.Study, max_retry: int | None) -> list[int]:
         """A resume after a kill -9 / OOM kill / reboot of the sweep process: its RUNNING trials
         become FAIL and (search only, `max_retry`) are re-enqueued with the same params; the
