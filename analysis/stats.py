@@ -369,8 +369,11 @@ def race_eliminations(scores: dict[int, Sequence[float]], maximize: bool, alpha:
     leader (the best mean) rejects "the rival is at least as good" at level alpha / (rivals x
     looks). `scores[c][i]` is config c's score on the i-th shared seed pair, so differences pair
     seed for seed. Bonferroni over the rivals and over every look the race may take keeps the
-    chance of dropping a config that is in fact as good as the leader below alpha for the whole
-    race (sequential testing without it would inflate that chance with each round)."""
+    chance that the best config is dropped, over the whole race, below alpha: it can only fall to
+    a test that some other config wins at alpha / (rivals x looks), whichever config leads
+    (sequential testing without the correction would inflate that chance with each round). With
+    several configs tied for best the bound holds for each of them, not for all at once: one of
+    them may be dropped in favour of another as good (bench/race_vs_reproduce.py measures both)."""
     n = min(len(v) for v in scores.values())
     if len(scores) < 2 or n < 2:
         return set()

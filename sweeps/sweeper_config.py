@@ -22,7 +22,7 @@ class RaceConf:
     enabled: bool = False        # race the best configs on fresh seeds after the search (see sweeps/runtime/race.py)
     top_k: int = 3               # configs that enter the race
     max_runs: int = 24           # race runs at most (rounds = max_runs // top_k, one seed pair each)
-    alpha: float = 0.05          # race-wide chance of dropping a config as good as the leader
+    alpha: float = 0.05          # race-wide chance of dropping the best config (each of several tied for best)
 
 
 @dataclass

@@ -12,17 +12,18 @@ them as new configs; the search study records the outcome in its `race` user att
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Any
 
 import optuna
 from optuna.trial import TrialState
 
+from analysis.stats import race_eliminations, summarize
 from sweeps.progress import console
 from sweeps.reproduce import fresh_seed_values
 from sweeps.search.study import top_trials
 from sweeps.search.space import SearchSpace
 from sweeps.search.storage import RACE_SUFFIX
-
 
 
 def _scores(race: optuna.Study) -> dict[int, dict[int, float]]:
@@ -50,45 +51,81 @@ def _enqueue_round(race: optuna.Study, configs: list[optuna.trial.FrozenTrial], 
     return n
 
 
+def race_rounds(max_runs: int, n_configs: int) -> int:
+    """Rounds a race of n configs may take: each survivor runs once per round, and a paired test
+    needs at least two rounds."""
+    return max(2, int(max_runs) // n_configs)
+
+
+@dataclass
+class SeedRace:
+    """The race's decisions, apart from how its runs are made (the sweep's workers here, simulated
+    outcomes in bench/race_vs_reproduce.py): who is still in, who was dropped in which round, and
+    the winner. `scores[config][round]` is one run of a config on that round's shared seed pair."""
+
+    configs: list[int]
+    rounds: int
+    alpha: float
+    maximize: bool = True
+    alive: list[int] = field(init=False)
+    eliminated: dict[int, int] = field(default_factory=dict)  # config -> the round (from 1) it was dropped
+
+    def __post_init__(self) -> None:
+        self.alive = list(self.configs)
+
+    def observe(self, rnd: int, scores: dict[int, dict[int, float]]) -> set[int]:
+        """After round `rnd` (from 0): drop each survivor that the paired test, over the rounds
+        every survivor has a score for, says is worse than the leader. Returns the dropped."""
+        shared = [r for r in range(rnd + 1) if all(r in scores.get(c, {}) for c in self.alive)]
+        paired = {c: [scores[c][r] for r in shared] for c in self.alive}
+        dropped = race_eliminations(paired, self.maximize, self.alpha, looks=self.rounds)
+        for config in dropped:
+            self.eliminated[config] = rnd + 1
+        self.alive = [c for c in self.alive if c not in dropped]
+        return dropped
+
+    @property
+    def finished(self) -> bool:
+        return len(self.alive) == 1
+
+    def winner(self, scores: dict[int, dict[int, float]]) -> int:
+        """The survivor with the best mean over all of its race runs."""
+        sign = 1 if self.maximize else -1
+        return max(self.alive, key=lambda c: sign * summarize(list(scores.get(c, {}).values()))["mean"])
+
+
 def run_race(study: optuna.Study, storage: Any, session: Any, runbook: Any) -> dict[str, Any] | None:
     """Race the top `race.top_k` configs; returns (and stores on the study) the outcome."""
-    from analysis.stats import race_eliminations, summarize
-
     conf = session.conf.race
     top = top_trials(study, int(conf.top_k))
     if len(top) < 2:
         return None
     maximize = study.directions[0] == optuna.study.StudyDirection.MAXIMIZE
-    rounds = max(2, int(conf.max_runs) // len(top))
+    rounds = race_rounds(int(conf.max_runs), len(top))
     seeds = fresh_seed_values(top, 2 * rounds)
     race = session.open_companion(study, storage, RACE_SUFFIX, runbook)
     console.print(f"race: top {len(top)} configs {[t.number for t in top]} on fresh seed pairs, at most "
                   f"{rounds} rounds ({int(conf.max_runs)} runs), dropping a rival at one-sided "
                   f"alpha={float(conf.alpha)} / (rivals x rounds)")
-    alive = {t.number: t for t in top}
-    eliminated: dict[int, int] = {}
+    state = SeedRace([t.number for t in top], rounds, float(conf.alpha), maximize)
+    by_number = {t.number: t for t in top}
     fixed = SearchSpace(fixed=dict(session.space.fixed))
     for rnd in range(rounds):
-        if _enqueue_round(race, list(alive.values()), rnd, seeds[2 * rnd], seeds[2 * rnd + 1]):
+        if _enqueue_round(race, [by_number[c] for c in state.alive], rnd, seeds[2 * rnd], seeds[2 * rnd + 1]):
             # the workers' budget counts every run of the race study, earlier rounds included
             total = len([t for t in race.get_trials(deepcopy=False) if t.state != TrialState.FAIL])
             specs = session.worker_specs(race.study_name, total, fixed, session.objectives[:1], replay_only=True)
             if session.watch(session.supervisor(race, runbook, specs, total), race, total,
                              f"race round {rnd + 1}").interrupted:
                 return None
-        scores = _scores(race)
-        shared = [r for r in range(rnd + 1) if all(r in scores.get(c, {}) for c in alive)]
-        paired = {c: [scores[c][r] for r in shared] for c in alive}
-        for config in race_eliminations(paired, maximize, float(conf.alpha), looks=rounds):
-            eliminated[config] = rnd + 1
-            del alive[config]
-        if len(alive) == 1:
+        state.observe(rnd, _scores(race))
+        if state.finished:
             break
     scores = _scores(race)
-    sign = 1 if maximize else -1
+    winner = state.winner(scores)
+    alive, eliminated = state.alive, state.eliminated
     metric = str(study.user_attrs.get("objective_metric", "eval_objective"))
     test_key = "test_" + metric.removeprefix("eval_")
-    winner = max(alive, key=lambda c: sign * summarize(list(scores.get(c, {}).values()))["mean"])
     s = summarize(list(scores.get(winner, {}).values()))
     held_out = summarize([t.user_attrs["metrics"][test_key] for t in race.get_trials(deepcopy=False, states=(
         TrialState.COMPLETE,)) if t.user_attrs.get("replicates_trial") == winner and test_key in t.user_attrs.get(
