@@ -150,13 +150,10 @@ def replay_one(setting: Setting, curves: list[dict[int, float]], total_steps: in
 
 
 def replay(args: argparse.Namespace) -> int:
-    import warnings
-
     import optuna
     from common import md_table
 
     optuna.logging.set_verbosity(optuna.logging.ERROR)
-    warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # PatientPruner
     pools = []
     for path in args.curves:
         d = json.loads(path.read_text())

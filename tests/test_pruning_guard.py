@@ -47,8 +47,9 @@ def test_nothing_is_pruned_before_the_fraction_or_the_finished_trials(name):
         assert _slow_starter(_study(make_pruner(name, guard=unguarded), finished=3))[0]
 
 
-def test_patience_keeps_an_improving_trial():
+def test_patience_keeps_an_improving_trial(recwarn):
     study = _study(make_pruner("median", guard=PruneGuard(prune_after=0.0, min_trials=1, patience=2)), finished=2)
+    assert not [w for w in recwarn if issubclass(w.category, optuna.exceptions.ExperimentalWarning)]
     trial = study.ask()
     decisions = []
     for step, value in zip(STEPS, (0.5, 0.6, 0.7, 0.7)):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import warnings
 from typing import Any, Callable, Mapping
 
 import optuna
@@ -187,5 +188,7 @@ def make_pruner(name: str, kwargs: Mapping[str, Any] | None = None, guard: Prune
     if name == "none":
         return inner
     if guard.patience:
-        inner = optuna.pruners.PatientPruner(inner, patience=guard.patience)
+        with warnings.catch_warnings():  # Optuna marks the class experimental; the user asked for it by name
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            inner = optuna.pruners.PatientPruner(inner, patience=guard.patience)
     return GuardedPruner(inner, guard)
