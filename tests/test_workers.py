@@ -131,6 +131,33 @@ def test_ctrl_c_stops_cleanly_and_a_rerun_resumes(tmp_path, tiny_bert_dir):
     _no_run_left_running(tmp_path)
 
 
+@pytest.mark.timeout(120)
+def test_a_worker_stops_asking_once_its_own_failures_pass_the_sweeps_limit(tmp_path):
+    """The sweep reads no worker news while it opens the MLflow store, so a trial that fails at once
+    (here: no config to compose) must not repeat unchecked until it does: the worker stops itself
+    once it alone has failed more trials than max_failure_rate x n_trials allows."""
+    import queue
+
+    from sweeps.runtime.compose import ComposeSpec
+    from sweeps.runtime.events import TrialEnd, TrialFinished
+    from sweeps.runtime.worker import Worker, WorkerSpec
+    from sweeps.search.space import parse_search_space
+    from sweeps.search.storage import open_storage, storage_url
+
+    url = storage_url(None, cwd=tmp_path)
+    optuna.create_study(storage=open_storage(url), study_name="s", direction="maximize")
+    spec = WorkerSpec(worker_id=0, study_name="s", storage_url=url, n_trials=4,
+                      space=parse_search_space({"lora.r": "choice(4, 8)"}),
+                      compose=ComposeSpec(str(tmp_path / "no-such-config-dir"), "sweep"), objectives=["eval_accuracy"],
+                      trial_root=str(tmp_path), pruner="none", failure_limit=0.5 * 4)
+    unread = queue.Queue()  # nobody drains it, as while the sweep opens its MLflow store
+    worker = Worker(spec, events=unread)
+    worker.loop()
+    assert [t.state for t in worker.study.trials] == [TrialState.FAIL] * 3  # 3 > 2: the sweep's abort point
+    sent = [m for _, m in list(unread.queue) if isinstance(m, TrialFinished)]
+    assert [m.state for m in sent] == [TrialEnd.FAIL] * 3
+
+
 def test_diverging_trials_fail_with_the_reason_and_too_many_abort(tmp_path, tiny_bert_dir):
     proc = run_sweep(tmp_path, *TINY, _model(tiny_bert_dir), "search_space=none", "seed=0,1,2,3",
                      "train.learning_rate=1e12", "lora.lora_alpha=1024", "hydra.sweeper.n_trials=4", "hydra.sweeper.n_jobs=1",

@@ -195,7 +195,8 @@ class SweepSession:
                            objective_at=str(conf.get("objective_at", "best")), prune_guard=prune_guard(conf),
                            base_total_steps=total_steps,
                            shares_device=device is not None and plan.cuda_devices.count(device) > 1,
-                           max_memory_gb=None if conf.get("max_memory_gb") is None else float(conf.max_memory_gb))
+                           max_memory_gb=None if conf.get("max_memory_gb") is None else float(conf.max_memory_gb),
+                           failure_limit=float(conf.max_failure_rate) * n_trials)
                 for i, device in enumerate(plan.cuda_devices)]
 
     def base_total_steps(self) -> int | None:

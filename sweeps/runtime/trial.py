@@ -379,6 +379,8 @@ class TrialRun:
         self.send(RunClosed(self.key, status, metrics, tags, list(artifacts), step, tables))
 
     def finished(self, state: TrialEnd, value, reason: str = "") -> None:
+        if state is TrialEnd.FAIL:
+            self.worker.failed += 1
         self.send(TrialFinished(self.key, self.trial.number, state, value, reason))
 
 

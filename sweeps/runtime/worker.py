@@ -51,6 +51,8 @@ class WorkerSpec:
     base_total_steps: int | None = None  # the base config's optimizer steps (Hyperband's first rung)
     shares_device: bool = False      # other workers train on this worker's GPU: an OOM may be theirs
     max_memory_gb: float | None = None  # hydra.sweeper.max_memory_gb: skip configs estimated over it
+    failure_limit: float | None = None  # max_failure_rate x n_trials: past it the sweep aborts, and a worker
+                                        # that alone failed more stops asking (the sweep may not be reading yet)
 
 
 WORKER_ENV = {"TRANSFORMERS_VERBOSITY": "error", "HF_DATASETS_DISABLE_PROGRESS_BARS": "1",
@@ -187,6 +189,7 @@ class Worker:
         self.budget = TrialBudget(self.study, spec.storage_url, spec.n_trials, retry_s=spec.store_retry_s)
         self.cache = trainer.WarmCache()
         self.fingerprint = trainer.environment_fingerprint()
+        self.failed = 0  # trials of this worker that ended FAIL
 
     def loop(self) -> None:
         import optuna
@@ -206,6 +209,10 @@ class Worker:
                 optuna.storages.fail_stale_trials(self.study)
             if self.spec.deadline is not None and time.time() >= self.spec.deadline:
                 return  # the sweep's time budget is spent; the trials already running have finished
+            if spec.failure_limit is not None and self.failed > spec.failure_limit:
+                # the sweep aborts on these failures once it reads them; while it opens the MLflow
+                # store it reads nothing, and a trial that fails at once would otherwise repeat unchecked
+                return
             owner = owner_attrs(spec.worker_id, sweep_pid, spec.sweep_started)
             with trace.span("worker.ask"):
                 trial = self.budget.next_trial(owner, waiting_only=spec.replay_only)
