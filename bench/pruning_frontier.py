@@ -71,9 +71,8 @@ DEFAULT = Setting("median", 0.5, 4)  # conf: hydra.sweeper.prune_after / prune_m
 
 def settings() -> list[Setting]:
     """Median (keep the better half), Optuna's percentile 67 and 33 (keep the better two thirds /
-    the better third) and
-    Hyperband (reduction 2 and 3), each from several points of the trial and after several
-    numbers of finished trials, with and without patience."""
+    the better third) and Hyperband (reduction 2 and 3), each from several points of the trial and
+    after several numbers of finished trials; median and percentile with and without patience."""
     out = [OLD_DEFAULT]
     for after in (0.2, 0.3, 0.5):
         for first in (0, 2, 4):
