@@ -31,6 +31,7 @@ from common import (BENCH, REPO, SST2_DIR, Context, Proc, Section, TrialRow, ben
                     run, run_sweep, sst2_available, std_overrides, study_rows, train_overrides)
 
 TOLERANCE = 0.005  # 0.5 accuracy points
+WIDER_BANDS = (0.01, 0.02)
 REPRODUCE = ["hydra.sweeper.reproduce.top_k=1", "hydra.sweeper.reproduce.n_seeds=2",
              "hydra.sweeper.reproduce.determinism_check=false"]
 PRUNING_DEFAULTS = ["hydra.sweeper.pruner=median", "hydra.sweeper.prune_after=0.5", "hydra.sweeper.prune_min_trials=4"]
@@ -63,6 +64,16 @@ class ArmRun:
         held-out score come after it and are not part of the search)."""
         end = max(t.complete for t in self.trials if t.complete)
         return end - self.launched, sum(p.cpu_at(end) for p in self.procs)
+
+
+def mean_wall_to(cells: dict[int, ArmRun], target: float) -> float:
+    """Mean over sampler seeds of the wall seconds to the target; a seed that never got there counts
+    with its whole search (a lower bound on its time)."""
+    walls = []
+    for r in cells.values():
+        wall, _ = r.time_to(target)
+        walls.append(wall if wall is not None else r.search_spent()[0])
+    return statistics.fmean(walls)
 
 
 def steps_of(rows: list[TrialRow], full: int) -> int:
@@ -196,6 +207,9 @@ def run_benchmark(ctx: Context) -> Section:
                      f"**{fmt(test['mean'], 4)}** [{fmt(test['ci_low'], 4)}, {fmt(test['ci_high'], 4)}]",
                      f"{fmt(statistics.fmean(wall), 0)} ({reached}/{len(times)})", fmt(statistics.fmean(cpu), 0)])
     ratio = summary["HF hyperparameter_search"]["time_to_target_s"] / summary[OURS]["time_to_target_s"]
+    # the 0.5-point band is a row or two of the eval set wide: how the ratio moves with the band
+    wider = {band: mean_wall_to(runs["HF hyperparameter_search"], best_known - band)
+             / mean_wall_to(runs[OURS], best_known - band) for band in WIDER_BANDS}
     cpu_ratio = summary["HF hyperparameter_search"]["cpu_to_target_s"] / summary[OURS]["cpu_to_target_s"]
     seeds = ", ".join(str(x) for x in s.q_seeds)
     table = md_table(["arm", "trials run (full-trial equivalents)", f"best validation acc per seed ({seeds})",
@@ -209,9 +223,12 @@ def run_benchmark(ctx: Context) -> Section:
             f"accuracy any trial reached ({fmt(best_known, 4)}) less 0.5 points; an arm that never got there counts "
             f"with its whole search. Arms run one at a time.\n\n{table}\n\n"
             f"Ranking by held-out test accuracy: {' > '.join(f'{k} ({m:.4f})' for m, k in order)}. "
-            f"Time to target, HF over ours ({OURS}): **{fmt(ratio)}x** wall, {fmt(cpu_ratio)}x CPU-seconds. "
-            f"HF loads and quantises the base model in every trial (`model_init`); ours keeps it warm in each worker.")
+            f"Time to target, HF over ours ({OURS}): **{fmt(ratio)}x** wall, {fmt(cpu_ratio)}x CPU-seconds; "
+            + ", ".join(f"within {100 * b:g} points {fmt(r)}x" for b, r in wider.items())
+            + " wall (`bench/quality_tolerance.py WORKDIR` splits these into trials needed and seconds per trial). "
+            "HF loads and quantises the base model in every trial (`model_init`); ours keeps it warm in each worker.")
     return Section("4. Search quality at equal budget", body,
                    {"quality": summary, "quality_n_trials": n, "quality_seeds": list(s.q_seeds),
                     "quality_target": target, "time_to_target_ratio_vs_hf": ratio,
+                    "time_ratio_vs_hf_by_band": {f"{100 * b:g}": r for b, r in wider.items()},
                     "cpu_to_target_ratio_vs_hf": cpu_ratio})
