@@ -156,6 +156,13 @@ def _from_prompt_completion(record: dict[str, Any], data: dict[str, Any], where:
             {"role": "assistant", "content": _text(record.get(completion), where, row, completion)}]
 
 
+def conversations_of(split: Any) -> list[tuple[list[dict[str, Any]], list[dict[str, Any]] | None]]:
+    """The (messages, tools) of every row of a loaded SFT split, in order: the one way the encoder
+    reads conversations, whatever shape the split stores them in."""
+    tools = split["tools"] if "tools" in getattr(split, "column_names", ()) else [None] * len(split)
+    return [(list(m), t) for m, t in zip(split["messages"], tools)]
+
+
 def to_messages(records: Iterable[dict[str, Any]], data: dict[str, Any], fmt: str, where: str) -> list[list[Message]]:
     """One message list per record; `__row__` in a record is its row number (else 1-based order)."""
     column, alpaca = messages_column(data, fmt), alpaca_columns(data)

@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from trainer.conversations import conversations_of
 from trainer.data import RawData
 from trainer.errors import ConfigError
 from trainer.trace import traced
@@ -165,9 +166,9 @@ def encode_sft(raw: RawData, tok: Any, task: dict[str, Any], max_len: int) -> En
     use_chat_template(tok, task.get("chat_template"))
     train_on, truncation = task.get("train_on", "assistant"), task.get("truncation", "left_turns")
     stats: dict[str, float] = {}
-    train = _encode_sft(list(raw.train["messages"]), tok, train_on, max_len, truncation, "train", stats)
+    train = _encode_sft([m for m, _ in conversations_of(raw.train)], tok, train_on, max_len, truncation, "train", stats)
     eval_on = "assistant" if train_on == "all" else train_on
-    eval_ = _encode_sft(list(raw.eval["messages"]), tok, eval_on, max_len, truncation, "eval", stats)
+    eval_ = _encode_sft([m for m, _ in conversations_of(raw.eval)], tok, eval_on, max_len, truncation, "eval", stats)
     return EncodedData(train, eval_, None, None, stats=stats)
 
 
