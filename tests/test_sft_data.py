@@ -11,7 +11,7 @@ import pytest
 from conftest import chat_tokenizer, compose_cfg
 from sweep_helpers import run_sweep
 from trainer.config import get
-from trainer.conversations import DataRowError
+from trainer.conversations import DataRowError, conversations_of
 from trainer.data import load_raw
 from trainer.encoding import IGNORE_INDEX, encode
 from trainer.errors import ConfigError
@@ -59,19 +59,19 @@ def test_every_format_loads_from_jsonl_as_messages(tmp_path, fmt):
     extra = {"text_column": "prompt", "completion_column": "completion"} if fmt == "prompt_completion" else {}
     raw = load_raw(_data(_write(tmp_path, ROWS[fmt]), fmt, **extra), "sft")
     assert len(raw.train) == len(ROWS[fmt])
-    assert raw.train[0]["messages"] == EXPECTED[fmt]
+    assert conversations_of(raw.train)[0] == (EXPECTED[fmt], None)
     if fmt == "alpaca":  # the optional system field becomes a system turn
-        assert raw.train[1]["messages"][0] == {"role": "system", "content": "reply with just the answer."}
+        assert conversations_of(raw.train)[1][0][0] == {"role": "system", "content": "reply with just the answer."}
 
 
 def test_column_names_are_configurable(tmp_path):
     rows = [{"chat": [{"from": "human", "value": "q"}, {"from": "gpt", "value": "a"}]}]
     raw = load_raw(_data(_write(tmp_path, rows), "sharegpt", messages_column="chat"), "sft")
-    assert raw.train[0]["messages"] == [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]
+    assert conversations_of(raw.train)[0][0] == [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]
     rows = [{"q": "say hi", "a": "hi"}]
     cfg = compose_cfg(["task=sft", "data=jsonl", f"data.path={_write(tmp_path / 'b', rows)}", "data.format=alpaca",
                        "data.alpaca_columns.instruction=q", "data.alpaca_columns.output=a"])
-    assert load_raw(get(cfg, "data"), "sft").train[0]["messages"][1]["content"] == "hi"
+    assert conversations_of(load_raw(get(cfg, "data"), "sft").train)[0][0][1]["content"] == "hi"
 
 
 GOOD = {"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]}

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from trainer.conversations import read_jsonl, resolve_format, to_messages
+from trainer.conversations import as_split, read_jsonl, resolve_format, to_conversations
 from trainer.errors import ConfigError
 from trainer.trace import traced
 
@@ -86,8 +86,8 @@ def _check_labels(ds: Any, column: str, num_labels: int, split: str) -> None:
 
 
 def _conversation_splits(data: dict[str, Any], fmt: str) -> tuple[Any, Any]:
-    """Both splits as a `messages` column; every row checked (trainer.conversations) before
-    any subsetting, so a bad row is reported by its number in the file."""
+    """Both splits as conversations stored by `trainer.conversations.as_split`; every row checked
+    (trainer.conversations) before any subsetting, so a bad row is reported by its number in the file."""
     import datasets
 
     source = data["source"]
@@ -95,23 +95,22 @@ def _conversation_splits(data: dict[str, Any], fmt: str) -> tuple[Any, Any]:
         from trainer.demo_chat import demo_chat_splits
 
         train, eval_ = demo_chat_splits(data["demo_train_size"], data["demo_eval_size"])
-        return datasets.Dataset.from_dict({"messages": train}), datasets.Dataset.from_dict({"messages": eval_})
-    out = []
-    if source == "jsonl":
-        for file in _local_files(source, data).values():
-            out.append(to_messages(read_jsonl(file), data, fmt, file))
-    elif source in ("csv", "parquet"):
+        return as_split((m, None) for m in train), as_split((m, None) for m in eval_)
+    if source == "jsonl":  # read as JSON, never through Arrow: each row keeps exactly its own keys
+        return tuple(as_split(to_conversations(read_jsonl(file), data, fmt, file))  # type: ignore[return-value]
+                     for file in _local_files(source, data).values())
+    if source in ("csv", "parquet"):
         files = _local_files(source, data)
         ds = datasets.load_dataset(source, data_files=files)
-        out = [to_messages(ds[split].to_list(), data, fmt, files[split]) for split in ("train", "eval")]
-    else:
-        if source == "demo":
-            raise ConfigError("data", "demo", "chat data (data=demo_chat, jsonl, csv, parquet or hub) for task=sft",
-                              "data=demo is a text/label set")
-        ds = datasets.load_dataset(data["hub_id"], data.get("hub_config"))
-        out = [to_messages(ds[data[k]].to_list(), data, fmt, f"{data['hub_id']} split {data[k]}")
-               for k in ("train_split", "eval_split")]
-    return tuple(datasets.Dataset.from_dict({"messages": m}) for m in out)  # type: ignore[return-value]
+        return tuple(as_split(to_conversations(ds[split].to_list(), data, fmt, files[split], from_arrow=True))
+                     for split in ("train", "eval"))  # type: ignore[return-value]
+    if source == "demo":
+        raise ConfigError("data", "demo", "chat data (data=demo_chat, jsonl, csv, parquet or hub) for task=sft",
+                          "data=demo is a text/label set")
+    ds = datasets.load_dataset(data["hub_id"], data.get("hub_config"))
+    return tuple(as_split(to_conversations(ds[data[k]].to_list(), data, fmt, f"{data['hub_id']} split {data[k]}",
+                                           from_arrow=True))
+                 for k in ("train_split", "eval_split"))  # type: ignore[return-value]
 
 
 @traced("trainer.tokenize")
@@ -176,7 +175,7 @@ def load_test(data: dict[str, Any], task_type: str) -> RawData:
         from trainer.demo_chat import demo_chat_test_split
 
         raw = load_raw({**as_eval, "demo_eval_size": 2}, task_type)
-        test = datasets.Dataset.from_dict({"messages": demo_chat_test_split(int(data.get("demo_test_size") or 40))})
+        test = as_split((m, None) for m in demo_chat_test_split(int(data.get("demo_test_size") or 40)))
         return RawData(raw.train, _cap(test, as_eval["max_eval_samples"]), None, None)
     return load_raw(as_eval, task_type)
 
@@ -190,10 +189,13 @@ def with_eval_rows(raw: RawData, path: str, data: dict[str, Any], task_type: str
 
     builder = "csv" if str(path).endswith(".csv") else "json"
     if task_type == "sft":  # conversations in the trial's data.format, checked row by row
-        records = (read_jsonl(path) if builder == "json"
-                   else datasets.load_dataset(builder, data_files={"eval": str(path)})["eval"].to_list())
-        messages = to_messages(records, data, resolve_format(data, task_type), str(path))
-        return RawData(raw.train, datasets.Dataset.from_dict({"messages": messages}), None, None)
+        fmt = resolve_format(data, task_type)
+        if builder == "json":
+            conversations = to_conversations(read_jsonl(path), data, fmt, str(path))
+        else:
+            records = datasets.load_dataset(builder, data_files={"eval": str(path)})["eval"].to_list()
+            conversations = to_conversations(records, data, fmt, str(path), from_arrow=True)
+        return RawData(raw.train, as_split(conversations), None, None)
     rows = datasets.load_dataset(builder, data_files={"eval": str(path)})["eval"]
     _check_column(rows, "--input", data["text_column"], f"--input {path}")
     if task_type == "causal_lm" and data.get("completion_column"):

@@ -22,6 +22,18 @@ def pkg_path(package: str, subdir: str = "") -> str:
     return str(path.resolve())
 
 
+FORMAT_COLUMNS = {"prompt_completion": {"text": "prompt", "completion": "completion"}}
+PLAIN_COLUMNS = {"text": "text", "completion": None}
+
+
+def format_column(role: str, data_format: str | None) -> str | None:
+    """The default column of `role` (text, completion) for a data.format: prompt_completion reads
+    `prompt` and `completion`, every other format `text` and no completion. conf/data sets
+    `text_column: ${format_column:text,${.format}}`, so an explicit data.text_column still wins."""
+    return FORMAT_COLUMNS.get(data_format or "", PLAIN_COLUMNS).get(role, PLAIN_COLUMNS[role])
+
+
 def register_resolvers() -> None:
     """Idempotent: the Hydra plugin scan may import us more than once."""
     OmegaConf.register_new_resolver("pkg_path", pkg_path, replace=True)
+    OmegaConf.register_new_resolver("format_column", format_column, replace=True)

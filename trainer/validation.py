@@ -116,6 +116,18 @@ def _check_format(cfg: DictConfig, task: str) -> str:
     return resolved
 
 
+def _check_ignore_columns(cfg: DictConfig, fmt: str) -> None:
+    """data.ignore_columns: names of row keys the format does not read (a read one cannot be ignored)."""
+    from trainer.conversations import row_columns
+
+    ignored = get(cfg, "data.ignore_columns")
+    require(ignored is None or (isinstance(ignored, list) and all(isinstance(k, str) and k for k in ignored)),
+            "data.ignore_columns", ignored, "a list of row keys (e.g. [id, source])")
+    read = set(row_columns(get(cfg, "data") or {}, fmt)) & set(ignored or ())
+    require(not read, "data.ignore_columns", ignored, f"keys data.format={fmt} does not read",
+            f"{', '.join(sorted(read))} {'is' if len(read) == 1 else 'are'} read by data.format={fmt}")
+
+
 def _check_data(cfg: DictConfig) -> None:
     source = _one_of(cfg, "data.source", DATA_SOURCES)
     fmt = _check_format(cfg, _one_of(cfg, "task.type", tuple(TASK_METRICS)))
@@ -136,6 +148,7 @@ def _check_data(cfg: DictConfig) -> None:
         completion = get(cfg, "data.completion_column")
         require(isinstance(completion, str) and bool(completion), "data.completion_column", completion,
                  "a column name for data.format=prompt_completion")
+    _check_ignore_columns(cfg, fmt)
     _int_at_least(cfg, "data.num_labels", 2, optional=True)
     _int_at_least(cfg, "data.max_train_samples", 1, optional=True)
     _int_at_least(cfg, "data.max_eval_samples", 1, optional=True)
