@@ -144,7 +144,7 @@ class _Row:
             if key == "__row__" or value is None or key in reads or key in self.ignored:
                 continue
             path = f"{field}.{key}" if field else key
-            raise self.error(path, f"unknown key {key!r}: {what} reads {', '.join(reads)}; nothing else is "
+            raise self.error(path, f"unknown key: {what} reads {', '.join(reads)}; nothing else is "
                                    f"dropped silently: list the key in data.ignore_columns to leave it out")
         return {k: v for k, v in obj.items() if k in reads and v is not None}
 
@@ -240,9 +240,11 @@ def _tool_calls(value: Any, row: _Row, field: str) -> list[dict[str, Any]]:
 def _tools(value: Any, row: _Row, field: str) -> Tools:
     """The functions a conversation may call: OpenAI `{"type": "function", "function": schema}`
     entries or bare schemas (LLaMA-Factory's), as a list or its JSON text; none -> None."""
-    if value is None or (isinstance(value, str) and not value.strip()):
+    if isinstance(value, str) and not value.strip():
         return None
     value = row.json(value, field, "a list of tools")
+    if value is None:
+        return None
     if not isinstance(value, list):
         raise row.error(field, f"a list of function schemas is required, got {type(value).__name__} ({value!r:.60})")
     tools = []
