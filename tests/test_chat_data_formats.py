@@ -133,6 +133,9 @@ def test_tools_as_a_list_and_calls_without_ids_load_the_same(tmp_path):
     messages, tools = _load(_write(tmp_path, [row]))[0]
     assert messages[1] == {"role": "assistant", "content": None, "tool_calls": [_call("get_weather", {"city": "Paris"})]}
     assert tools == [TOOLS[0], {"type": "function", "function": WEATHER | {"name": "weather_bare"}}]
+    # an empty list of calls (common in exported chat logs) is no call
+    no_calls = {"messages": [PLAIN_MESSAGES[0], {"role": "assistant", "content": "a", "tool_calls": []}]}
+    assert _load(_write(tmp_path / "a", [no_calls]))[0] == (PLAIN_MESSAGES, None)
     # a conversation that ends on the call (the model learns to call) is a conversation too
     ends_on_call = {"messages": row["messages"][:2]}
     assert _load(_write(tmp_path / "b", [ends_on_call]))[0] == (messages[:2], None)

@@ -310,7 +310,7 @@ def _message(turn: dict[str, Any], row: _Row, field: str) -> Message:
     message: Message = {"role": role}
     content = _content(turn.get("content"), row, f"{field}.content")
     if role == "assistant":
-        if "tool_calls" in given:
+        if given.get("tool_calls") not in (None, [], ""):  # an empty list of calls is no call
             message["content"] = content
             message["tool_calls"] = _tool_calls(given["tool_calls"], row, f"{field}.tool_calls")
         else:
