@@ -126,7 +126,7 @@ def family_tokenizer(name: str):
     tok = Tokenizer(models.BPE(unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    tok.train_from_iterator(CORPUS * 4, trainers.BpeTrainer(vocab_size=360, special_tokens=specials,
+    tok.train_from_iterator(CORPUS * 4, trainers.BpeTrainer(vocab_size=360, special_tokens=specials, show_progress=False,
                                                             initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
     tok.add_tokens([AddedToken(w, special=False, normalized=False) for w in fam.words])
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=fam.bos, eos_token=fam.eos, unk_token="<unk>",
@@ -168,3 +168,188 @@ def test_the_loss_sees_each_assistant_answer_and_its_end_of_turn_marker(name, re
     assert [r.lstrip(" \n") for r in runs] == [r.lstrip(" \n") for r in expected_runs(fam, answers, reasoning is None)], \
         tok.decode(ids)
     assert "reply with just the answer." in tok.decode(ids)  # the system prompt is in the prompt
+
+
+def _tiny_model(arch: str, tok):
+    """A 1-2 layer random model of the family's architecture, hidden 32, sized to the tokenizer."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    size = dict(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                num_key_value_heads=1, head_dim=16, max_position_embeddings=512, pad_token_id=tok.pad_token_id,
+                bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
+    extra = {
+        "deepseek_v2": dict(num_key_value_heads=2, kv_lora_rank=16, q_lora_rank=None, qk_rope_head_dim=8, v_head_dim=16, qk_nope_head_dim=8,
+                            n_routed_experts=4, num_experts_per_tok=2, moe_intermediate_size=16, first_k_dense_replace=1,
+                            n_shared_experts=1),
+        "deepseek_v3": dict(num_key_value_heads=2, kv_lora_rank=16, q_lora_rank=16, qk_rope_head_dim=8, v_head_dim=16, qk_nope_head_dim=8,
+                            head_dim=8, n_routed_experts=4, num_experts_per_tok=2, moe_intermediate_size=16,
+                            first_k_dense_replace=1, n_shared_experts=1, n_group=1, topk_group=1),
+        "granitemoehybrid": dict(layer_types=["mamba", "attention"], mamba_n_heads=4, mamba_d_head=16, mamba_d_state=8,
+                                 mamba_n_groups=1, mamba_expand=2, num_local_experts=0, shared_intermediate_size=64),
+        "gemma4_text": dict(layer_types=["sliding_attention", "full_attention"], sliding_window=64, global_head_dim=16,
+                            hidden_size_per_layer_input=8, vocab_size_per_layer_input=len(tok)),
+    }
+    torch.manual_seed(0)
+    config = AutoConfig.for_model(arch, **{**size, **extra.get(arch, {})})
+    return AutoModelForCausalLM.from_config(config).eval()
+
+
+SHORT = [{"role": "user", "content": "what is 2 plus 3?"}, {"role": "assistant", "content": "5"}]
+
+
+@pytest.mark.parametrize("name", [n for n, f in FAMILIES.items() if f.arch])
+def test_a_tiny_model_of_the_family_takes_the_encoded_batch(name, torch_single_thread):
+    """The padded batch goes through the family's architecture, and its loss is the mean cross-entropy
+    of exactly the trained tokens (labels line up with the tokens the model must predict)."""
+    import torch
+    import torch.nn.functional as F
+
+    from trainer.encoding import make_collator
+
+    tok = family_tokenizer(name)
+    rows = []
+    for conversation in (CONVERSATION, SHORT):
+        ids, labels = encode_conversation(tok, conversation)
+        rows.append({"input_ids": ids, "attention_mask": [1] * len(ids), "labels": labels})
+    batch = make_collator(tok, "sft")(rows)
+    model = _tiny_model(FAMILIES[name].arch, tok)
+    with torch.no_grad():
+        out = model(**batch)
+    logits, labels = out.logits[:, :-1].float(), batch["labels"][:, 1:]
+    manual = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=-100)
+    assert torch.isfinite(out.loss) and torch.allclose(out.loss, manual, atol=1e-4)
+    assert int((labels != -100).sum()) == sum(sum(t != -100 for t in r["labels"][1:]) for r in rows)
+
+
+TOOLS = [{"type": "function", "function": {
+    "name": "get_weather", "description": "the weather in a city",
+    "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}]
+
+
+def _call(city: str, call_id: str) -> dict:
+    return {"id": call_id, "type": "function", "function": {"name": "get_weather", "arguments": {"city": city}}}
+
+
+TOOL_CONVERSATION = [
+    {"role": "system", "content": "reply with just the answer."},
+    {"role": "user", "content": "what is the weather in Paris?"},
+    {"role": "assistant", "content": None, "tool_calls": [_call("Paris", "call00001")]},
+    {"role": "tool", "content": "sunny", "tool_call_id": "call00001", "name": "get_weather"},
+    {"role": "assistant", "content": "it is sunny in Paris."},
+    {"role": "user", "content": "and in Rome?"},
+    {"role": "assistant", "content": "checking Rome.", "tool_calls": [_call("Rome", "call00002")]},
+    {"role": "tool", "content": "rainy", "tool_call_id": "call00002", "name": "get_weather"},
+    {"role": "assistant", "content": "it is rainy in Rome."},
+]
+
+
+@pytest.mark.parametrize("name, expected", [
+    ("qwen2.5", ['<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call><|im_end|>',
+                 "it is sunny in Paris.<|im_end|>",
+                 'checking Rome.\n<tool_call>\n{"name": "get_weather", "arguments": {"city": "Rome"}}\n</tool_call>'
+                 "<|im_end|>",
+                 "it is rainy in Rome.<|im_end|>"]),
+    ("qwen3", ['<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call><|im_end|>',
+               "it is sunny in Paris.<|im_end|>",
+               'checking Rome.\n<tool_call>\n{"name": "get_weather", "arguments": {"city": "Rome"}}\n</tool_call>'
+               "<|im_end|>",
+               "<think>\n\n</think>\n\nit is rainy in Rome.<|im_end|>"]),
+    # Llama 3.1 writes a call as JSON with "parameters" and leaves out the text beside it (its template's choice)
+    ("llama-3.1", ['{"name": "get_weather", "parameters": {"city": "Paris"}}<|eot_id|>',
+                   "it is sunny in Paris.<|eot_id|>",
+                   '{"name": "get_weather", "parameters": {"city": "Rome"}}<|eot_id|>',
+                   "it is rainy in Rome.<|eot_id|>"]),
+])
+def test_tool_calls_are_in_the_loss_and_tool_results_are_not(name, expected):
+    tok = family_tokenizer(name)
+    ids, labels = encode_conversation(tok, TOOL_CONVERSATION, tools=TOOLS)
+    text = tok.decode(ids)
+    assert "get_weather" in text.split("what is the weather")[0]  # the tool schemas are in the prompt
+    assert "sunny" in text and "rainy" in text  # the tool results are in the prompt ...
+    assert trained_runs(ids, labels, tok) == expected  # ... and out of the loss
+
+
+def test_glm_ends_each_turn_with_the_next_role_token_and_the_last_with_the_user_token():
+    tok = family_tokenizer("glm-4.5")
+    ids, labels = encode_conversation(tok, TOOL_CONVERSATION, tools=TOOLS)
+    runs = trained_runs(ids, labels, tok)
+    assert [r.rsplit("<", 1)[-1] for r in runs] == ["|observation|>", "|user|>", "|observation|>", "|user|>"]
+    assert runs[0] == ("\n<think></think>\n<tool_call>get_weather<arg_key>city</arg_key>\n<arg_value>Paris</arg_value>"
+                       "</tool_call><|observation|>")
+    assert tok.decode(ids).endswith("it is rainy in Rome.<|user|>")  # appended: the model learns to stop
+    assert end_of_turn(tok) == "<|user|>" and end_of_turn_id(tok) == tok.convert_tokens_to_ids("<|user|>")
+
+
+REASONING_CONVERSATION = [
+    {"role": "user", "content": "what is 2 plus 3?"},
+    {"role": "assistant", "content": "5", "reasoning_content": "2 and 3 make 5."},
+    {"role": "user", "content": "and that plus 4?"},
+    {"role": "assistant", "content": "<think>\n5 and 4 make 9.\n</think>\n\n9"},  # inline reasoning
+]
+
+
+@pytest.mark.parametrize("reasoning, expected", [
+    (None, ["5<|im_end|>", "<think>\n5 and 4 make 9.\n</think>\n\n9<|im_end|>"]),
+    ("keep", ["5<|im_end|>", "<think>\n5 and 4 make 9.\n</think>\n\n9<|im_end|>"]),
+    ("strip", ["5<|im_end|>", "9<|im_end|>"]),
+    ("empty", ["5<|im_end|>", "<think>\n\n</think>\n\n9<|im_end|>"]),
+])
+def test_reasoning_is_kept_stripped_or_emptied_on_qwen3(reasoning, expected, caplog):
+    tok = family_tokenizer("qwen3")
+    with caplog.at_level(logging.WARNING, logger="trainer.chat_templates"):
+        ids, labels = encode_conversation(tok, REASONING_CONVERSATION, reasoning=reasoning)
+    assert trained_runs(ids, labels, tok) == expected
+    text = tok.decode(ids)
+    assert "2 and 3 make 5." not in text  # Qwen3 renders no reasoning before the last user turn
+    if reasoning == "strip":  # the prompt is inference's with enable_thinking=false: the empty block is given
+        assert "<|im_start|>assistant\n<think>\n\n</think>\n\n9" in text
+
+
+def test_reasoning_keep_on_a_template_without_reasoning_trains_an_inline_think_block():
+    tok = family_tokenizer("llama-3.2")
+    ids, labels = encode_conversation(tok, REASONING_CONVERSATION, reasoning="keep")
+    assert trained_runs(ids, labels, tok) == ["<think>\n2 and 3 make 5.\n</think>\n\n5<|eot_id|>",
+                                              "<think>\n5 and 4 make 9.\n</think>\n\n9<|eot_id|>"]
+    ids, labels = encode_conversation(tok, REASONING_CONVERSATION, reasoning="strip")
+    assert trained_runs(ids, labels, tok) == ["5<|eot_id|>", "9<|eot_id|>"]
+
+
+def test_gemma_folds_the_system_prompt_into_the_first_user_turn_and_says_so_once(caplog):
+    tok = family_tokenizer("gemma-2")
+    tok.name_or_path = "gemma-2 (fold test)"  # a name of its own: the warning is once per template
+    with caplog.at_level(logging.WARNING, logger="trainer.chat_templates"):
+        for _ in range(2):
+            ids, labels = encode_conversation(tok, CONVERSATION)
+    assert tok.decode(ids).startswith("<bos><start_of_turn>user\nreply with just the answer.\n\nwhat is 2 plus 3?")
+    folds = [r for r in caplog.records if "no system role" in r.getMessage()]
+    assert len(folds) == 1 and "gemma-2 (fold test)" in folds[0].getMessage()
+
+
+def test_train_on_last_assistant_and_all():
+    tok = family_tokenizer("qwen2.5")
+    ids, labels = encode_conversation(tok, CONVERSATION, train_on="last_assistant")
+    assert trained_runs(ids, labels, tok) == ["blue red<|im_end|>"]
+    ids, labels = encode_conversation(tok, CONVERSATION, train_on="all")
+    assert labels == ids
+
+
+def test_generation_blocks_of_a_template_give_the_spans():
+    """A template that marks assistant text with {% generation %} is split by those marks; the end
+    marker after a block is trained too."""
+    tok = family_tokenizer("qwen2.5")
+    tok.chat_template = ("{% for m in messages %}<|im_start|>{{ m.role }}\n{% if m.role == 'assistant' %}"
+                         "{% generation %}{{ m.content }}{% endgeneration %}<|im_end|>\n{% else %}{{ m.content }}"
+                         "<|im_end|>\n{% endif %}{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n"
+                         "{% endif %}")
+    try:
+        ids, labels = encode_conversation(tok, CONVERSATION)
+    finally:
+        tok.chat_template = (TEMPLATES / FAMILIES["qwen2.5"].template).read_text()
+    assert trained_runs(ids, labels, tok) == ["5<|im_end|>", "9<|im_end|>", "blue red<|im_end|>"]
+
+
+def test_end_of_turn_is_the_marker_of_each_family():
+    assert {name: end_of_turn(family_tokenizer(name)) for name in FAMILIES} == \
+        {name: fam.end for name, fam in FAMILIES.items()}
+    assert all(end_of_turn_id(family_tokenizer(name)) is not None for name in FAMILIES)

@@ -199,10 +199,10 @@ def profile_of(tok: Any, reasoning: str | None = None) -> TemplateProfile:
     """The template's layout (cached per template, special tokens and reasoning mode)."""
     source = _source(tok)
     specials = _special_tokens(tok)
-    key = (source, tuple(specials), tok.bos_token, tok.eos_token, reasoning)
+    name = template_name(tok)
+    key = (source, name, tuple(specials), tok.bos_token, tok.eos_token, reasoning)
     if key in _PROFILES:
         return _PROFILES[key]
-    name = template_name(tok)
     kwargs = {"enable_thinking": False} if reasoning == "strip" else {}
     user = [{"role": "user", "content": "Q"}]
     try:
