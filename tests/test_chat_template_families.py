@@ -322,7 +322,7 @@ def test_gemma_folds_the_system_prompt_into_the_first_user_turn_and_says_so_once
         for _ in range(2):
             ids, labels = encode_conversation(tok, CONVERSATION)
     assert tok.decode(ids).startswith("<bos><start_of_turn>user\nreply with just the answer.\n\nwhat is 2 plus 3?")
-    folds = [r for r in caplog.records if "no system role" in r.getMessage()]
+    folds = [r for r in caplog.records if "start of the first user turn" in r.getMessage()]
     assert len(folds) == 1 and "gemma-2 (fold test)" in folds[0].getMessage()
 
 

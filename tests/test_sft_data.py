@@ -242,3 +242,46 @@ def test_a_generation_metric_as_the_objective_is_measured_at_every_eval(tiny_cha
     assert [h["step"] for h in evals] == [2, 4] and all("eval_exact_match" in h for h in evals)
     assert result.objective == result.metrics["eval_exact_match"]
     assert len(result.samples) == 4 and result.samples[0]["reference"]
+
+
+def test_task_reasoning_is_checked_before_any_trial():
+    from trainer.validation import validate_config
+
+    cfg = compose_cfg(["task=sft", "data=demo_chat", "task.reasoning=think"])
+    with pytest.raises(ConfigError, match="task.reasoning: must be null .* keep, strip, empty"):
+        validate_config(cfg)
+    validate_config(compose_cfg(["task=sft", "data=demo_chat", "task.reasoning=strip"]))
+
+
+def test_a_stored_split_with_tools_trains_the_calls_and_not_the_results(tmp_path):
+    """Through a datasets table (which fills absent keys with None) with a `tools` column."""
+    import datasets
+
+    from trainer.data import RawData
+    from trainer.model import load_tokenizer
+
+    chat_tokenizer(tmp_path)
+    tools = [{"type": "function", "function": {"name": "get_weather", "description": "the weather in a city",
+                                               "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}}]
+    conversation = [
+        {"role": "user", "content": "what is the weather in Paris?"},
+        {"role": "assistant", "content": None, "tool_calls": [
+            {"type": "function", "function": {"name": "get_weather", "arguments": {"city": "Paris"}}}]},
+        {"role": "tool", "content": "sunny", "name": "get_weather"},
+        {"role": "assistant", "content": "it is sunny in Paris."},
+    ]
+    tool_template = (  # chatml that renders tools, calls and tool turns
+        "{% if tools %}<|im_start|>system\n{{ tools | tojson }}<|im_end|>\n{% endif %}{% for m in messages %}"
+        "<|im_start|>{{ m.role }}\n{{ m.content }}{% for c in m.tool_calls or [] %}call {{ c.function.name }}"
+        "({{ c.function.arguments | tojson }}){% endfor %}<|im_end|>\n{% endfor %}"
+        "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+    cfg = compose_cfg(["task=sft", f"model.name_or_path={tmp_path}"])
+    task = {**get(cfg, "task"), "chat_template": tool_template}
+    tok = load_tokenizer(get(cfg, "model"), task)
+    ds = datasets.Dataset.from_list([{"messages": conversation, "tools": tools}])
+    data = encode(RawData(ds, ds, None, None), tok, {}, task, 256)
+    feature = data.train.features[0]
+    assert _trained_runs(feature, tok) == ['call get_weather({"city": "Paris"})<|im_end|>',
+                                           "it is sunny in Paris.<|im_end|>"]
+    assert '"name": "get_weather"' in tok.decode(feature["input_ids"]).split("<|im_start|>user")[0]
+    assert data.eval.references == ["it is sunny in Paris."]

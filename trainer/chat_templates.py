@@ -319,8 +319,9 @@ def prepare(messages: list[dict[str, Any]], profile: TemplateProfile, reasoning:
         first_user = next((i for i, m in enumerate(out) if m["role"] == "user"), None)
         if first_user is not None:
             out[first_user] = {**out[first_user], "content": f"{system}\n\n{out[first_user]['content']}"}
-        _warn_once(profile, "system", "the template has no system role: the system prompt is put at the start of the "
-                                      "first user turn (as LLaMA-Factory does)")
+        _warn_once(profile, "system", "the template renders no system turn in a conversation that ends with an answer "
+                                      "(it has no system role, or places it only before a generation prompt): the "
+                                      "system prompt is put at the start of the first user turn, as LLaMA-Factory does")
     return out
 
 
@@ -340,21 +341,19 @@ def _find_header(plain: str, profile: TemplateProfile, lo: int, hi: int) -> int 
     return None
 
 
-def _find_end(plain: str, profile: TemplateProfile, lo: int, hi: int) -> int | None:
-    found = [(at, m) for m in profile.end_markers if 0 <= (at := plain.find(m, lo)) and at + len(m) <= hi]
-    if not found:
-        return None
-    at, marker = min(found)
-    return at + len(marker)
+def _find_marker(plain: str, profile: TemplateProfile, lo: int, hi: int) -> tuple[int, int] | None:
+    """(start, end) of the first end marker in plain[lo:hi]."""
+    found = [(at, at + len(m)) for m in profile.end_markers if 0 <= (at := plain.find(m, lo)) and at + len(m) <= hi]
+    return min(found) if found else None
 
 
 def locate(tok: Any, messages: list[dict[str, Any]], tools: Any, profile: TemplateProfile) -> Located:
     """Render `messages` (already prepared) once for real and once with sentinels; the character
     span of every assistant turn in the real rendering."""
+    if profile.generation_blocks:
+        return _locate_by_blocks(tok, messages, tools, profile)
     kwargs = dict(profile.render_kwargs)
     text = _render(tok, messages, tools, **kwargs)
-    if profile.generation_blocks:
-        return _locate_by_blocks(tok, messages, tools, profile, text)
     fields: list[tuple[int, str]] = []
     wrapped = []
     for i, m in enumerate(messages):
@@ -398,7 +397,8 @@ def locate(tok: Any, messages: list[dict[str, Any]], tools: Any, profile: Templa
             start = min(own_opens)
         last = max([closes[t][0] for t in own if t in closes] + [start])
         limit = min([p for p in later if p >= last], default=len(plain))
-        end = _find_end(plain, profile, last, limit)
+        marker = _find_marker(plain, profile, last, limit)
+        end = marker[1] if marker else None
         if end is None:
             if n == len(assistants) - 1 and profile.append_marker and not plain[last:].strip():
                 text = plain + profile.append_marker
@@ -410,22 +410,21 @@ def locate(tok: Any, messages: list[dict[str, Any]], tools: Any, profile: Templa
     return Located(text, spans, dropped)
 
 
-def _locate_by_blocks(tok: Any, messages: list[dict[str, Any]], tools: Any, profile: TemplateProfile,
-                      text: str) -> Located:
+def _locate_by_blocks(tok: Any, messages: list[dict[str, Any]], tools: Any, profile: TemplateProfile) -> Located:
     """Spans from the template's own {% generation %} blocks, each carried through the end
-    marker that follows it."""
+    marker that follows it (after whitespace at most)."""
     from transformers.utils.chat_template_utils import render_jinja_template
 
     rendered, indices = render_jinja_template([messages], tools=tools or None, chat_template=_source(tok),
                                               return_assistant_tokens_mask=True, **tok.special_tokens_map,
                                               **dict(profile.render_kwargs))
-    blocks = sorted(indices[0])
+    text, blocks = rendered[0], sorted(indices[0])
     spans = []
     for n, (start, end) in enumerate(blocks):
         limit = blocks[n + 1][0] if n + 1 < len(blocks) else len(text)
-        marker_end = _find_end(text, profile, end, limit)
-        if marker_end is not None and not text[end:marker_end - max(len(m) for m in profile.end_markers)].strip():
-            end = marker_end
+        marker = _find_marker(text, profile, end, limit)
+        if marker is not None and not text[end:marker[0]].strip():
+            end = marker[1]
         spans.append((start, end))
     return Located(text, spans)
 
