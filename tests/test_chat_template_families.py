@@ -270,6 +270,25 @@ def test_tool_calls_are_in_the_loss_and_tool_results_are_not(name, expected):
     assert trained_runs(ids, labels, tok) == expected  # ... and out of the loss
 
 
+@pytest.mark.parametrize("name", ["qwen3.5", "qwq", "mistral-v0.3", "mistral-nemo", "ministral-3", "olmo-3",
+                                  "granite-4.0", "deepseek-v3.1"])
+def test_other_tool_calling_templates_train_the_calls_and_not_the_results(name):
+    tok = family_tokenizer(name)
+    ids, labels = encode_conversation(tok, TOOL_CONVERSATION, tools=TOOLS)
+    runs = trained_runs(ids, labels, tok)
+    assert len(runs) == 4 and "Paris" in runs[0] and "Rome" in runs[2] and "get_weather" in runs[0] + runs[2]
+    assert runs[1].endswith("it is sunny in Paris." + FAMILIES[name].end)
+    assert not any("sunny" in r and "Paris." not in r or "rainy" in r and "Rome." not in r for r in runs)
+
+
+@pytest.mark.parametrize("name", ["phi-3.5", "gemma-2"])
+def test_a_template_that_cannot_render_the_tool_conversation_is_refused_with_the_reason(name):
+    from trainer.chat_templates import TemplateSplitError
+
+    with pytest.raises(TemplateSplitError, match=f"the chat template of {name}' .*(calls get_weather|roles must alt)"):
+        encode_conversation(family_tokenizer(name), TOOL_CONVERSATION, tools=TOOLS)
+
+
 def test_glm_ends_each_turn_with_the_next_role_token_and_the_last_with_the_user_token():
     tok = family_tokenizer("glm-4.5")
     ids, labels = encode_conversation(tok, TOOL_CONVERSATION, tools=TOOLS)

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import bisect
 import logging
+import os
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -209,7 +210,8 @@ def profile_of(tok: Any, reasoning: str | None = None) -> TemplateProfile:
         bare, prompted = _render(tok, user, **kwargs), _render(tok, user, generation_prompt=True, **kwargs)
     except Exception as e:  # noqa: BLE001 - a template error is the user's template; say which
         raise TemplateSplitError(name, f"the template fails on a one-turn conversation: {e}") from None
-    generation_prompt = prompted[len(bare):] if prompted.startswith(bare) else ""
+    # what add_generation_prompt appends (some templates also end a prompt-less rendering with an eos)
+    generation_prompt = prompted[len(os.path.commonprefix([bare, prompted])):]
 
     def probe(messages: list[dict[str, Any]]) -> tuple[str, dict, dict]:
         wrapped = [{**m, "content": _wrap(m["content"], chr(_FIRST_TAG + i))} for i, m in enumerate(messages)]
@@ -232,6 +234,10 @@ def profile_of(tok: Any, reasoning: str | None = None) -> TemplateProfile:
         raise TemplateSplitError(name, "the template does not render the text of every assistant turn")
     after = min((opens[t][0] for t in tag[2:] if t in opens), default=len(plain))
     end_mid = _first_special(plain[closes[tag[1]][0]:after], specials)
+    # a template that ignores add_generation_prompt (Mistral, Phi-4) heads an assistant turn with
+    # whatever follows the user's text: the end of the user turn and any assistant header
+    header = generation_prompt or (plain[closes[tag[0]][0]:opens[tag[1]][0]]
+                                   if tag[0] in closes and tag[1] in opens else "")
     end_final = _first_special(plain[closes[tag[3]][0]:], specials)
     end_tool = None
     try:
@@ -246,7 +252,7 @@ def profile_of(tok: Any, reasoning: str | None = None) -> TemplateProfile:
         raise TemplateSplitError(name, "the template writes no special token after an assistant turn, so the model "
                                        "could not learn where a turn ends")
     profile = TemplateProfile(
-        name=name, headers=_header_cuts(generation_prompt, specials) if generation_prompt else (),
+        name=name, headers=_header_cuts(header, specials) if header else (),
         end_markers=markers, append_marker=end_mid if end_final is None else None, folds_system=folds_system,
         reads_reasoning="reasoning_content" in source,
         generation_blocks=re.search(r"\{%-?\s*generation\s*-?%\}", source) is not None,
@@ -353,7 +359,10 @@ def locate(tok: Any, messages: list[dict[str, Any]], tools: Any, profile: Templa
     if profile.generation_blocks:
         return _locate_by_blocks(tok, messages, tools, profile)
     kwargs = dict(profile.render_kwargs)
-    text = _render(tok, messages, tools, **kwargs)
+    try:
+        text = _render(tok, messages, tools, **kwargs)
+    except Exception as e:  # noqa: BLE001 - the template's own refusal (roles, tool call ids, ...)
+        raise TemplateSplitError(profile.name, f"the template fails on this conversation: {e}") from None
     fields: list[tuple[int, str]] = []
     wrapped = []
     for i, m in enumerate(messages):
@@ -385,7 +394,7 @@ def locate(tok: Any, messages: list[dict[str, Any]], tools: Any, profile: Templa
         reasoning_tags = [t for t in own if fields[ord(t) - _FIRST_TAG][1] == "reasoning_content"]
         dropped = dropped or any(t not in closes for t in reasoning_tags)
         before = [closes[t][0] for j in range(i) for t in of_message.get(j, []) if t in closes]
-        lo = max(before, default=0)
+        lo = max(before + [spans[-1][1] if spans else 0])
         own_opens = [opens[t][0] for t in own if t in opens]
         later = [opens[t][0] for j in range(i + 1, len(messages)) for t in of_message.get(j, []) if t in opens]
         hi = min(own_opens) if own_opens else min(later, default=len(plain))
@@ -406,8 +415,18 @@ def locate(tok: Any, messages: list[dict[str, Any]], tools: Any, profile: Templa
             else:
                 raise TemplateSplitError(profile.name, f"no end-of-turn marker ({' / '.join(profile.end_markers)}) "
                                                        f"follows message {i} (assistant)")
+        missing = [c for c in _call_names(messages[i]) if c not in text[start:end]]
+        if missing:
+            raise TemplateSplitError(profile.name, f"message {i} (assistant) calls {', '.join(missing)}, which the "
+                                                   "template leaves out of its rendering (it renders no tool calls, "
+                                                   "or none beside text)")
         spans.append((start, end))
     return Located(text, spans, dropped)
+
+
+def _call_names(message: dict[str, Any]) -> list[str]:
+    calls = message.get("tool_calls") or []
+    return [str((c.get("function") or c).get("name")) for c in calls if isinstance(c, dict)]
 
 
 def _locate_by_blocks(tok: Any, messages: list[dict[str, Any]], tools: Any, profile: TemplateProfile) -> Located:
