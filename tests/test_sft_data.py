@@ -224,6 +224,10 @@ def test_a_template_whose_turns_cannot_be_located_is_refused_with_the_row_and_th
         _encode(tmp_path, [CONVERSATION], chat_template=no_end_marker)
     message = str(err.value)
     assert "task.chat_template=<the Jinja string given>" in message and "no special token" in message, message
+    # an end marker that is plain text, not a special token of the tokenizer, is still found and trained
+    plain_marker = "{% for m in messages %}{{ m['role'] }}: {{ m['content'] }} END\n{% endfor %}"
+    data, tok = _encode(tmp_path, [CONVERSATION], chat_template=plain_marker)
+    assert [r.strip() for r in _trained_runs(data.train.features[0], tok)] == ["5 END", "9 END", "blue red END"]
     counting = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}{% if m['content'] | length > 3 %}"
                 "!{% endif %}<|im_end|>\n{% endfor %}")  # renders a turn differently depending on its text
     with pytest.raises(ConfigError, match="train row 1: the template renders a turn differently"):

@@ -233,12 +233,14 @@ def profile_of(tok: Any, reasoning: str | None = None) -> TemplateProfile:
     if tag[1] not in closes or tag[3] not in closes:
         raise TemplateSplitError(name, "the template does not render the text of every assistant turn")
     after = min((opens[t][0] for t in tag[2:] if t in opens), default=len(plain))
-    end_mid = _first_special(plain[closes[tag[1]][0]:after], specials)
+    glue_mid, glue_final = plain[closes[tag[1]][0]:after], plain[closes[tag[3]][0]:]
+    end_mid, end_final = _first_special(glue_mid, specials), _first_special(glue_final, specials)
+    if end_mid is None and end_final is None:  # markers that are not special tokens (a named template on a base
+        end_mid = end_final = os.path.commonprefix([glue_mid, glue_final]).strip() or None  # tokenizer)
     # a template that ignores add_generation_prompt (Mistral, Phi-4) heads an assistant turn with
     # whatever follows the user's text: the end of the user turn and any assistant header
     header = generation_prompt or (plain[closes[tag[0]][0]:opens[tag[1]][0]]
                                    if tag[0] in closes and tag[1] in opens else "")
-    end_final = _first_special(plain[closes[tag[3]][0]:], specials)
     end_tool = None
     try:
         plain, opens, closes = probe([*turns[:2], {"role": "tool", "content": "T", "tool_call_id": "call00001",
@@ -249,8 +251,8 @@ def profile_of(tok: Any, reasoning: str | None = None) -> TemplateProfile:
         pass
     markers = tuple(dict.fromkeys(m for m in (end_mid, end_final, end_tool) if m))
     if not markers:
-        raise TemplateSplitError(name, "the template writes no special token after an assistant turn, so the model "
-                                       "could not learn where a turn ends")
+        raise TemplateSplitError(name, "the template writes no special token and no fixed text after an assistant "
+                                       "turn, so the model could not learn where a turn ends")
     profile = TemplateProfile(
         name=name, headers=_header_cuts(header, specials) if header else (),
         end_markers=markers, append_marker=end_mid if end_final is None else None, folds_system=folds_system,
