@@ -42,6 +42,7 @@ class Family:
     arch: str | None = None  # transformers model type of a tiny model, where there is one
     last_prefix: str = ""  # what the template itself puts before the last answer (an empty think block)
     turn_prefix: str = ""  # what the template puts before every answer
+    strip_last_prefix: str = ""  # last_prefix under reasoning=strip (a template that always opens a think block)
     final_end: str | None = None  # the marker after the last turn when it differs (an extra eos)
     words: tuple[str, ...] = field(default=())  # non-special added tokens (tool and think tags)
 
@@ -59,6 +60,9 @@ FAMILIES = {
                     last_prefix="<think>\n\n</think>\n\n", words=tuple(QWEN_TAGS)),
     "qwen3.5": Family("Qwen3.5-4B.jinja", (*CHATML, "<|endoftext|>"), None, "<|im_end|>", "<|im_end|>", "qwen3",
                       last_prefix="\n</think>\n\n", words=tuple(QWEN_TAGS)),
+    "qwen3-2507": Family("Qwen-Qwen3-4B-Thinking-2507.jinja", (*CHATML, "<|endoftext|>"), None, "<|im_end|>",
+                         "<|im_end|>", "qwen3", last_prefix="\n</think>\n\n", strip_last_prefix="\n</think>\n\n",
+                         words=tuple(QWEN_TAGS)),
     "qwq": Family("Qwen-QwQ-32B.jinja", (*CHATML, "<|endoftext|>"), None, "<|im_end|>", "<|im_end|>", "qwen2",
                   words=tuple(QWEN_TAGS)),
     "deepseek-r1-distill-qwen": Family("deepseek-ai-DeepSeek-R1-Distill-Qwen-32B.jinja", tuple(DEEPSEEK),
@@ -79,6 +83,8 @@ FAMILIES = {
     "phi-3.5": Family("microsoft-Phi-3.5-mini-instruct.jinja", tuple(PHI3), "<s>", "<|endoftext|>", "<|end|>", "phi3"),
     "phi-4": Family("microsoft-phi-4.jinja", ("<|im_start|>", "<|im_sep|>", "<|im_end|>", "<|endoftext|>"), None,
                     "<|im_end|>", "<|im_end|>", "phi3"),
+    "phi-4-mini": Family("microsoft-Phi-4-mini-instruct.jinja", (*PHI3, "<|tool|>", "<|/tool|>"), None,
+                         "<|endoftext|>", "<|end|>", "phi3"),
     "smollm2": Family("HuggingFaceTB-SmolLM2-1.7B-Instruct.jinja", (*CHATML, "<|endoftext|>"), None, "<|im_end|>",
                       "<|im_end|>", "llama"),
     "smollm3": Family("HuggingFaceTB-SmolLM3-3B.jinja", (*CHATML, "<|endoftext|>"), None, "<|im_end|>", "<|im_end|>",
@@ -153,7 +159,7 @@ def expected_runs(fam: Family, answers: list[str], template_default: bool) -> li
     """Each answer with its end marker; with the template's default reasoning handling, plus the
     think block the template itself writes where inference's generation prompt leaves it to the
     model (with task.reasoning=strip the prompt carries that block, so it is not trained)."""
-    prefix, last_prefix = (fam.turn_prefix, fam.last_prefix) if template_default else ("", "")
+    prefix, last_prefix = (fam.turn_prefix, fam.last_prefix) if template_default else ("", fam.strip_last_prefix)
     ends = [fam.end] * (len(answers) - 1) + [fam.final_end or fam.end]
     return [prefix + (last_prefix if i == len(answers) - 1 else "") + a + e for i, (a, e) in enumerate(zip(answers, ends))]
 
