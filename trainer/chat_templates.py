@@ -112,7 +112,7 @@ def _unwrap(rendered: str) -> tuple[str, dict[str, list[int]], dict[str, list[in
     plain, opens, closes, pos = [], {}, {}, 0
     length = 0
     for m in _SENTINEL.finditer(rendered):
-        piece = rendered[pos:m.start()]
+        piece = _PRIVATE.sub("", rendered[pos:m.start()])  # a tag whose other half the template cut off
         plain.append(piece)
         length += len(piece)
         if m.group(1):
@@ -120,8 +120,8 @@ def _unwrap(rendered: str) -> tuple[str, dict[str, list[int]], dict[str, list[in
         else:
             closes.setdefault(m.group(2), []).append(length)
         pos = m.end()
-    plain.append(rendered[pos:])
-    return _PRIVATE.sub("", "".join(plain)), opens, closes
+    plain.append(_PRIVATE.sub("", rendered[pos:]))
+    return "".join(plain), opens, closes
 
 
 # --- what a template does, found once per template -------------------------------------------
@@ -210,8 +210,13 @@ def profile_of(tok: Any, reasoning: str | None = None) -> TemplateProfile:
         bare, prompted = _render(tok, user, **kwargs), _render(tok, user, generation_prompt=True, **kwargs)
     except Exception as e:  # noqa: BLE001 - a template error is the user's template; say which
         raise TemplateSplitError(name, f"the template fails on a one-turn conversation: {e}") from None
-    # what add_generation_prompt appends (some templates also end a prompt-less rendering with an eos)
-    generation_prompt = prompted[len(os.path.commonprefix([bare, prompted])):]
+    # what add_generation_prompt appends; some templates end a prompt-less rendering with an eos
+    # instead, so the prompt starts after the last newline or special token the two share
+    shared = len(os.path.commonprefix([bare, prompted]))
+    if shared < len(bare):
+        shared = max([0] + [m.end() for m in re.finditer("\n", prompted[:shared])]
+                     + [at + len(t) for t in specials if 0 <= (at := prompted.rfind(t, 0, shared)) <= shared - len(t)])
+    generation_prompt = prompted[shared:]
 
     def probe(messages: list[dict[str, Any]]) -> tuple[str, dict, dict]:
         wrapped = [{**m, "content": _wrap(m["content"], chr(_FIRST_TAG + i))} for i, m in enumerate(messages)]
