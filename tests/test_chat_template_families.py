@@ -164,16 +164,18 @@ def expected_runs(fam: Family, answers: list[str], template_default: bool) -> li
     return [prefix + (last_prefix if i == len(answers) - 1 else "") + a + e for i, (a, e) in enumerate(zip(answers, ends))]
 
 
+@pytest.mark.parametrize("system", [True, False], ids=["system", "no-system"])
 @pytest.mark.parametrize("reasoning", [None, "strip"])
 @pytest.mark.parametrize("name", list(FAMILIES))
-def test_the_loss_sees_each_assistant_answer_and_its_end_of_turn_marker(name, reasoning):
+def test_the_loss_sees_each_assistant_answer_and_its_end_of_turn_marker(name, reasoning, system):
     fam, tok = FAMILIES[name], family_tokenizer(name)
-    ids, labels = encode_conversation(tok, CONVERSATION, reasoning=reasoning)
+    conversation = CONVERSATION if system else CONVERSATION[1:]
+    ids, labels = encode_conversation(tok, conversation, reasoning=reasoning)
     runs = trained_runs(ids, labels, tok)
-    answers = [m["content"] for m in CONVERSATION if m["role"] == "assistant"]
+    answers = [m["content"] for m in conversation if m["role"] == "assistant"]
     assert [r.lstrip(" \n") for r in runs] == [r.lstrip(" \n") for r in expected_runs(fam, answers, reasoning is None)], \
         tok.decode(ids)
-    assert "reply with just the answer." in tok.decode(ids)  # the system prompt is in the prompt
+    assert ("reply with just the answer." in tok.decode(ids)) == system  # the system prompt is in the prompt
 
 
 def _tiny_model(arch: str, tok):

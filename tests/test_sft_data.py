@@ -230,7 +230,7 @@ def test_a_template_whose_turns_cannot_be_located_is_refused_with_the_row_and_th
     assert [r.strip() for r in _trained_runs(data.train.features[0], tok)] == ["5 END", "9 END", "blue red END"]
     counting = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}{% if m['content'] | length > 3 %}"
                 "!{% endif %}<|im_end|>\n{% endfor %}")  # renders a turn differently depending on its text
-    with pytest.raises(ConfigError, match="train row 1: the template renders a turn differently"):
+    with pytest.raises(ConfigError, match="train row 1 .*'what is 2 plus 3.*the template renders a turn differently"):
         _encode(tmp_path, [CONVERSATION], chat_template=counting)
 
 

@@ -166,7 +166,9 @@ def _encode_sft(conversations: list[tuple[list[dict[str, Any]], Any]], tok: Any,
         try:
             fitted = _fit_conversation(tok, messages, tools, train_on, max_len, truncation, reasoning)
         except TemplateSplitError as e:
-            raise TemplateSplitError(e.template, f"{split} row {row}: {e.reason}") from None
+            first = next((m.get("content") or "" for m in messages if m.get("role") == "user"), "")
+            raise TemplateSplitError(e.template, f"{split} row {row} (as loaded; its first user turn starts "
+                                                 f"{first[:60]!r}): {e.reason}") from None
         if fitted is None:
             dropped += 1
             continue
