@@ -324,13 +324,19 @@ REASONING_CONVERSATION = [
 ])
 def test_reasoning_is_kept_stripped_or_emptied_on_qwen3(reasoning, expected, caplog):
     tok = family_tokenizer("qwen3")
-    with caplog.at_level(logging.WARNING, logger="trainer.chat_templates"):
-        ids, labels = encode_conversation(tok, REASONING_CONVERSATION, reasoning=reasoning)
+    tok.name_or_path = f"qwen3 (reasoning={reasoning})"  # a name of its own: warnings are once per template
+    try:
+        with caplog.at_level(logging.WARNING, logger="trainer.chat_templates"):
+            ids, labels = encode_conversation(tok, REASONING_CONVERSATION, reasoning=reasoning)
+    finally:
+        tok.name_or_path = "qwen3"
     assert trained_runs(ids, labels, tok) == expected
     text = tok.decode(ids)
     assert "2 and 3 make 5." not in text  # Qwen3 renders no reasoning before the last user turn
     if reasoning == "strip":  # the prompt is inference's with enable_thinking=false: the empty block is given
         assert "<|im_start|>assistant\n<think>\n\n</think>\n\n9" in text
+    if reasoning == "keep":  # the user is told that the first turn's reasoning is not trained
+        assert any("leaves out the reasoning" in r.getMessage() for r in caplog.records)
 
 
 def test_reasoning_keep_on_a_template_without_reasoning_trains_an_inline_think_block():
@@ -345,9 +351,12 @@ def test_reasoning_keep_on_a_template_without_reasoning_trains_an_inline_think_b
 def test_gemma_folds_the_system_prompt_into_the_first_user_turn_and_says_so_once(caplog):
     tok = family_tokenizer("gemma-2")
     tok.name_or_path = "gemma-2 (fold test)"  # a name of its own: the warning is once per template
-    with caplog.at_level(logging.WARNING, logger="trainer.chat_templates"):
-        for _ in range(2):
-            ids, labels = encode_conversation(tok, CONVERSATION)
+    try:
+        with caplog.at_level(logging.WARNING, logger="trainer.chat_templates"):
+            for _ in range(2):
+                ids, labels = encode_conversation(tok, CONVERSATION)
+    finally:
+        tok.name_or_path = "gemma-2"
     assert tok.decode(ids).startswith("<bos><start_of_turn>user\nreply with just the answer.\n\nwhat is 2 plus 3?")
     folds = [r for r in caplog.records if "start of the first user turn" in r.getMessage()]
     assert len(folds) == 1 and "gemma-2 (fold test)" in folds[0].getMessage()
