@@ -174,6 +174,18 @@ def test_long_conversations_lose_whole_exchanges_from_the_front_or_are_dropped(t
     assert len(dropped.train.features) == 1 and dropped.stats["train_rows_dropped"] == 1
 
 
+def test_a_long_conversation_drops_the_fewest_exchanges_that_fit(tmp_path):
+    chat_tokenizer(tmp_path)
+    long = [CONVERSATION[0]] + [m for n in range(10) for m in (
+        {"role": "user", "content": f"what is {n} plus 3?"}, {"role": "assistant", "content": str(n + 3)})]
+    last_four = [long[0], *long[13:]]
+    fits, tok = _encode(tmp_path, [last_four])
+    cut, _ = _encode(tmp_path, [long], max_len=len(fits.train.features[0]["input_ids"]))
+    assert cut.train.features[0]["input_ids"] == fits.train.features[0]["input_ids"]
+    assert _trained_runs(cut.train.features[0], tok) == [f"{n + 3}<|im_end|>" for n in range(6, 10)]
+    assert cut.stats["train_rows_truncated"] == 1
+
+
 def test_an_exchange_too_long_for_the_limit_keeps_its_answer_and_loses_the_front_of_its_prompt(tmp_path):
     chat_tokenizer(tmp_path)
     long_question = [{"role": "system", "content": "reply with just the answer."},

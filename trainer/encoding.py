@@ -118,34 +118,45 @@ def _encode_causal(ds: Any, tok: Any, template: str, text: str, completions: Cal
     return EncodedSplit(mapped, prompts=prompts if with_prompts else None)
 
 
-def _drop_first_exchange(messages: list[dict[str, Any]]) -> list[dict[str, Any]] | None:
-    """The conversation without its first exchange (a user turn up to the next user turn), a
-    leading system turn kept; None when only one exchange is left."""
+def _without_first_exchanges(messages: list[dict[str, Any]], k: int) -> list[dict[str, Any]]:
+    """The conversation without its first k exchanges (an exchange runs from a user turn to the
+    next user turn); a leading system turn is kept."""
     first = 1 if messages and messages[0]["role"] == "system" else 0
     users = [i for i, m in enumerate(messages) if m["role"] == "user" and i >= first]
-    if len(users) < 2:
-        return None
-    return messages[:first] + messages[users[1]:]
+    return messages[:first] + messages[users[k]:]
 
 
 def _fit_conversation(tok: Any, messages: list[dict[str, Any]], tools: Any, train_on: str, max_len: int,
                       truncation: str, reasoning: str | None) -> tuple[Any, bool] | None:
-    """The conversation encoded within max_len, and whether it was cut: whole exchanges dropped
-    from the front (a leading system turn kept), then, when one exchange is still too long, the
-    front of its prompt (a leading BOS kept; its answer is never cut). None when the answer
-    alone does not fit, or truncation=drop and the whole does not."""
+    """The conversation encoded within max_len, and whether it was cut: the fewest whole
+    exchanges dropped from the front (a leading system turn kept; found by bisection, so a long
+    conversation costs a few encodings, not one per exchange), then, when the last exchange alone
+    is still too long, the front of its prompt (a leading BOS kept; its answer is never cut).
+    None when the answer alone does not fit, or truncation=drop and the whole does not."""
     from trainer.chat_templates import EncodedConversation, encode_turns
 
-    enc = encode_turns(tok, messages, train_on=train_on, tools=tools, reasoning=reasoning)
+    def encoded(k: int) -> EncodedConversation:
+        kept = _without_first_exchanges(messages, k) if k else messages
+        return encode_turns(tok, kept, train_on=train_on, tools=tools, reasoning=reasoning)
+
+    enc = encoded(0)
     if len(enc.input_ids) <= max_len:
         return enc, False
     if truncation == "drop":
         return None
-    while (shorter := _drop_first_exchange(messages)) is not None:
-        messages = shorter
-        enc = encode_turns(tok, messages, train_on=train_on, tools=tools, reasoning=reasoning)
-        if len(enc.input_ids) <= max_len:
-            return enc, True
+    first = 1 if messages[0]["role"] == "system" else 0
+    exchanges = sum(m["role"] == "user" for m in messages[first:])
+    lo, hi, best = 1, exchanges - 1, None  # the smallest number of exchanges to drop that fits
+    while lo <= hi:
+        mid = (lo + hi) // 2
+        candidate = encoded(mid)
+        if len(candidate.input_ids) <= max_len:
+            best, hi = candidate, mid - 1
+        else:
+            lo = mid + 1
+    if best is not None:
+        return best, True
+    enc = encoded(exchanges - 1) if exchanges > 1 else enc
     cut = len(enc.input_ids) - max_len
     keep = 1 if tok.bos_token_id is not None and enc.input_ids[0] == tok.bos_token_id else 0
     answer = enc.turn_starts[0] if enc.turn_starts else len(enc.input_ids)
