@@ -1,5 +1,7 @@
 """Chat and instruction data for task=sft: every format loads, bad rows are named, the loss sees
-exactly the assistant turns (two templates, multi-turn), and long conversations are cut by turn."""
+exactly the assistant turns (two templates, multi-turn), long conversations are cut by turn and
+then by the front of the prompt, never the answer (tests/test_chat_template_families.py has the
+real templates of the model families)."""
 
 from __future__ import annotations
 
@@ -170,8 +172,38 @@ def test_long_conversations_lose_whole_exchanges_from_the_front_or_are_dropped(t
     assert cut.stats["train_rows_truncated"] == 1 and cut.stats["train_rows_dropped"] == 0
     dropped, _ = _encode(tmp_path, [CONVERSATION, short], max_len=budget, truncation="drop")
     assert len(dropped.train.features) == 1 and dropped.stats["train_rows_dropped"] == 1
+
+
+def test_a_long_conversation_drops_the_fewest_exchanges_that_fit(tmp_path):
+    chat_tokenizer(tmp_path)
+    long = [CONVERSATION[0]] + [m for n in range(10) for m in (
+        {"role": "user", "content": f"what is {n} plus 3?"}, {"role": "assistant", "content": str(n + 3)})]
+    last_four = [long[0], *long[13:]]
+    fits, tok = _encode(tmp_path, [last_four])
+    cut, _ = _encode(tmp_path, [long], max_len=len(fits.train.features[0]["input_ids"]))
+    assert cut.train.features[0]["input_ids"] == fits.train.features[0]["input_ids"]
+    assert _trained_runs(cut.train.features[0], tok) == [f"{n + 3}<|im_end|>" for n in range(6, 10)]
+    assert cut.stats["train_rows_truncated"] == 1
+
+
+def test_an_exchange_too_long_for_the_limit_keeps_its_answer_and_loses_the_front_of_its_prompt(tmp_path):
+    chat_tokenizer(tmp_path)
+    long_question = [{"role": "system", "content": "reply with just the answer."},
+                     {"role": "user", "content": "reverse the list: " + "red blue " * 30},
+                     {"role": "assistant", "content": "blue red"}]
+    whole, tok = _encode(tmp_path, [long_question])
+    n = len(whole.train.features[0]["input_ids"])
+    cut, _ = _encode(tmp_path, [long_question], max_len=n - 20)
+    feature = cut.train.features[0]
+    assert len(feature["input_ids"]) == n - 20 and cut.stats["train_rows_truncated"] == 1
+    assert _trained_runs(feature, tok) == ["blue red<|im_end|>"]  # the answer is whole
+    text = tok.decode(feature["input_ids"])
+    assert text.endswith("<|im_start|>assistant\nblue red<|im_end|>\n")  # the end of the question stays
+    assert not text.startswith("<|im_start|>system")  # the front of the prompt went
+    assert tok.decode(cut.eval.prompts[0]).endswith("<|im_start|>assistant\n")
+    # an answer that alone does not fit is not cut: the row is dropped, and with no row left the run stops
     with pytest.raises(ConfigError, match="train.max_seq_length"):
-        _encode(tmp_path, [CONVERSATION, short], max_len=n_short - 1)
+        _encode(tmp_path, [long_question], max_len=3)
 
 
 def test_a_model_without_a_chat_template_needs_task_chat_template(tmp_path):
@@ -187,13 +219,31 @@ def test_a_model_without_a_chat_template_needs_task_chat_template(tmp_path):
     assert _trained_runs(data.train.features[0], tok)[-1] == "blue red</s>"
 
 
-def test_a_template_that_rewrites_history_is_refused(tmp_path):
+def test_a_template_that_rewrites_history_is_trained_on_its_one_real_rendering(tmp_path):
     chat_tokenizer(tmp_path)
-    # renders only the last user turn: earlier turns change once later ones are added
-    rewriting = ("{% for m in messages %}{% if loop.last or m['role'] != 'user' %}{{ m['role'] }}: {{ m['content'] }}\n"
-                 "{% endif %}{% endfor %}{% if add_generation_prompt %}assistant: {% endif %}")
-    with pytest.raises(ConfigError, match="renders differently"):
-        _encode(tmp_path, [CONVERSATION], chat_template=rewriting)
+    # renders only the last user turn: earlier turns change once later ones are added (refused before)
+    rewriting = ("{% for m in messages %}{% if loop.last or m['role'] != 'user' %}{{ m['role'] }}: {{ m['content'] }}"
+                 "<|im_end|>\n{% endif %}{% endfor %}{% if add_generation_prompt %}assistant: {% endif %}")
+    data, tok = _encode(tmp_path, [CONVERSATION], chat_template=rewriting)
+    assert [r.strip() for r in _trained_runs(data.train.features[0], tok)] == \
+        ["5<|im_end|>", "9<|im_end|>", "blue red<|im_end|>"]
+
+
+def test_a_template_whose_turns_cannot_be_located_is_refused_with_the_row_and_the_reason(tmp_path):
+    chat_tokenizer(tmp_path)
+    no_end_marker = "{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
+    with pytest.raises(ConfigError) as err:
+        _encode(tmp_path, [CONVERSATION], chat_template=no_end_marker)
+    message = str(err.value)
+    assert "task.chat_template=<the Jinja string given>" in message and "no special token" in message, message
+    # an end marker that is plain text, not a special token of the tokenizer, is still found and trained
+    plain_marker = "{% for m in messages %}{{ m['role'] }}: {{ m['content'] }} END\n{% endfor %}"
+    data, tok = _encode(tmp_path, [CONVERSATION], chat_template=plain_marker)
+    assert [r.strip() for r in _trained_runs(data.train.features[0], tok)] == ["5 END", "9 END", "blue red END"]
+    counting = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}{% if m['content'] | length > 3 %}"
+                "!{% endif %}<|im_end|>\n{% endfor %}")  # renders a turn differently depending on its text
+    with pytest.raises(ConfigError, match="train row 1 .*'what is 2 plus 3.*the template renders a turn differently"):
+        _encode(tmp_path, [CONVERSATION], chat_template=counting)
 
 
 def test_a_generation_metric_as_the_objective_is_measured_at_every_eval(tiny_chat_llama_dir, torch_single_thread):
@@ -208,3 +258,46 @@ def test_a_generation_metric_as_the_objective_is_measured_at_every_eval(tiny_cha
     assert [h["step"] for h in evals] == [2, 4] and all("eval_exact_match" in h for h in evals)
     assert result.objective == result.metrics["eval_exact_match"]
     assert len(result.samples) == 4 and result.samples[0]["reference"]
+
+
+def test_task_reasoning_is_checked_before_any_trial():
+    from trainer.validation import validate_config
+
+    cfg = compose_cfg(["task=sft", "data=demo_chat", "task.reasoning=think"])
+    with pytest.raises(ConfigError, match="task.reasoning: must be null .* keep, strip, empty"):
+        validate_config(cfg)
+    validate_config(compose_cfg(["task=sft", "data=demo_chat", "task.reasoning=strip"]))
+
+
+def test_a_stored_split_with_tools_trains_the_calls_and_not_the_results(tmp_path):
+    """Through a datasets table (which fills absent keys with None) with a `tools` column."""
+    import datasets
+
+    from trainer.data import RawData
+    from trainer.model import load_tokenizer
+
+    chat_tokenizer(tmp_path)
+    tools = [{"type": "function", "function": {"name": "get_weather", "description": "the weather in a city",
+                                               "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}}]
+    conversation = [
+        {"role": "user", "content": "what is the weather in Paris?"},
+        {"role": "assistant", "content": None, "tool_calls": [
+            {"type": "function", "function": {"name": "get_weather", "arguments": {"city": "Paris"}}}]},
+        {"role": "tool", "content": "sunny", "name": "get_weather"},
+        {"role": "assistant", "content": "it is sunny in Paris."},
+    ]
+    tool_template = (  # chatml that renders tools, calls and tool turns
+        "{% if tools %}<|im_start|>system\n{{ tools | tojson }}<|im_end|>\n{% endif %}{% for m in messages %}"
+        "<|im_start|>{{ m.role }}\n{{ m.content }}{% for c in m.tool_calls or [] %}call {{ c.function.name }}"
+        "({{ c.function.arguments | tojson }}){% endfor %}<|im_end|>\n{% endfor %}"
+        "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+    cfg = compose_cfg(["task=sft", f"model.name_or_path={tmp_path}"])
+    task = {**get(cfg, "task"), "chat_template": tool_template}
+    tok = load_tokenizer(get(cfg, "model"), task)
+    ds = datasets.Dataset.from_list([{"messages": conversation, "tools": tools}])
+    data = encode(RawData(ds, ds, None, None), tok, {}, task, 256)
+    feature = data.train.features[0]
+    assert _trained_runs(feature, tok) == ['call get_weather({"city": "Paris"})<|im_end|>',
+                                           "it is sunny in Paris.<|im_end|>"]
+    assert '"name": "get_weather"' in tok.decode(feature["input_ids"]).split("<|im_start|>user")[0]
+    assert data.eval.references == ["it is sunny in Paris."]

@@ -35,6 +35,7 @@ _LAZY = {
     "seed_everything": "trainer.seeding",
     "environment_fingerprint": "trainer.fingerprint",
     "determinism_mode": "trainer.seeding",
+    "encode_conversation": "trainer.chat_templates",
 }
 
 __all__ = ["ConfigError", "NonFiniteLossError", "TrialPreempted", *_LAZY]
@@ -56,6 +57,7 @@ def __dir__() -> list[str]:
 
 if TYPE_CHECKING:  # for type checkers and IDEs only
     from trainer.cache import WarmCache
+    from trainer.chat_templates import encode_conversation
     from trainer.fingerprint import environment_fingerprint
     from trainer.prechecks import PreflightReport, preflight
     from trainer.recipe import run_trial

@@ -4,10 +4,11 @@ Classification: text -> input ids, label -> `labels`.
 Causal LM: prompt = task.prompt_template.format(text=...), completion = the completion column
 or the verbalised label; `labels` are -100 on prompt (and, after collation, padding) tokens so
 the loss is on the completion + eos only.
-SFT: each conversation rendered with the chat template (trainer.chat_templates); `labels` keep
-the assistant turns (task.train_on), each with its end-of-turn marker. Conversations longer than
-train.max_seq_length lose whole exchanges from the front (task.truncation=left_turns) or are
-dropped (drop); the counts are in EncodedData.stats.
+SFT: each conversation rendered once with the chat template, as inference renders it
+(trainer.chat_templates.encode_turns); `labels` keep the assistant turns (task.train_on), each
+with its end-of-turn marker. Conversations longer than train.max_seq_length lose whole exchanges
+from the front, then the front of the last exchange's prompt (task.truncation=left_turns), or are
+dropped (drop); an answer is never cut. The counts are in EncodedData.stats.
 """
 
 from __future__ import annotations
@@ -117,41 +118,77 @@ def _encode_causal(ds: Any, tok: Any, template: str, text: str, completions: Cal
     return EncodedSplit(mapped, prompts=prompts if with_prompts else None)
 
 
-def _fit_conversation(tok: Any, messages: list[dict[str, str]], train_on: str, max_len: int, truncation: str
-                      ) -> tuple[list[dict[str, str]], list[list[int]], Any] | None:
-    """The conversation as token spans within max_len: whole exchanges (user turn through the
-    assistant's answer) dropped from the front, a leading system turn kept; None when even the
-    last exchange does not fit (or truncation=drop and the whole does not)."""
-    from trainer.chat_templates import render_spans
-
-    while True:
-        rendered = render_spans(tok, messages, train_on)
-        spans = tok(rendered.spans, add_special_tokens=False)["input_ids"]
-        if sum(map(len, spans)) <= max_len:
-            return messages, spans, rendered
-        first = 1 if messages[0]["role"] == "system" else 0
-        answers = [i for i, m in enumerate(messages) if m["role"] == "assistant"]
-        if truncation == "drop" or len(answers) < 2:
-            return None
-        messages = messages[:first] + messages[answers[0] + 1:]
+def _without_first_exchanges(messages: list[dict[str, Any]], k: int) -> list[dict[str, Any]]:
+    """The conversation without its first k exchanges (an exchange runs from a user turn to the
+    next user turn); a leading system turn is kept."""
+    first = 1 if messages and messages[0]["role"] == "system" else 0
+    users = [i for i, m in enumerate(messages) if m["role"] == "user" and i >= first]
+    return messages[:first] + messages[users[k]:]
 
 
-def _encode_sft(conversations: list[list[dict[str, str]]], tok: Any, train_on: str, max_len: int,
-                truncation: str, split: str, stats: dict[str, float]) -> EncodedSplit:
+def _fit_conversation(tok: Any, messages: list[dict[str, Any]], tools: Any, train_on: str, max_len: int,
+                      truncation: str, reasoning: str | None) -> tuple[Any, bool] | None:
+    """The conversation encoded within max_len, and whether it was cut: the fewest whole
+    exchanges dropped from the front (a leading system turn kept; found by bisection, so a long
+    conversation costs a few encodings, not one per exchange), then, when the last exchange alone
+    is still too long, the front of its prompt (a leading BOS kept; its answer is never cut).
+    None when the answer alone does not fit, or truncation=drop and the whole does not."""
+    from trainer.chat_templates import EncodedConversation, encode_turns
+
+    def encoded(k: int) -> EncodedConversation:
+        kept = _without_first_exchanges(messages, k) if k else messages
+        return encode_turns(tok, kept, train_on=train_on, tools=tools, reasoning=reasoning)
+
+    enc = encoded(0)
+    if len(enc.input_ids) <= max_len:
+        return enc, False
+    if truncation == "drop":
+        return None
+    first = 1 if messages[0]["role"] == "system" else 0
+    exchanges = sum(m["role"] == "user" for m in messages[first:])
+    lo, hi, best = 1, exchanges - 1, None  # the smallest number of exchanges to drop that fits
+    while lo <= hi:
+        mid = (lo + hi) // 2
+        candidate = encoded(mid)
+        if len(candidate.input_ids) <= max_len:
+            best, hi = candidate, mid - 1
+        else:
+            lo = mid + 1
+    if best is not None:
+        return best, True
+    enc = encoded(exchanges - 1) if exchanges > 1 else enc
+    cut = len(enc.input_ids) - max_len
+    keep = 1 if tok.bos_token_id is not None and enc.input_ids[0] == tok.bos_token_id else 0
+    answer = enc.turn_starts[0] if enc.turn_starts else len(enc.input_ids)
+    if keep + cut > answer:
+        return None
+    ids, labels = enc.input_ids, enc.labels
+    return EncodedConversation(ids[:keep] + ids[keep + cut:], labels[:keep] + labels[keep + cut:],
+                               [s - cut for s in enc.turn_starts]), True
+
+
+def _encode_sft(conversations: list[tuple[list[dict[str, Any]], Any]], tok: Any, train_on: str, max_len: int,
+                truncation: str, reasoning: str | None, split: str, stats: dict[str, float]) -> EncodedSplit:
+    from trainer.chat_templates import TemplateSplitError, split_reasoning
+
     features, prompts, references = [], [], []
     truncated = dropped = 0
-    for messages in conversations:
-        fitted = _fit_conversation(tok, messages, train_on, max_len, truncation)
+    for row, (messages, tools) in enumerate(conversations, 1):
+        try:
+            fitted = _fit_conversation(tok, messages, tools, train_on, max_len, truncation, reasoning)
+        except TemplateSplitError as e:
+            first = next((m.get("content") or "" for m in messages if m.get("role") == "user"), "")
+            raise TemplateSplitError(e.template, f"{split} row {row} (as loaded; its first user turn starts "
+                                                 f"{first[:60]!r}): {e.reason}") from None
         if fitted is None:
             dropped += 1
             continue
-        kept, spans, rendered = fitted
-        truncated += len(kept) != len(messages)
-        ids = [t for span in spans for t in span]
-        labels = [t if trained else IGNORE_INDEX for span, trained in zip(spans, rendered.trained) for t in span]
-        features.append({"input_ids": ids, "attention_mask": [1] * len(ids), "labels": labels})
-        prompts.append([t for span in spans[: rendered.last] for t in span])
-        references.append(kept[-1]["content"].strip())
+        enc, cut = fitted
+        truncated += cut
+        features.append({"input_ids": enc.input_ids, "attention_mask": [1] * len(enc.input_ids),
+                         "labels": enc.labels})
+        prompts.append(enc.input_ids[: enc.turn_starts[-1]] if enc.turn_starts else list(enc.input_ids))
+        references.append(split_reasoning(messages[-1])[1].strip())
     stats[f"{split}_rows_truncated"], stats[f"{split}_rows_dropped"] = truncated, dropped
     if not features:
         raise ConfigError("train.max_seq_length", max_len, "long enough for at least one conversation",
@@ -165,10 +202,11 @@ def encode_sft(raw: RawData, tok: Any, task: dict[str, Any], max_len: int) -> En
 
     use_chat_template(tok, task.get("chat_template"))
     train_on, truncation = task.get("train_on", "assistant"), task.get("truncation", "left_turns")
+    reasoning = task.get("reasoning")
     stats: dict[str, float] = {}
-    train = _encode_sft([m for m, _ in conversations_of(raw.train)], tok, train_on, max_len, truncation, "train", stats)
+    train = _encode_sft(conversations_of(raw.train), tok, train_on, max_len, truncation, reasoning, "train", stats)
     eval_on = "assistant" if train_on == "all" else train_on
-    eval_ = _encode_sft([m for m, _ in conversations_of(raw.eval)], tok, eval_on, max_len, truncation, "eval", stats)
+    eval_ = _encode_sft(conversations_of(raw.eval), tok, eval_on, max_len, truncation, reasoning, "eval", stats)
     return EncodedData(train, eval_, None, None, stats=stats)
 
 

@@ -86,10 +86,13 @@ def _check_task(cfg: DictConfig) -> None:
 
 
 def _check_sft(cfg: DictConfig) -> None:
-    from trainer.chat_templates import TRAIN_ON, TRUNCATION
+    from trainer.chat_templates import REASONING, TRAIN_ON, TRUNCATION
 
     _one_of(cfg, "task.train_on", TRAIN_ON)
     _one_of(cfg, "task.truncation", TRUNCATION)
+    reasoning = get(cfg, "task.reasoning")
+    require(reasoning is None or reasoning in REASONING, "task.reasoning", reasoning,
+             f"null (what the chat template does) or one of {', '.join(REASONING)}")
     _int_at_least(cfg, "task.max_new_tokens", 1)
     _int_at_least(cfg, "task.num_logged_samples", 0)
     template = get(cfg, "task.chat_template")
