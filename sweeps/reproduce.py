@@ -97,6 +97,13 @@ def enqueue_plan(repro: optuna.Study, plan: list[dict[str, Any]]) -> int:
     return len(repro.get_trials(deepcopy=False, states=live))
 
 
+def reproduce_step(study: optuna.Study, storage, session, runbook) -> None:
+    """The session's step after the search: the reproduction, where `reproduce.top_k` and
+    `reproduce.n_seeds` ask for one."""
+    if int(session.conf.reproduce.top_k) > 0 and int(session.conf.reproduce.n_seeds) > 0:
+        run_reproduction(study, storage, session, runbook)
+
+
 def run_reproduction(study: optuna.Study, storage, session, runbook) -> optuna.Study:
     """Plan, enqueue and run the replicates in new workers on the sweep's plan, under its MLflow parent."""
     conf = session.conf.reproduce
