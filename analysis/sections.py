@@ -76,7 +76,7 @@ def _seed_callout(d: ReportData) -> Block | None:
     mine = table[table["config"] == int(best["number"])]
     if len(mine):
         s = mine.iloc[0]
-        text += (f" Reproduced mean over {int(s['n'])} replicate(s) that re-drew every tuned seed: "
+        text += (f" Reproduced mean over {int(s['n'])} replicate(s) that re-drew both of the trial's seeds: "
                  f"{_interval(s)} ± {fmt(s['std'])} "
                  f"(sweep-time {fmt(best['value'])}; replicates that kept a tuned seed and "
                  "determinism re-runs are left out, they carry the selection's luck).")
