@@ -20,6 +20,7 @@ from optuna.trial import TrialState
 from sweeps.runtime.compose import ComposeSpec
 from sweeps.progress import SweepProgress, base_text, console, gain_over_base, top_trials_table
 from sweeps.search.pruning import prune_guard
+from sweeps.seed_stats import interval_text
 from sweeps.tracking.redact import redact, redact_override
 from sweeps.search.samplers import kwargs_of
 from sweeps.search.space import SearchSpace, base_params
@@ -373,8 +374,7 @@ class SweepSession:
             console.print(note)
         race = study.user_attrs.get("race")
         if race:
-            console.print(f"[bold]winner[/] (seed race): #{race['winner']}, mean {race['mean']:.4f} "
-                          f"[{race['ci_low']:.4f}, {race['ci_high']:.4f}] over {race['n']} fresh seed pairs"
+            console.print(f"[bold]winner[/] (seed race): #{race['winner']}, mean {interval_text(race)} over fresh seed pairs"
                           + (" (optimistic: picked among several survivors on these runs)" if race.get("mean_optimistic")
                              else "") + "; "
                           f"the single best trial #{race['best_single_trial']} scored {race['best_single_value']:.4f} "
