@@ -93,7 +93,7 @@ def test_report_has_the_reproducibility_section_and_lands_on_the_parent(reproduc
     assert "Winner (seed race)" in md and re.search(r"Winner \(seed race\).*n = 2", md)
     assert "Power of this 2 × 2 crossed grid" in md or "Power of this design: not estimable" in md
     assert not re.search(r"\[(-?[0-9.]+), \1\]", md) and not re.search(r"CI (-?[0-9.]+) to \1\b", md)
-    for sentence in re.findall(r"95% CI [^)]*\)", md):
+    for sentence in re.findall(r"95% CI -?[0-9.]+ to [^)]*\)", md):
         assert "n = " in sentence, sentence
     html = (out / "report.html").read_text()
     assert "data:image/png;base64," in html and not re.search(r"""(src|href)=["']https?://""", html)
