@@ -72,8 +72,11 @@ class ReportData:
         Completed trials alone are a biased sample (the pruner removed the worst), so pruned trials
         count at their last reported value. TPE's proposals after its random start-up depend on
         earlier results, so with TPE only the start-up trials are used when there are enough of them.
+        The enqueued base config (#0, `attr.base`) is left out: the user chose it, it was not drawn.
         """
         finished = self.frame[self.frame["state"].isin(["COMPLETE", "PRUNED"])]
+        if "attr.base" in finished.columns:  # the enqueued base config is the user's pick, not a random draw
+            finished = finished[finished["attr.base"].astype("boolean").fillna(False) == False]  # noqa: E712
         values = np.where(finished["state"] == "COMPLETE", finished["value"], finished["last_intermediate"])
         ok = np.isfinite(values.astype(float))
         finished, values = finished[ok], values[ok].astype(float)

@@ -77,8 +77,9 @@ def optimization_history(frame: pd.DataFrame, path: Path, metric: str, maximize:
 
 
 def expected_max_curve(values: Sequence[float], path: Path, metric: str, maximize: bool, sample: str = "") -> Path:
-    """Dodge et al. 2019 expected best score vs number of trials, ± one std band; `sample` says
-    which trials were treated as the draws (shown under the title)."""
+    """Expected best score vs number of trials (unbiased subset average, Dodge et al. 2021), ± one
+    std band; `sample` says which trials were treated as the draws (shown under the title). The
+    curve stops at N: an estimate from N trials cannot look past N, and the figure says so."""
     v = np.asarray(values, dtype=float)
     v = v[np.isfinite(v)]
     if v.size < 2:
@@ -90,7 +91,7 @@ def expected_max_curve(values: Sequence[float], path: Path, metric: str, maximiz
     ax.plot(n, mean, marker="o", ms=3, color="tab:blue", label=f"E[{'max' if maximize else 'min'}]")
     ax.fill_between(n, mean - std, mean + std, alpha=0.25, color="tab:blue", label="± 1 std")
     ax.set(xlabel="number of trials (budget n)", ylabel=f"expected best {metric}",
-           title="Expected best validation score vs budget")
+           title=f"Expected best validation score vs budget\n(estimated from {v.size} trials; cannot look past {v.size})")
     ax.legend(loc="best", fontsize=8, title_fontsize=6,
               title="\n".join(textwrap.wrap(f"draws: {sample}", 60)) if sample else None)
     return _save(fig, path)

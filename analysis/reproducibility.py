@@ -11,11 +11,11 @@ import numpy as np
 import pandas as pd
 
 from analysis.frames import complete
-from analysis.stats import (SEED_KINDS, bootstrap_diff, crossed_mean, probability_of_outperforming, summarize,
-                            welch_test)
+from analysis.stats import (bootstrap_diff, crossed_components, crossed_mean, lead_power,
+                            probability_of_outperforming, summarize, welch_test)
 
 SUMMARY_COLUMNS = ["config", "sweep_value", "n", "mean", "std", "ci_low", "ci_high", "df", "min", "max", "cv",
-                   "optimism"]
+                   "optimism", "n_diverged", "no_variation"]
 
 
 def _search_seed(search: pd.DataFrame, key: str) -> pd.Series:
@@ -54,18 +54,15 @@ def replicates(search: pd.DataFrame, repro: pd.DataFrame | None) -> pd.DataFrame
 
 
 def fresh(reps: pd.DataFrame, tuned_seeds: frozenset[str] | set[str] = frozenset()) -> pd.DataFrame:
-    """Replicates that re-drew every seed the search selected: the only ones whose mean is free of
-    the winner's curse. Determinism re-runs never count. A `data_seed` replicate keeps the trial's
-    init seed, so it is dropped when the search tuned `seed` (and a `seed` replicate when it tuned
-    `data_seed`); so is any replicate, whatever its kind, that ran with the config's own value of a
-    tuned seed (where the search recorded it)."""
-    kinds = set(SEED_KINDS)  # crossed and both re-draw every seed
-    if "seed" in tuned_seeds:
-        kinds.discard("data_seed")
-    if "data_seed" in tuned_seeds:
-        kinds.discard("seed")
-    keep = reps["seed_kind"].isin(kinds)
-    for key in tuned_seeds & {"seed", "data_seed"}:
+    """Replicates that re-drew every seed of the trial they replicate: the only ones whose mean is
+    free of the winner's curse. The search picked the trial with its own seed values, tuned or not
+    (a lucky init seed or data order is part of why it won), so those values always count as
+    selected: a `seed` replicate (which keeps the trial's data_seed) and a `data_seed` replicate
+    (which keeps its init seed) never count, nor does any replicate, whatever its kind, that ran
+    with the trial's own seed or data_seed (where the search recorded them). Determinism re-runs
+    never count. `tuned_seeds` is kept for callers; the rule no longer depends on it."""
+    keep = reps["seed_kind"].isin({"crossed", "both"})
+    for key in ("seed", "data_seed"):
         own = f"sweep_{key}"
         if own in reps.columns and key in reps.columns:
             same = pd.to_numeric(reps[key], errors="coerce") == pd.to_numeric(reps[own], errors="coerce")
@@ -89,7 +86,9 @@ def per_config_summary(reps: pd.DataFrame, maximize: bool, tuned_seeds: frozense
         if grid is not None and (group["seed_kind"] == "crossed").all():
             s = summarize(grid.to_numpy().ravel())
             c = crossed_mean(grid.to_numpy())
-            s.update(ci_low=c["ci_low"], ci_high=c["ci_high"], df=c["df"])
+            if not s["no_variation"]:
+                s.update(ci_low=c["ci_low"], ci_high=c["ci_high"])
+            s["df"] = c["df"]
         else:
             s = summarize(group["value"])
             s["df"] = s["n"] - 1 if s["n"] > 1 else float("nan")
@@ -123,12 +122,41 @@ def lead_significance(reps: pd.DataFrame, winner: int, runner_up: int, maximize:
             out.update(test="crossed", n_cells=c["n"], diff=c["mean"], t=c["t"], df=c["df"], p_value=c["p_value"],
                        p_a_better=c["p_better"], ci_low=c["ci_low"], ci_high=c["ci_high"],
                        boot_ci_low=float("nan"), boot_ci_high=float("nan"))
+    out.update(_design_power(a, b, gw, gr, out))
     gain = out["diff"] if maximize else -out["diff"]
     out["leader"] = "winner" if gain > 0 else "runner-up" if gain < 0 else "tie"
     if out["test"] == "welch":  # resampling cells as if independent would be wrong on a crossed grid
         boot = bootstrap_diff(a, b, n_boot=n_boot, seed=seed, maximize=maximize)
         out.update(boot_ci_low=boot["ci_low"], boot_ci_high=boot["ci_high"])
-    return {**out, "p_outperform": probability_of_outperforming(a, b, maximize)}
+    if out["test"] == "crossed":  # the same seed pair for both: the share of cells the winner wins
+        d = (gw.loc[rows, cols].to_numpy() - gr.loc[rows, cols].to_numpy()) * (1 if maximize else -1)
+        return {**out, "p_outperform": float(np.mean((d > 0) + 0.5 * (d == 0))), "p_outperform_pairing": "same seeds",
+                "cohens_d": float("nan"), "hedges_g": float("nan")}  # cells are not independent runs
+    return {**out, "p_outperform": probability_of_outperforming(a, b, maximize),
+            "p_outperform_pairing": "independent seeds"}
+
+
+def _design_power(a: np.ndarray, b: np.ndarray, gw: pd.DataFrame | None, gr: pd.DataFrame | None,
+                  test: dict) -> dict[str, float]:
+    """The power of the design that was run for a lead of 1 and 2 SD (SD: one run's spread, the
+    two configs' replicate variances averaged), simulated with the report's own test at the
+    variances this study estimated: what the data could have shown, printed beside the verdict."""
+    nan = float("nan")
+    var = np.nanmean([np.var(x, ddof=1) if x.size > 1 else nan for x in (a, b)]) if a.size > 1 or b.size > 1 else nan
+    out = {"run_sd": float(np.sqrt(var)) if np.isfinite(var) else nan, "power_1sd": nan, "power_2sd": nan,
+           "design_size": 0}
+    if not np.isfinite(var) or var <= 0:
+        return out
+    sd = float(np.sqrt(var))
+    if test["test"] == "crossed" and gw is not None and gr is not None:
+        rows, cols = gw.index.intersection(gr.index), gw.columns.intersection(gr.columns)
+        comps = crossed_components(gw.loc[rows, cols].to_numpy() - gr.loc[rows, cols].to_numpy())
+        size = min(len(rows), len(cols))
+        power = lead_power("crossed", size, comps, [sd, 2 * sd])
+    else:
+        size = int(min(a.size, b.size))
+        power = lead_power("welch", size, [var], [sd, 2 * sd])
+    return {**out, "power_1sd": power[0], "power_2sd": power[1], "design_size": size}
 
 
 def _metric_map(row: pd.Series, value: float) -> dict[str, float]:
@@ -220,16 +248,28 @@ def crossed_grids(reps: pd.DataFrame) -> dict[int, pd.DataFrame]:
 def held_out(repro: pd.DataFrame | None, reps: pd.DataFrame, metric: str,
              tuned_seeds: frozenset[str] | set[str] = frozenset()) -> pd.DataFrame:
     """Per replicated config, over its fresh-seed replicates: the validation mean beside the mean
-    and t-interval of the same metric on data.test_split (`test_<name>`), so the optimism of
-    selecting on validation shows. Empty when no replicate was scored on a test split."""
+    and 95% interval of the same metric on data.test_split (`test_<name>`), so the optimism of
+    selecting on validation shows. A config replicated on a crossed seed grid gets the design's
+    interval (`crossed_mean`: cells that share a seed are not independent runs, and treating them
+    as such covered 77-79%); others the t-interval of `summarize`. `n` beside every interval.
+    Empty when no replicate was scored on a test split."""
     column = "metric.test_" + metric.removeprefix("eval_")
-    cols = ["config", "n", "validation_mean", "test_mean", "test_ci_low", "test_ci_high"]
+    cols = ["config", "n", "validation_mean", "test_mean", "test_ci_low", "test_ci_high", "test_df", "no_variation"]
     if repro is None or repro.empty or column not in repro.columns or reps.empty:
         return pd.DataFrame(columns=cols)
     kept = fresh(reps, tuned_seeds).merge(repro[["number", column]], on="number", how="left")
+    scored = kept.dropna(subset=[column])
+    grids = crossed_grids(scored.assign(value=scored[column].astype(float)))
     rows = []
-    for config, group in kept.dropna(subset=[column]).groupby("config"):
+    for config, group in scored.groupby("config"):
         s = summarize(group[column].astype(float))
+        df = s["n"] - 1 if s["n"] > 1 else float("nan")
+        grid = grids.get(int(config))
+        if grid is not None and (group["seed_kind"] == "crossed").all() and s["std"] > 0:
+            c = crossed_mean(grid.to_numpy())
+            s.update(n=c["n"], mean=c["mean"], ci_low=c["ci_low"], ci_high=c["ci_high"])
+            df = c["df"]
         rows.append({"config": int(config), "n": s["n"], "validation_mean": float(group["value"].mean()),
-                     "test_mean": s["mean"], "test_ci_low": s["ci_low"], "test_ci_high": s["ci_high"]})
+                     "test_mean": s["mean"], "test_ci_low": s["ci_low"], "test_ci_high": s["ci_high"],
+                     "test_df": df, "no_variation": bool(s["no_variation"])})
     return pd.DataFrame(rows, columns=cols)

@@ -13,7 +13,7 @@ from analysis.document import Block, Bullets, Callout, Heading, Image, Paragraph
 from analysis.frames import param_columns
 from analysis.reproducibility import (crossed_grids, determinism_check, determinism_of, environment_table, fresh,
                                       held_out, lead_significance, per_config_summary)
-from analysis.stats import (expected_max, expected_max_std, rank_stability, seed_variance_components,
+from analysis.stats import (expected_max, expected_max_std, kendall_min_p, rank_stability, seed_variance_components,
                             variance_by_seed_kind)
 from sweeps.tracking.redact import scrub_text
 
@@ -53,6 +53,17 @@ def _params_of(row: pd.Series) -> dict[str, object]:
     return {c[len("param."):]: row[c] for c in row.index if c.startswith("param.") and pd.notna(row[c])}
 
 
+def _interval(s: Mapping[str, object]) -> str:
+    """A mean with its 95% interval and n, or "no variation seen in n runs" (never a zero-width interval)."""
+    n = int(s["n"])
+    low, high = float(s["ci_low"]), float(s["ci_high"])
+    if s.get("no_variation") or (n > 1 and not (math.isfinite(low) and high > low)):
+        return f"**{fmt(s['mean'])}** (no variation seen in {n} runs)"
+    if not math.isfinite(low):
+        return f"**{fmt(s['mean'])}** (n = {n}, no interval)"
+    return f"**{fmt(s['mean'])}** (95% CI {fmt(low)} to {fmt(high)}, n = {n})"
+
+
 def _seed_callout(d: ReportData) -> Block | None:
     if not d.seed_tuned:
         return None
@@ -65,9 +76,9 @@ def _seed_callout(d: ReportData) -> Block | None:
     mine = table[table["config"] == int(best["number"])]
     if len(mine):
         s = mine.iloc[0]
-        text += (f" Reproduced mean over {int(s['n'])} replicate(s) that re-drew every tuned seed: "
-                 f"**{fmt(s['mean'])}** ± {fmt(s['std'])}, 95% t-interval [{fmt(s['ci_low'])}, {fmt(s['ci_high'])}] "
-                 f"(n = {int(s['n'])}; sweep-time {fmt(best['value'])}; replicates that kept a tuned seed and "
+        text += (f" Reproduced mean over {int(s['n'])} replicate(s) that re-drew both of the trial's seeds: "
+                 f"{_interval(s)} ± {fmt(s['std'])} "
+                 f"(sweep-time {fmt(best['value'])}; replicates that kept a tuned seed and "
                  "determinism re-runs are left out, they carry the selection's luck).")
     else:
         text += " No reproduced runs of this trial exist yet: re-run it on at least 5 new seeds before quoting it."
@@ -94,14 +105,18 @@ def summary(d: ReportData, storage_label: str) -> list[Block]:
     best = d.best()
     race = d.attrs.get("race")
     if race:
-        test = (f"; held-out test mean {fmt(race['test_mean'])} [{fmt(race['test_ci_low'])}, {fmt(race['test_ci_high'])}]"
+        test = (f"; held-out test mean {fmt(race['test_mean'])} [{fmt(race['test_ci_low'])}, {fmt(race['test_ci_high'])}] "
+                f"(n = {race['n']})"
                 if race.get("test_mean") is not None and race["test_mean"] == race["test_mean"] else "")
         blocks.append(Paragraph(
             f"**Winner (seed race): trial #{race['winner']}**, {d.metric} mean over {race['n']} fresh seed pairs "
-            f"**{fmt(race['mean'])}** (95% CI {fmt(race['ci_low'])} to {fmt(race['ci_high'])}){test}. The single "
-            f"best trial, #{race['best_single_trial']}, scored {fmt(race['best_single_value'])} on its one seed. "
-            f"{race['runs']} race runs; survivors {race['survivors']}, eliminated (config: round) "
-            f"{race['eliminated'] or 'none'}, by a paired one-sided t-test at alpha / (rivals x rounds)."))
+            f"{_interval(race)}{test}"
+            + (f" (optimistic: picked as the best of {len(race['survivors'])} survivors on these same runs)"
+               if race.get("mean_optimistic", len(race["survivors"]) > 1) else "")
+            + f". The single best trial, #{race['best_single_trial']}, scored {fmt(race['best_single_value'])} on its "
+            f"one seed. {race['runs']} race runs; survivors {race['survivors']}, eliminated (config: round) "
+            f"{race['eliminated'] or 'none'}, from round 3 on by a one-sided test against the leader with the "
+            "variance pooled over survivors, Holm across rivals, alpha split over the rounds tested."))
     if best is None:
         blocks.append(Paragraph("No completed trial yet, so there is no best trial and most sections are empty."))
     else:
@@ -185,8 +200,10 @@ def more_trials(d: ReportData, figure: FigureResult | None) -> list[Block]:
     """Expected max vs budget (Dodge et al. 2019) and whether the last half of the budget paid off."""
     values, sample = d.expected_max_sample()
     blocks: list[Block] = [Heading(MORE_TRIALS), _figure(figure, "Expected best score vs number of trials"), Paragraph(
-        f"Expected best validation score of n trials drawn from {sample} (Dodge et al. 2019, plug-in estimator on "
-        "the empirical CDF; the band is ± the std of that best).")]
+        f"Expected best validation score of n trials drawn from {sample}: the average best over every n-subset of "
+        "them (unbiased; Dodge et al. 2021), with ± the std of that best as the band. Estimated from "
+        f"{values.size} trials, it cannot look past {values.size}: it says what fewer trials would have found, "
+        "not what more would find.")]
     n = values.size
     if n < 2:
         return blocks + [Paragraph(f"Needs at least 2 finished trials (have {n}).")]
@@ -196,16 +213,17 @@ def more_trials(d: ReportData, figure: FigureResult | None) -> list[Block]:
     gain = (mean[-1] - mean[half - 1]) * (1 if d.maximize else -1)
     best_word = "maximum" if d.maximize else "minimum"
     text = (f"Expected {best_word} {d.metric} with n = {half} trials: {fmt(mean[half - 1])}; with all n = {n}: "
-            f"{fmt(mean[-1])} (± {fmt(std[-1])}). Growing the budget from {half} to {n} trials improved the expected "
-            f"best by {_pts(gain, d.points_scale)}.")
+            f"{fmt(mean[-1])} (± {fmt(std[-1])}). Going from {half} to {n} trials improved the expected best by "
+            f"{_pts(gain, d.points_scale)} (estimated from {n} trials; cannot look past {n}, so whether {2 * n} would "
+            "help is extrapolated from this slope).")
     noise = _noise(d)
     yardstick, label = noise if noise else (float(std[-1]), "spread of the best-of-n at n = N")
     if gain <= yardstick:
         text += (f" That is no more than the {label} ({fmt(yardstick)}): more trials from this search space are "
                  "unlikely to change the conclusion; spend the budget on seeds instead.")
     else:
-        text += (f" That exceeds the {label} ({fmt(yardstick)}): the curve is still rising, so more trials would "
-                 "likely find a better configuration.")
+        text += (f" That exceeds the {label} ({fmt(yardstick)}): the curve was still rising at {n} trials, so more "
+                 "trials may find a better configuration.")
     budgets = sorted({1, max(1, n // 4), half, n})
     table = pd.DataFrame({"budget n": budgets, f"E[best {d.metric}]": [mean[b - 1] for b in budgets],
                           "std": [std[b - 1] for b in budgets]})
@@ -221,8 +239,7 @@ def _winners_curse(d: ReportData, table: pd.DataFrame) -> list[Block]:
     direction = "overstated" if row["optimism"] > 0 else "understated"
     blocks.append(Paragraph(
         f"For {who} (#{int(row['config'])}) the sweep-time {d.metric} was {fmt(row['sweep_value'])}; over "
-        f"{int(row['n'])} new seed(s) it averages {fmt(row['mean'])} ± {fmt(row['std'])} (95% t-interval "
-        f"[{fmt(row['ci_low'])}, {fmt(row['ci_high'])}], n = {int(row['n'])}): the sweep {direction} it by "
+        f"{int(row['n'])} new seed(s) it averages {_interval(row)} ± {fmt(row['std'])}: the sweep {direction} it by "
         f"{_pts(abs(row['optimism']), d.points_scale, signed=False)}."))
     mean_gap = table["optimism"].mean()
     if len(table) > 1:
@@ -241,7 +258,10 @@ def _rank_stability(d: ReportData) -> tuple[list[Block], dict[str, object]]:
              else f"does **not** stay the winner (now #{rs['reproduced_winner']})")
     blocks.append(Paragraph(
         f"Kendall's τ between the sweep-time ranking and the reproduced means of {rs['n_configs']} configs: "
-        f"**{fmt(rs['kendall_tau'], 3)}** (p = {fmt(rs['kendall_p'], 3)}). The sweep winner #{rs['sweep_winner']} "
+        f"**{fmt(rs['kendall_tau'], 3)}** (p = {fmt(rs['kendall_p'], 3)}"
+        + (f"; with {rs['n_configs']} configs no ranking can reach p < 0.05, the smallest possible p is "
+           f"{fmt(kendall_min_p(int(rs['n_configs'])), 2)}" if kendall_min_p(int(rs['n_configs'])) >= 0.05 else "")
+        + f"). The sweep winner #{rs['sweep_winner']} "
         f"{stays}. It beats the runner-up #{rs['runner_up']} in {fmt(100 * rs['winner_beats_runner_up'], 3)}% of "
         f"{rs['n_pairs']} {rs['pairing']} comparisons."))
     return blocks, rs
@@ -275,9 +295,32 @@ def _significance(d: ReportData, rs: Mapping[str, object]) -> list[Block]:
         f"Winner #{winner} (n = {sig['n_a']}) vs runner-up #{runner} (n = {sig['n_b']}): mean difference "
         f"{_pts(sig['diff'], d.points_scale)}, {method}: t = {fmt(sig['t'], 3)} (df {fmt(sig['df'], 3)}), "
         f"p = {fmt(sig['p_a_better'], 3)}: {verdict}. "
-        f"Cohen's d = {fmt(sig['cohens_d'], 3)}, Hedges' g = {fmt(sig['hedges_g'], 3)}. "
-        f"P(winner outperforms runner-up on a fresh seed) = {fmt(sig['p_outperform'], 3)} (Bouthillier et al. 2021)."))
+        + (f"Cohen's d = {fmt(sig['cohens_d'], 3)}, Hedges' g = {fmt(sig['hedges_g'], 3)}. "
+           if sig["test"] != "crossed" else "")
+        + (f"The winner beats the runner-up on {fmt(100 * sig['p_outperform'], 3)}% of the {sig['n_cells']} seed "
+           "pairs both ran (the same seeds for both)." if sig.get("p_outperform_pairing") == "same seeds" else
+           f"P(a run of the winner beats a run of the runner-up, each on its own seeds) = "
+           f"{fmt(sig['p_outperform'], 3)} (Bouthillier et al. 2021).")))
+    blocks.append(Paragraph(_power_line(sig)))
     return blocks
+
+
+def _power_line(sig: Mapping[str, object]) -> str:
+    """What this design could detect, beside what it found (simulated with the same test)."""
+    if not math.isfinite(float(sig.get("power_1sd", float("nan")))):
+        return "Power of this design: not estimable (no spread among the replicates)."
+    size = int(sig["design_size"])
+    design = (f"this {size} × {size} crossed grid" if sig["test"] == "crossed"
+              else f"{size} independent replicates per config")
+    text = (f"Power of {design} (one-sided test at 5%, simulated at this study's variances; SD = one run's spread, "
+            f"{fmt(sig['run_sd'])}): a true lead of 1 SD is found {fmt(100 * sig['power_1sd'], 2)}% of the time, "
+            f"of 2 SD {fmt(100 * sig['power_2sd'], 2)}%.")
+    if sig["power_2sd"] < 0.8:
+        more = f"`--n-seeds {size + 1}`" if sig["test"] == "crossed" else "more seeds"
+        text += f" So {design} cannot reliably detect leads under about 3 SD: run {more}."
+    elif sig["power_1sd"] < 0.8:
+        text += " Leads of about 1 SD can go unseen."
+    return text
 
 
 def _seed_kinds(d: ReportData) -> list[Block]:
@@ -290,7 +333,10 @@ def _seed_kinds(d: ReportData) -> list[Block]:
         table = result["table"].rename(columns={"ci_low": "95% CI low", "ci_high": "95% CI high"})
         table.insert(1, "n runs", result["runs"])
         shapes = ", ".join(f"#{c}: {g.shape[0]} × {g.shape[1]}" for c, g in grids.items())
-        caption = (f"Two-way random-effects variance components (ANOVA estimators truncated at 0, pooled over "
+        table["variance"] = [f"{fmt(v)} (negative estimate {fmt(r)}, set to 0)" if z else fmt(v)
+                             for v, r, z in zip(table["variance"], table["raw_estimate"], table["set_to_zero"])]
+        table = table.drop(columns=["raw_estimate", "set_to_zero"])
+        caption = (f"Two-way random-effects variance components (ANOVA estimators, a negative one shown and set to 0, pooled over "
                    f"{result['n_configs']} config(s); n = {result['runs']} runs: {shapes} init × data-order seeds, "
                    "one run per cell, so the interaction is not separable from run noise); 95% intervals: "
                    "modified large-sample (Ting et al. 1990) for init seed and data order, exact χ² for the "
@@ -301,8 +347,12 @@ def _seed_kinds(d: ReportData) -> list[Block]:
                          "do not overlap.",
             "data order": "Data order (data_seed) contributes more variance than the initialisation seed: their "
                           "intervals do not overlap.",
-        }.get(verdict, "Cannot tell at this n which of init seed and data order contributes more: their intervals "
-                       "overlap. More seeds on each axis narrow them.")
+        }.get(verdict, "Cannot tell at this n which of init seed and data order contributes more. More seeds on "
+                       "each axis sharpen the test.")
+        if result["test"] == "F test of rows vs columns":
+            sentence = sentence.replace("their intervals do not overlap", "the exact F test agrees")
+            sentence += (f" (Exact F test of init-seed rows against data-order columns on the square grids, "
+                         f"two-sided p = {fmt(result['f_p_value'], 3)}, at 5%.)")
         return blocks + [Table(table, caption), Paragraph(sentence)]
     table = variance_by_seed_kind(d.reps)
     if table.empty:
@@ -368,10 +418,8 @@ def reproducibility(d: ReportData, figure: FigureResult | None) -> list[Block]:
                                   "ci_high": "95% CI high", "cv": "CV", "optimism": "sweep − mean"})
     if not d.maximize:
         shown = shown.rename(columns={"sweep − mean": "mean − sweep"})
-    left_out = {"seed": "data_seed", "data_seed": "seed"}
-    dropped = sorted(left_out[k] for k in d.tuned_seeds)
-    caption = ("Per reproduced config: replicates that re-drew every seed the search tuned"
-               + (f" ({', '.join(dropped)} replicates left out: they keep a tuned seed)" if dropped else "")
+    caption = ("Per reproduced config: replicates that re-drew every seed of the trial (seed and data_seed "
+               "replicates left out: each keeps one of the trial's own seeds, tuned or not, which carry the selection's luck)"
                + "; determinism re-runs excluded; the 95% CI is a t-interval over n replicates on df degrees of "
                "freedom (a crossed seed grid: the two-way random-effects standard error, as its cells share seeds)")
     test = held_out(d.repro, d.reps, d.metric, d.tuned_seeds)

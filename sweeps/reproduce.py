@@ -25,6 +25,7 @@ from optuna.trial import TrialState
 
 from sweeps.progress import console, top_trials_table  # noqa: F401
 from sweeps.search.space import SearchSpace
+from sweeps.seed_stats import interval_text
 from sweeps.search.storage import REPRODUCE_SUFFIX, is_masked, latest_study_name, mask_url, open_storage, storage_url
 from sweeps.search.study import top_trials
 
@@ -97,6 +98,13 @@ def enqueue_plan(repro: optuna.Study, plan: list[dict[str, Any]]) -> int:
     return len(repro.get_trials(deepcopy=False, states=live))
 
 
+def reproduce_step(study: optuna.Study, storage, session, runbook) -> None:
+    """The session's step after the search: the reproduction, where `reproduce.top_k` and
+    `reproduce.n_seeds` ask for one."""
+    if int(session.conf.reproduce.top_k) > 0 and int(session.conf.reproduce.n_seeds) > 0:
+        run_reproduction(study, storage, session, runbook)
+
+
 def run_reproduction(study: optuna.Study, storage, session, runbook) -> optuna.Study:
     """Plan, enqueue and run the replicates in new workers on the sweep's plan, under its MLflow parent."""
     conf = session.conf.reproduce
@@ -131,8 +139,10 @@ def report_held_out(storage, study: optuna.Study, runbook) -> None:
         return
     r = row.iloc[0]
     name = "test_" + d.metric.removeprefix("eval_")
-    console.print(f"held-out {name} of the winner #{int(r['config'])}: {r['test_mean']:.4f} "
-                  f"[{r['test_ci_low']:.4f}, {r['test_ci_high']:.4f}] over {int(r['n'])} fresh-seed replicates "
+    console.print(f"held-out {name} of the winner #{int(r['config'])}: "
+                  + interval_text({"n": int(r["n"]), "mean": r["test_mean"], "ci_low": r["test_ci_low"],
+                                   "ci_high": r["test_ci_high"], "no_variation": bool(r["no_variation"])})
+                  + " over fresh-seed replicates "
                   f"(their validation mean {r['validation_mean']:.4f})")
     if runbook is not None and runbook.parent_run_id:
         runbook.log_metric_dict(runbook.parent_run_id, {

@@ -58,11 +58,13 @@ class Sweep:
             return
         console.print(f"[bold]study[/] {study_name}  [bold]storage[/] {mask_url(url)}  "
                       f"[bold]mlflow[/] {mask_url(self.tracking_uri(job))}")
+        from sweeps.reproduce import reproduce_step
+        from sweeps.runtime.race import race_step
         from sweeps.runtime.session import SweepSession
 
         SweepSession(conf, job, space, compose, url=url, study_name=study_name, objectives=objectives,
                      directions=directions, tracking_uri=self.tracking_uri(job), trial_root=self.trial_root(),
-                     largest_mb=largest_mb).run()
+                     largest_mb=largest_mb, after_search=(race_step, reproduce_step)).run()
 
     # -- helpers --------------------------------------------------------------------------------
     def job_config(self, resolve: bool = True) -> DictConfig:

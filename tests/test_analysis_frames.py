@@ -36,14 +36,14 @@ def storage():
     study.add_trial(create_trial(params={"lora.r": 4, "train.learning_rate": 2e-3}, distributions=DISTS,
                                  values=[0.7, 617], user_attrs={"metrics": {"eval_accuracy": 0.7}}))
     rep = optuna.create_study(storage=storage, study_name="s--reproduce", direction="maximize")
-    for kind, seed, data_seed, value in [("seed", 1, 0, 0.78), ("seed", 2, 0, 0.76), ("data_seed", 0, 1, 0.79),
+    for kind, seed, data_seed, value in [("both", 1, 1, 0.78), ("both", 2, 2, 0.76), ("both", 3, 3, 0.79),
                                          ("determinism", 0, 0, 0.8)]:
         metrics = {"eval_accuracy": value, "eval_loss": 0.4}
         rep.add_trial(create_trial(value=value, user_attrs={
             "replicates_trial": 0, "seed": seed, "data_seed": data_seed, "seed_kind": kind, "metrics": metrics,
             "environment": ENV, "deterministic_algorithms": kind == "determinism", "adapter_sha256": "abc"}))
-    rep.add_trial(create_trial(value=0.69, user_attrs={"replicates_trial": 3, "seed": 1, "data_seed": 0,
-                                                       "seed_kind": "seed", "environment": ENV}))
+    rep.add_trial(create_trial(value=0.69, user_attrs={"replicates_trial": 3, "seed": 1, "data_seed": 1,
+                                                       "seed_kind": "both", "environment": ENV}))
     rep.add_trial(create_trial(state=TrialState.FAIL, user_attrs={"replicates_trial": 3, "seed_kind": "seed"}))
     return storage
 
@@ -125,12 +125,11 @@ def test_fresh_replicates_leave_out_those_that_keep_a_tuned_seed():
 
     reps = pd.DataFrame({"config": [1] * 4, "value": [0.9, 0.8, 0.7, 0.6], "sweep_value": [0.95] * 4,
                          "seed_kind": ["seed", "data_seed", "both", "determinism"]})
-    assert list(fresh(reps)["seed_kind"]) == ["seed", "data_seed", "both"]
-    assert list(fresh(reps, {"seed"})["seed_kind"]) == ["seed", "both"]
-    assert list(fresh(reps, {"data_seed"})["seed_kind"]) == ["data_seed", "both"]
-    assert list(fresh(reps, {"seed", "data_seed"})["seed_kind"]) == ["both"]
+    # the trial's own seed values count as selected whether or not the search tuned them (issue 25)
+    for tuned in (set(), {"seed"}, {"data_seed"}, {"seed", "data_seed"}):
+        assert list(fresh(reps, tuned)["seed_kind"]) == ["both"]
     summary = per_config_summary(reps, maximize=True, tuned_seeds={"seed"})
-    assert summary.loc[0, "n"] == 2 and summary.loc[0, "mean"] == pytest.approx(0.8)
+    assert summary.loc[0, "n"] == 1 and summary.loc[0, "mean"] == pytest.approx(0.7)
 
 
 def test_expected_max_draws_are_what_the_estimator_assumes():

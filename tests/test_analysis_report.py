@@ -119,10 +119,12 @@ def test_report_files_and_sections(sweep):
 def test_report_content(sweep):
     md = (sweep["out"] / "report.md").read_text()
     assert "12 complete, 1 pruned, 1 failed" in md and "CUDA out of memory" in md
-    # seed was tuned: the 3 data_seed replicates keep the lucky init seed, only 3 seed + 2 both count
-    assert "optimistically biased" in md and "Reproduced mean over 5 replicate(s) that re-drew every tuned seed" in md
-    assert "(data_seed replicates left out: they keep a tuned seed)" in md
-    assert "Kendall's τ" in md and "One-sided Welch test of the winner's lead" in md and "P(winner outperforms runner-up" in md
+    # the seed and data_seed replicates each keep one of the trial's own (lucky) seeds: only the 2 `both` count
+    assert "optimistically biased" in md and "Reproduced mean over 2 replicate(s) that re-drew both of the trial's seeds" in md
+    assert "(seed and data_seed replicates left out: each keeps one of the trial's own seeds" in md
+    assert "Kendall's τ" in md and "One-sided Welch test of the winner's lead" in md
+    assert "P(a run of the winner beats a run of the runner-up, each on its own seeds)" in md
+    assert "Power of 2 independent replicates per config" in md
     assert "95% Welch t-interval" in md
     assert "1 of 2 re-run(s) with the original seeds reproduced every metric bit for bit" in md
     assert "NVIDIA H100 80GB HBM3" in md
@@ -131,7 +133,7 @@ def test_report_content(sweep):
     assert "Determinism enforced in the replicate runs: warn_only in 26 of 26." in md
     assert "bitwise equality of re-runs is not guaranteed" in md
     # the pruned trial counts at its last value (dropping it would keep only the survivors)
-    assert "Growing the budget from 6 to 13 trials" in md
+    assert "Going from 6 to 13 trials" in md and "cannot look past 13" in md
     assert "1 pruned at their last reported value" in md and "not i.i.d. draws" in md
     assert "| fANOVA | PED-ANOVA |" in md
 

@@ -15,30 +15,28 @@ from analysis.stats import (bootstrap_diff, crossed_components, crossed_mean, di
 
 
 def test_expected_max_by_hand():
-    # F̂ = 1/3, 2/3, 1 → weights for n: F^n − F(prev)^n
-    got = expected_max([0.9, 0.5, 0.7])
-    assert got == pytest.approx([0.7, (1 / 9) * 0.5 + (3 / 9) * 0.7 + (5 / 9) * 0.9,
-                                 (1 / 27) * 0.5 + (7 / 27) * 0.7 + (19 / 27) * 0.9])
+    # the average best over every n-subset of {0.5, 0.7, 0.9}: pairs (.5,.7) (.5,.9) (.7,.9) → (.7 + .9 + .9) / 3
+    assert expected_max([0.9, 0.5, 0.7]) == pytest.approx([0.7, (0.7 + 0.9 + 0.9) / 3, 0.9])
 
 
-def test_expected_max_ties_and_longer_budget():
-    # [1, 1, 2]: F̂(1) = 2/3, F̂(2) = 1 → P(max of 2 = 1) = 4/9, P(= 2) = 5/9
-    assert expected_max([1, 1, 2], n_max=2)[1] == pytest.approx(4 / 9 + 2 * 5 / 9)
-    long = expected_max([0.5, 0.7, 0.9], n_max=200)
-    assert long.shape == (200,) and np.all(np.diff(long) >= -1e-12) and long[-1] == pytest.approx(0.9)
+def test_expected_max_ties_and_no_look_past_n():
+    assert expected_max([1, 1, 2], n_max=2)[1] == pytest.approx((1 + 2 + 2) / 3)
+    with pytest.raises(ValueError, match="cannot look past 3"):
+        expected_max([0.5, 0.7, 0.9], n_max=200)
 
 
 def test_expected_min_mirrors_max():
-    # min of 2: P(0.9) = 1/9, P(0.7) = 3/9, P(0.5) = 5/9
-    assert expected_max([0.5, 0.7, 0.9], maximize=False)[1] == pytest.approx((0.9 + 3 * 0.7 + 5 * 0.5) / 9)
+    # min of 2: pairs → (.5 + .5 + .7) / 3
+    assert expected_max([0.5, 0.7, 0.9], maximize=False)[1] == pytest.approx((0.5 + 0.5 + 0.7) / 3)
     assert np.allclose(expected_max([3, 1, 2], maximize=False), -expected_max([-3, -1, -2]))
 
 
 def test_expected_max_std():
     std = expected_max_std([0.5, 0.7, 0.9])
     assert std[0] == pytest.approx(np.std([0.5, 0.7, 0.9]))  # n = 1: the population std of the values
-    second_moment = (1 / 9) * 0.25 + (3 / 9) * 0.49 + (5 / 9) * 0.81
+    second_moment = (0.49 + 0.81 + 0.81) / 3
     assert std[1] == pytest.approx(math.sqrt(second_moment - expected_max([0.5, 0.7, 0.9])[1] ** 2))
+    assert std[2] == pytest.approx(0.0)
     with pytest.raises(ValueError):
         expected_max([])
 
@@ -52,7 +50,8 @@ def test_summarize_by_hand():
     assert s["cv"] == pytest.approx(sd / 2.5) and (s["min"], s["max"]) == (1, 4)
     single = summarize([0.8])
     assert single["n"] == 1 and math.isnan(single["std"]) and math.isnan(single["ci_low"])
-    assert summarize([0.7, 0.7])["ci_low"] == 0.7
+    flat = summarize([0.7, 0.7])  # no variation seen: no zero-width "95%" interval
+    assert flat["no_variation"] and math.isnan(flat["ci_low"]) and flat["mean"] == 0.7
 
 
 def test_welch_by_hand():
@@ -264,7 +263,7 @@ def test_one_sided_lead_has_a_sign_seeded_simulation():
 def test_lead_significance_says_when_the_runner_up_is_better():
     from analysis.reproducibility import lead_significance
 
-    reps = pd.DataFrame({"config": [1] * 4 + [2] * 4, "seed_kind": ["seed"] * 8,
+    reps = pd.DataFrame({"config": [1] * 4 + [2] * 4, "seed_kind": ["both"] * 8,
                          "value": [0.80, 0.81, 0.79, 0.80, 0.86, 0.85, 0.87, 0.86]})
     sig = lead_significance(reps, winner=1, runner_up=2, maximize=True)
     assert sig["leader"] == "runner-up" and sig["p_a_better"] > 0.95 and sig["p_value"] < 0.05

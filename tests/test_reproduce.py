@@ -20,7 +20,8 @@ def reproduced(tmp_path_factory, tiny_bert_dir):
     cwd = tmp_path_factory.mktemp("reproduce")
     run_sweep(cwd, *TINY, f"model.name_or_path={tiny_bert_dir}", "hydra.sweeper.n_trials=3",
               "hydra.sweeper.pruner=none", "train.learning_rate=choice(0.002, 0.02, 0.2)",
-              "hydra.sweeper.reproduce.top_k=2", "hydra.sweeper.reproduce.n_seeds=2")
+              "hydra.sweeper.reproduce.top_k=2", "hydra.sweeper.reproduce.n_seeds=2",
+              "hydra.sweeper.race.enabled=true", "hydra.sweeper.race.top_k=2", "hydra.sweeper.race.max_runs=4")
     return cwd
 
 
@@ -87,6 +88,13 @@ def test_report_has_the_reproducibility_section_and_lands_on_the_parent(reproduc
     assert "One-sided paired test of the winner's lead" in md and "paired on the 4 seed cells both ran (n = 4)" in md
     assert "optimistically biased" in md  # the default search space tunes the seed
     assert "Held-out test (data.test_split)" in md and "held-out test mean" in md
+    # issue 25: the raced winner heads the report with n; the design's power sits beside the verdict;
+    # no interval is zero-width (n runs with one value read "no variation seen in n runs")
+    assert "Winner (seed race)" in md and re.search(r"Winner \(seed race\).*n = 2", md)
+    assert "Power of this 2 × 2 crossed grid" in md or "Power of this design: not estimable" in md
+    assert not re.search(r"\[(-?[0-9.]+), \1\]", md) and not re.search(r"CI (-?[0-9.]+) to \1\b", md)
+    for sentence in re.findall(r"95% CI -?[0-9.]+ to [^)]*\)", md):
+        assert "n = " in sentence, sentence
     html = (out / "report.html").read_text()
     assert "data:image/png;base64," in html and not re.search(r"""(src|href)=["']https?://""", html)
     client = mlflow_client(reproduced)

@@ -1,10 +1,12 @@
 """The seed race (`hydra.sweeper.race`): after the search, the best few configs run again on
 fresh init and data-order seeds, one shared seed pair per round, in workers of the sweep process (a
 new pool per round, on the sweep's plan);
-after each round every rival that a paired one-sided test says is worse than the leader is
-dropped (analysis.stats.race_eliminations: Bonferroni over rivals and rounds). The race ends when
+from the third round on, every rival that a one-sided test says is worse than the leader is
+dropped (sweeps.seed_stats.race_eliminations: variance pooled over the survivors under a config x
+round model, Holm across rivals, alpha split over the looks actually tested). The race ends when
 one config is left or `race.max_runs` runs are spent, and its winner (the best mean over fresh
-seeds) is what the sweep reports, tags and exports.
+seeds) is what the sweep reports, tags and exports. Where more than one config survives, the
+winner was picked on the same runs that estimate its mean, so that mean is labelled optimistic.
 
 Race runs live in a companion study (`<study>--race`) so the search's sampler never learns from
 them as new configs; the search study records the outcome in its `race` user attr.
@@ -15,12 +17,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import optuna
 from optuna.trial import TrialState
 
-from analysis.stats import race_eliminations, summarize
 from sweeps.progress import console
 from sweeps.reproduce import fresh_seed_values
+from sweeps.seed_stats import interval_text, race_eliminations, summarize, race_looks
 from sweeps.search.study import top_trials
 from sweeps.search.space import SearchSpace
 from sweeps.search.storage import RACE_SUFFIX
@@ -52,8 +55,8 @@ def _enqueue_round(race: optuna.Study, configs: list[optuna.trial.FrozenTrial], 
 
 
 def race_rounds(max_runs: int, n_configs: int) -> int:
-    """Rounds a race of n configs may take: each survivor runs once per round, and a paired test
-    needs at least two rounds."""
+    """Rounds a race of n configs may take: each survivor runs once per round (at least two, for
+    an interval; no rival can be dropped before round 3)."""
     return max(2, int(max_runs) // n_configs)
 
 
@@ -73,12 +76,17 @@ class SeedRace:
     def __post_init__(self) -> None:
         self.alive = list(self.configs)
 
+    @property
+    def looks(self) -> int:
+        """Looks the race tests at (rounds 3..rounds): alpha is split over these alone."""
+        return race_looks(self.rounds)
+
     def observe(self, rnd: int, scores: dict[int, dict[int, float]]) -> set[int]:
-        """After round `rnd` (from 0): drop each survivor that the paired test, over the rounds
+        """After round `rnd` (from 0): drop each survivor that the pooled test, over the rounds
         every survivor has a score for, says is worse than the leader. Returns the dropped."""
         shared = [r for r in range(rnd + 1) if all(r in scores.get(c, {}) for c in self.alive)]
         paired = {c: [scores[c][r] for r in shared] for c in self.alive}
-        dropped = race_eliminations(paired, self.maximize, self.alpha, looks=self.rounds)
+        dropped = race_eliminations(paired, self.maximize, self.alpha, looks=self.looks)
         for config in dropped:
             self.eliminated[config] = rnd + 1
         self.alive = [c for c in self.alive if c not in dropped]
@@ -88,10 +96,22 @@ class SeedRace:
     def finished(self) -> bool:
         return len(self.alive) == 1
 
+    @property
+    def winner_optimistic(self) -> bool:
+        return len(self.alive) > 1
+
     def winner(self, scores: dict[int, dict[int, float]]) -> int:
-        """The survivor with the best mean over all of its race runs."""
+        """The survivor with the best mean over all of its race runs. With more than one survivor
+        that mean is optimistic (`winner_optimistic`): it was picked as the best of the survivors
+        on these very runs."""
         sign = 1 if self.maximize else -1
         return max(self.alive, key=lambda c: sign * summarize(list(scores.get(c, {}).values()))["mean"])
+
+
+def race_step(study: optuna.Study, storage: Any, session: Any, runbook: Any) -> None:
+    """The session's step after the search: the race, where `hydra.sweeper.race.enabled`."""
+    if session.conf.get("race") is not None and session.conf.race.enabled:
+        run_race(study, storage, session, runbook)
 
 
 def run_race(study: optuna.Study, storage: Any, session: Any, runbook: Any) -> dict[str, Any] | None:
@@ -104,10 +124,12 @@ def run_race(study: optuna.Study, storage: Any, session: Any, runbook: Any) -> d
     rounds = race_rounds(int(conf.max_runs), len(top))
     seeds = fresh_seed_values(top, 2 * rounds)
     race = session.open_companion(study, storage, RACE_SUFFIX, runbook)
-    console.print(f"race: top {len(top)} configs {[t.number for t in top]} on fresh seed pairs, at most "
-                  f"{rounds} rounds ({int(conf.max_runs)} runs), dropping a rival at one-sided "
-                  f"alpha={float(conf.alpha)} / (rivals x rounds)")
     state = SeedRace([t.number for t in top], rounds, float(conf.alpha), maximize)
+    test = (f"from round 3 on, dropping a rival worse than the leader at one-sided alpha={float(conf.alpha)} "
+            f"(variance pooled over survivors, Holm across rivals, alpha split over {state.looks} looks)"
+            if state.looks else "with too few rounds to drop any rival (a test needs 3; raise race.max_runs)")
+    console.print(f"race: top {len(top)} configs {[t.number for t in top]} on fresh seed pairs, at most "
+                  f"{rounds} rounds ({int(conf.max_runs)} runs), {test}")
     by_number = {t.number: t for t in top}
     fixed = SearchSpace(fixed=dict(session.space.fixed))
     for rnd in range(rounds):
@@ -134,20 +156,22 @@ def run_race(study: optuna.Study, storage: Any, session: Any, runbook: Any) -> d
                "test_mean": held_out["mean"], "test_ci_low": held_out["ci_low"], "test_ci_high": held_out["ci_high"],
                "survivors": sorted(alive), "eliminated": {str(c): r for c, r in eliminated.items()},
                "runs": sum(len(v) for v in scores.values()), "best_single_trial": study.best_trial.number,
+               "mean_optimistic": state.winner_optimistic, "no_variation": bool(s["no_variation"]),
                "best_single_value": study.best_value}
     study.set_user_attr("race", outcome)
-    console.print(f"race winner: #{winner} mean {s['mean']:.4f} [{s['ci_low']:.4f}, {s['ci_high']:.4f}] over "
-                  f"{s['n']} fresh seed pairs ({outcome['runs']} race runs; eliminated "
+    optimistic = (f"; optimistic: picked as the best of {len(alive)} survivors on these same runs"
+                  if state.winner_optimistic else "")
+    console.print(f"race winner: #{winner} mean {interval_text(s)} over fresh seed pairs{optimistic} "
+                  f"({outcome['runs']} race runs; eliminated "
                   f"{ {c: f'round {r}' for c, r in eliminated.items()} or 'none'}); the single best trial was "
                   f"#{study.best_trial.number} at {study.best_value:.4f}"
-                  + (f"; held-out {test_key} {held_out['mean']:.4f} [{held_out['ci_low']:.4f}, {held_out['ci_high']:.4f}]"
-                     if held_out["n"] else ""))
+                  + (f"; held-out {test_key} {interval_text(held_out)}" if held_out["n"] else ""))
     if runbook is not None and runbook.parent_run_id:
-        runbook.log_metric_dict(runbook.parent_run_id, {"race_winner_mean": s["mean"], "race_winner_ci_low": s["ci_low"],
-                                                        "race_winner_ci_high": s["ci_high"], "race_winner_n": s["n"],
-                                                        "race_runs": float(outcome["runs"]),
-                                                        **({"race_winner_test_mean": held_out["mean"]}
-                                                           if held_out["n"] else {})}, step=None)
+        metrics = {"race_winner_mean": s["mean"], "race_winner_ci_low": s["ci_low"], "race_winner_ci_high": s["ci_high"],
+                   "race_winner_n": s["n"], "race_runs": float(outcome["runs"]),
+                   "race_winner_test_mean": held_out["mean"]}
+        runbook.log_metric_dict(runbook.parent_run_id, {k: v for k, v in metrics.items() if np.isfinite(v)}, step=None)
         runbook.set_tags(runbook.parent_run_id, {"race.winner": str(winner),
-                                                 "race.survivors": ",".join(map(str, sorted(alive)))})
+                                                 "race.survivors": ",".join(map(str, sorted(alive))),
+                                                 "race.winner_mean_optimistic": str(state.winner_optimistic).lower()})
     return outcome

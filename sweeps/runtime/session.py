@@ -1,4 +1,5 @@
-"""One sweep session on this machine: study + MLflow parent, workers, optional reproduction, summary."""
+"""One sweep session on this machine: study + MLflow parent, workers, the steps after the search
+(race, reproduction: passed in by the caller), summary."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import signal
 import socket
 import threading
 import time
+from collections.abc import Callable, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -18,6 +20,7 @@ from optuna.trial import TrialState
 from sweeps.runtime.compose import ComposeSpec
 from sweeps.progress import SweepProgress, base_text, console, gain_over_base, top_trials_table
 from sweeps.search.pruning import prune_guard
+from sweeps.seed_stats import interval_text
 from sweeps.tracking.redact import redact, redact_override
 from sweeps.search.samplers import kwargs_of
 from sweeps.search.space import SearchSpace, base_params
@@ -30,6 +33,7 @@ from sweeps.runtime.worker_plan import WorkerPlan, plan_for
 from trainer import trace
 
 
+AfterSearch = Callable[[optuna.Study, Any, "SweepSession", RunBook], Any]
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)  # Ctrl-C; SLURM preemption or time limit, kill, spot reclaim
 
 
@@ -74,14 +78,17 @@ class SweepSession:
 
     def __init__(self, conf: DictConfig, job: DictConfig | None, space: SearchSpace, compose: ComposeSpec, *, url: str,
                  study_name: str, objectives: list[str], directions: list[str], tracking_uri: str, trial_root: str,
-                 largest_mb: float | None = None):
+                 largest_mb: float | None = None, after_search: Sequence[AfterSearch] = ()):
         """`conf` is hydra.sweeper, `job` the composed job config (None when reproducing a stored
         study), `compose` how a trial config is composed; the rest say where the study and the
-        runs live."""
+        runs live. `after_search`: what runs once the search ends uninterrupted, in order, each
+        called as step(study, storage, session, runbook) (the seed race, the reproduction: they
+        are clients of the session, which imports neither)."""
         self.conf, self.job, self.space, self.compose = conf, job, space, compose
         self.largest_mb = largest_mb  # the pre-flight's memory estimate of the largest trial (auto packing)
         self.url, self.study_name, self.objectives, self.directions = url, study_name, objectives, directions
         self.tracking_uri, self.trial_root = tracking_uri, trial_root
+        self.after_search = tuple(after_search)
 
     def run(self) -> None:
         with sigterm_as_ctrl_c():
@@ -139,14 +146,8 @@ class SweepSession:
             if outcome.interrupted:
                 status = "KILLED"
             else:
-                if conf.get("race") is not None and conf.race.enabled:
-                    from sweeps.runtime.race import run_race
-
-                    run_race(study, storage, self, runbook)
-                if int(conf.reproduce.top_k) > 0 and int(conf.reproduce.n_seeds) > 0:
-                    from sweeps.reproduce import run_reproduction
-
-                    run_reproduction(study, storage, self, runbook)
+                for step in self.after_search:  # the race, the reproduction: each decides from conf
+                    step(study, storage, self, runbook)
         except SweepAborted as exc:
             status = "FAILED"
             self._finish(study, runbook, status)
@@ -373,8 +374,9 @@ class SweepSession:
             console.print(note)
         race = study.user_attrs.get("race")
         if race:
-            console.print(f"[bold]winner[/] (seed race): #{race['winner']}, mean {race['mean']:.4f} "
-                          f"[{race['ci_low']:.4f}, {race['ci_high']:.4f}] over {race['n']} fresh seed pairs; "
+            console.print(f"[bold]winner[/] (seed race): #{race['winner']}, mean {interval_text(race)} over fresh seed pairs"
+                          + (" (optimistic: picked among several survivors on these runs)" if race.get("mean_optimistic")
+                             else "") + "; "
                           f"the single best trial #{race['best_single_trial']} scored {race['best_single_value']:.4f} "
                           "on its one seed. Export and chat default to the race winner.")
         skipped = f", {counts['skipped']} skipped over max_memory_gb" if counts["skipped"] else ""
