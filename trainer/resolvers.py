@@ -22,6 +22,14 @@ def pkg_path(package: str, subdir: str = "") -> str:
     return str(path.resolve())
 
 
+def tiny_chat() -> str:
+    """`${tiny_chat:}`: the folder of `model=tiny_chat`, built on first use (see trainer/tiny_chat.py)."""
+    from trainer.tiny_chat import tiny_chat_path
+
+    return tiny_chat_path()
+
+
 def register_resolvers() -> None:
     """Idempotent: the Hydra plugin scan may import us more than once."""
     OmegaConf.register_new_resolver("pkg_path", pkg_path, replace=True)
+    OmegaConf.register_new_resolver("tiny_chat", tiny_chat, replace=True)
