@@ -16,7 +16,7 @@ from rich.table import Table
 from sweeps.search.storage import MEMORY_SKIP_ATTR
 from sweeps.search.study import top_trials
 
-console = Console(highlight=False, width=None if sys.stdout.isatty() else 160)
+console = Console(highlight=False, width=None if sys.stdout.isatty() else 200)  # logs: room for the whole table
 
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
