@@ -5,6 +5,7 @@ and the README's offline LLM demo runs end to end and `lora-sweep chat` answers 
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import subprocess
 import sys
@@ -139,3 +140,39 @@ def test_the_readme_demo_runs_offline_and_its_winner_answers(tmp_path):
                           env=run_env, capture_output=True, text=True, timeout=300)
     assert chat.returncode == 0, chat.stderr[-3000:]
     assert chat.stdout.strip(), chat.stderr[-3000:]
+
+
+def test_the_top_trials_table_names_the_objective_and_shows_exact_match_beside_a_loss():
+    """A loss says nothing of the answers: an SFT sweep's table shows eval_exact_match beside it,
+    and in a log file (200 columns) still every run id whole."""
+    import optuna
+    from optuna.distributions import CategoricalDistribution, FloatDistribution
+    from rich.console import Console
+
+    from sweeps.progress import top_trials_table
+
+    study = optuna.create_study(direction="minimize")
+    study.set_user_attr("objectives", ["eval_loss"])
+    space = {"lora.r": CategoricalDistribution([8, 16, 32, 64]), "lora.alpha_ratio": CategoricalDistribution([1, 2]),
+             "lora.lora_dropout": FloatDistribution(0, 0.1), "lora.target_modules": CategoricalDistribution(["attn", "all_linear"]),
+             "train.learning_rate": FloatDistribution(1e-4, 5e-4, log=True), "seed": CategoricalDistribution([0, 1, 2, 3]),
+             "train.lr_scheduler_type": CategoricalDistribution(["cosine", "linear", "constant_with_warmup"]),
+             "train.warmup_ratio": FloatDistribution(0.03, 0.1)}
+    for loss, exact in ((2.8727, 0.05), (3.3348, 0.0)):
+        params = {"lora.r": 32, "lora.alpha_ratio": 2, "lora.lora_dropout": 0.0556, "lora.target_modules": "all_linear",
+                  "train.learning_rate": 4.34e-4, "seed": 3, "train.lr_scheduler_type": "constant_with_warmup",
+                  "train.warmup_ratio": 0.099}
+        study.add_trial(optuna.trial.create_trial(value=loss, params=params, distributions=space, user_attrs={
+            "metrics": {"eval_loss": loss, "eval_exact_match": exact}, "trainable_params": 311296,
+            "mlflow_run_id": f"{int(exact * 100):032d}"}))
+    console = Console(width=200, record=True, file=io.StringIO())
+    console.print(top_trials_table(study))
+    text = console.export_text()
+    header = next(line for line in text.splitlines() if line.startswith("┃ #"))
+    assert [h.strip() for h in header.split("┃")[2:4]] == ["eval_loss", "eval_exact_match"]
+    row = next(line for line in text.splitlines() if line.startswith("│ 0 "))
+    assert [c.strip() for c in row.split("│")[2:4]] == ["2.8727", "0.05"] and f"{5:032d}" in row
+
+    study.set_user_attr("objectives", ["eval_exact_match"])  # the objective already: not twice
+    console.print(top_trials_table(study))
+    assert console.export_text().count("eval_exact_match") == 1
