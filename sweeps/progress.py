@@ -16,7 +16,7 @@ from rich.table import Table
 from sweeps.search.storage import MEMORY_SKIP_ATTR
 from sweeps.search.study import top_trials
 
-console = Console(highlight=False, width=None if sys.stdout.isatty() else 160)
+console = Console(highlight=False, width=None if sys.stdout.isatty() else 200)  # logs: room for the whole table
 
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
@@ -94,12 +94,21 @@ def best_text(study: optuna.Study) -> str:
         return "-"
 
 
+# The score of the greedy answers (task=sft), shown beside a loss objective, which says nothing of it.
+ANSWER_METRICS = ("eval_exact_match",)
+
+
 def top_trials_table(study: optuna.Study, k: int = 10, title: str = "Top trials") -> Table:
     complete = top_trials(study)
     keys = sorted({k for t in complete for k in t.params})
+    objectives = study.user_attrs.get("objectives") or []
+    value_name = ", ".join(objectives) or ("value" if len(study.directions) == 1 else "values")
+    answers = [m for m in ANSWER_METRICS if m not in objectives and any(m in t.user_attrs.get("metrics", {}) for t in complete)]
     table = Table(title=title)
     table.add_column("#", justify="right")
-    table.add_column("value" if len(study.directions) == 1 else "values", justify="right")
+    table.add_column(value_name, justify="right", min_width=len(value_name))
+    for name in answers:
+        table.add_column(name, justify="right", min_width=len(name))
     for key in keys:
         table.add_column(key.split(".")[-1])
     table.add_column("trainable", justify="right")
@@ -107,7 +116,9 @@ def top_trials_table(study: optuna.Study, k: int = 10, title: str = "Top trials"
     for trial in complete[:k]:
         value = ", ".join(f"{v:.4f}" if abs(v) < 1e4 else f"{v:.0f}" for v in trial.values)
         params = [_fmt(trial.params.get(key)) for key in keys]
-        table.add_row(f"{trial.number}{' base' if trial.user_attrs.get('base') else ''}", value, *params, f"{trial.user_attrs.get('trainable_params', '')}",
+        scores = [_fmt(trial.user_attrs.get("metrics", {}).get(name)) for name in answers]
+        table.add_row(f"{trial.number}{' base' if trial.user_attrs.get('base') else ''}", value, *scores, *params,
+                      f"{trial.user_attrs.get('trainable_params', '')}",
                       str(trial.user_attrs.get("mlflow_run_id", "")))
     return table
 

@@ -33,7 +33,15 @@ def format_column(role: str, data_format: str | None) -> str | None:
     return FORMAT_COLUMNS.get(data_format or "", PLAIN_COLUMNS).get(role, PLAIN_COLUMNS[role])
 
 
+def tiny_chat() -> str:
+    """`${tiny_chat:}`: the folder of `model=tiny_chat`, built on first use (see trainer/tiny_chat.py)."""
+    from trainer.tiny_chat import tiny_chat_path
+
+    return tiny_chat_path()
+
+
 def register_resolvers() -> None:
     """Idempotent: the Hydra plugin scan may import us more than once."""
     OmegaConf.register_new_resolver("pkg_path", pkg_path, replace=True)
     OmegaConf.register_new_resolver("format_column", format_column, replace=True)
+    OmegaConf.register_new_resolver("tiny_chat", tiny_chat, replace=True)
