@@ -76,8 +76,10 @@ def find_target(storage: str | None, study_name: str | None, tracking_uri: str |
     uri = resolve_tracking_uri(tracking_uri, recorded)
     if uri is None:
         if study is None:
-            raise BadFlag("--storage", f"no sweep here: no Optuna journal at {path} and no ./mlflow.db; run from "
-                                       "the sweep's folder or pass --storage / --tracking-uri")
+            missing = f"no Optuna journal at {path}" if path is not None and not path.is_file() else \
+                f"no study in {mask_url(url)}"
+            raise BadFlag("--storage", f"no sweep here: {missing} and no ./mlflow.db; run from the sweep's folder "
+                                       "or pass --storage / --tracking-uri")
         raise BadFlag("--tracking-uri", f"study {study.study_name!r} recorded its MLflow store as {recorded!r}, "
                                         "which cannot be opened here; pass --tracking-uri")
     database = sqlite_path(uri)
