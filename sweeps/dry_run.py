@@ -28,7 +28,12 @@ def sample_configs(conf: DictConfig, space: SearchSpace, directions: list[str], 
     an in-memory study, so no store is touched)."""
     seed = sampler_seed(conf.sampler, conf.sampler_seed, study_name, 0, 0)
     sampler = make_sampler(conf.sampler, seed, space, len(directions), kwargs_of(conf.sampler_kwargs))
-    study = optuna.create_study(sampler=sampler, directions=directions)
+    verbosity = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # not "A new study created": nothing is, in a dry run
+    try:
+        study = optuna.create_study(sampler=sampler, directions=directions)
+    finally:
+        optuna.logging.set_verbosity(verbosity)
     samples = []
     for _ in range(n):
         trial = study.ask()
