@@ -26,12 +26,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from analysis.tracking import resolve_tracking_uri
-from sweeps.search.storage import journal_path, latest_study_name, mask_url, open_storage, sqlite_path, storage_url
-from sweeps.tracking.runbook import MLFLOW_UI, artifact_root, runs_page_url
+# Optuna and MLflow (seconds to import) are imported where used, so that --help and a bad flag answer at once.
 
 HOST = "127.0.0.1"
-MLFLOW_PORT = urlsplit(MLFLOW_UI).port or 5000  # the port the sweep's printed link names
+MLFLOW_PORT = 5000  # MLflow's default, the port in the link a sweep prints (sweeps.tracking.runbook.MLFLOW_UI)
 OPTUNA_PORT = 8080                                # optuna-dashboard's own default
 STARTUP_S = 120.0
 STOP_S = 10.0
@@ -57,6 +55,9 @@ class Target:
 def find_target(storage: str | None, study_name: str | None, tracking_uri: str | None) -> Target:
     """The study named on the command line (default the latest) and its MLflow store; reads only."""
     import optuna
+
+    from analysis.tracking import resolve_tracking_uri
+    from sweeps.search.storage import journal_path, latest_study_name, mask_url, open_storage, sqlite_path, storage_url
 
     url = storage_url(storage)
     path = journal_path(url) or sqlite_path(url)
@@ -188,10 +189,14 @@ def serve_optuna_dashboard(port: int) -> None:
     sweep opens it (for a journal file, with the same lock as the sweep's workers)."""
     import optuna_dashboard
 
+    from sweeps.search.storage import open_storage
+
     optuna_dashboard.run_server(open_storage(os.environ[STORAGE_ENV]), host=HOST, port=port)
 
 
 def mlflow_server(target: Target, port: int, logs: Path) -> Server:
+    from sweeps.tracking.runbook import artifact_root
+
     env = {**os.environ, "MLFLOW_BACKEND_STORE_URI": target.tracking_uri}  # the URI (a password) is kept out of `ps`
     cmd = [sys.executable, "-m", "mlflow", "server", "--host", HOST, "--port", str(port), "--workers", "1"]
     artifacts = artifact_root(target.tracking_uri)
@@ -243,6 +248,9 @@ def wait_until_ready(servers: list[Server]) -> str | None:
 
 def main(argv: list[str] | None = None) -> int:
     parser, args = parse_args(argv)
+    from sweeps.search.storage import mask_url
+    from sweeps.tracking.runbook import runs_page_url
+
     if args.port is not None and not port_is_free(args.port):
         parser.error(f"argument --port: {HOST}:{args.port} is in use; pick another or leave --port out")
     try:
@@ -266,6 +274,7 @@ def main(argv: list[str] | None = None) -> int:
         servers.append(optuna_server(target, free_port(OPTUNA_PORT, taken), logs))
 
     if not servers:  # the store has its server already, and no dashboard is wanted
+        shutil.rmtree(logs, ignore_errors=True)
         print(f"MLflow runs: {runs_page_url(target.tracking_uri, target.experiment_id or '0')}")
         return 0
     handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}

@@ -244,6 +244,15 @@ def test_bad_flags_exit_2_naming_the_flag(tmp_path):
         assert f"argument --port: 127.0.0.1:{port} is in use" in bad(tmp_path, "--port", str(port)).stderr
 
 
+def test_mlflow_gets_the_port_of_the_link_a_sweep_prints():
+    from urllib.parse import urlsplit
+
+    from sweeps.tracking.runbook import MLFLOW_UI
+    from sweeps.ui import MLFLOW_PORT
+
+    assert urlsplit(MLFLOW_UI).port == MLFLOW_PORT
+
+
 def test_no_sweep_here_names_what_to_pass(tmp_path):
     err = bad(tmp_path).stderr
     assert "argument --storage: no sweep here" in err and "--tracking-uri" in err, err
