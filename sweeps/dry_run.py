@@ -3,6 +3,9 @@ trained and nothing written to the Optuna or MLflow stores."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from pathlib import Path
 from typing import Any
 
 import optuna
@@ -25,7 +28,12 @@ def sample_configs(conf: DictConfig, space: SearchSpace, directions: list[str], 
     an in-memory study, so no store is touched)."""
     seed = sampler_seed(conf.sampler, conf.sampler_seed, study_name, 0, 0)
     sampler = make_sampler(conf.sampler, seed, space, len(directions), kwargs_of(conf.sampler_kwargs))
-    study = optuna.create_study(sampler=sampler, directions=directions)
+    verbosity = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # not "A new study created": nothing is, in a dry run
+    try:
+        study = optuna.create_study(sampler=sampler, directions=directions)
+    finally:
+        optuna.logging.set_verbosity(verbosity)
     samples = []
     for _ in range(n):
         trial = study.ask()
@@ -76,3 +84,27 @@ def print_dry_run(conf: DictConfig, job: DictConfig, space: SearchSpace, compose
     what = "GPU memory allocated" if device == "cuda" else "process memory (RSS) beyond the Python runtime"
     console.print(f"estimated peak {what} per trial (base config, batch {job.train.batch_size}, "
                   f"length {job.train.max_seq_length}, quant {job.quant.mode}): {estimate:,.0f} MiB")
+
+
+def sweep_script() -> Path:
+    """sweep.py of the clone this package runs from (an editable install), else of the current directory."""
+    for candidate in (Path(__file__).resolve().parents[1] / "sweep.py", Path.cwd() / "sweep.py"):
+        if candidate.is_file():
+            return candidate
+    raise SystemExit("lora-sweep dry-run: sweep.py not found beside the installed package nor in the current "
+                     "directory; run it from a clone of the project (pip install -e .)")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`lora-sweep dry-run [overrides]`, also `python -m sweeps.dry_run [overrides]`."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] in (["-h"], ["--help"]):
+        print("usage: lora-sweep dry-run [hydra overrides ...]   (also: python -m sweeps.dry_run [overrides])\n\n"
+              "Runs `python sweep.py -m hydra.sweeper.dry_run=true [overrides]`: validates the config and the data,\n"
+              "prints the search space, sample configs and the worker plan, and trains nothing.")
+        return 0
+    return subprocess.call([sys.executable, str(sweep_script()), "-m", "hydra.sweeper.dry_run=true", *argv])
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -20,6 +20,12 @@ register_resolvers()
 # (trainer.model.keep_4bit_layout_on_cpu), so that kernel is never used and the warning is noise.
 logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
 
+# Offline (HF_HUB_OFFLINE=1), the `kernels` package notes at that same import that it skips the
+# publisher check of that kernel: nothing a user can act on, printed by every process. Only that
+# message is dropped; the logger's other warnings still show.
+logging.getLogger("kernels._internals.hf_hub").addFilter(
+    lambda record: not str(record.msg).startswith("Skipping publisher trust check for "))
+
 # public name -> submodule defining it (imported on first access)
 _LAZY = {
     "run_trial": "trainer.recipe",

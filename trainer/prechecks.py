@@ -279,6 +279,6 @@ def preflight(cfg: DictConfig) -> PreflightReport:
         body_bias_params=body_bias,
         linear_shapes=shapes,
         data_stats=stats,
-        checkpoint_bytes_per_param=2 if str(getattr(config, "dtype", None) or getattr(config, "torch_dtype", None) or "")
+        checkpoint_bytes_per_param=2 if str(getattr(config, "dtype", None) or "")  # (torch_dtype: a deprecated alias)
         .replace("torch.", "") in ("bfloat16", "float16") else 4,
     )
