@@ -65,8 +65,9 @@ def test_library_module_says_it_is_not_a_command(module):
     assert proc.stdout == ""
 
 
-def test_trainer_says_it_is_a_library():
-    proc = python_m("trainer")
+@pytest.mark.parametrize("module", ["trainer", "trainer.recipe", "trainer.encoding"])
+def test_trainer_says_it_is_a_library(module):
+    proc = python_m(module)
     assert proc.returncode != 0
     assert "not a command" in proc.stderr and "python sweep.py -m" in proc.stderr, proc.stderr
 
