@@ -381,9 +381,9 @@ class SweepSession:
                           "on its one seed. Export and chat default to the race winner.")
         skipped = f", {counts['skipped']} skipped over max_memory_gb" if counts["skipped"] else ""
         tracking = mask_url(self.tracking_uri)
-        ui = "" if tracking.startswith(("http://", "https://")) else f" (serve it with: mlflow ui --backend-store-uri {tracking})"
+        where = "" if self.url == storage_url(None) else f" --storage {mask_url(self.url)}"
+        ui = "" if tracking.startswith(("http://", "https://")) else f" (serve both: lora-sweep ui --study {self.study_name}{where})"
         console.print(f"trials: {counts['complete']} complete, {counts['pruned']} pruned, {counts['fail']} failed{skipped}")
         console.print(f"MLflow runs: {runs_page_url(tracking, runbook.experiment_id)}{ui} · "
                       f"Optuna: optuna-dashboard {mask_url(self.url).replace('journal:///', '/')}", soft_wrap=True)
-        where = "" if self.url == storage_url(None) else f" --storage {mask_url(self.url)}"
         console.print(f"report: lora-sweep report --study {self.study_name}{where}", soft_wrap=True)
