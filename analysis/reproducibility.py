@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 
 from analysis.frames import complete
-from analysis.stats import (bootstrap_diff, crossed_components, crossed_mean, lead_power,
+from analysis.stats import (bootstrap_diff, crossed_components, crossed_lead_test, crossed_mean, lead_power,
                             probability_of_outperforming, summarize, welch_test)
 
 SUMMARY_COLUMNS = ["config", "sweep_value", "n", "mean", "std", "ci_low", "ci_high", "df", "min", "max", "cv",
@@ -108,7 +108,7 @@ def lead_significance(reps: pd.DataFrame, winner: int, runner_up: int, maximize:
 
     `test` says which: "crossed" when both configs ran on the same seed grid: the per-cell
     differences form a crossed grid of their own (shared seeds cancel), tested with
-    `crossed_mean`; else "welch" (independent replicates) with a BCa bootstrap CI beside it."""
+    `crossed_lead_test`; else "welch" (independent replicates) with a BCa bootstrap CI beside it."""
     data = fresh(reps, tuned_seeds)
     a = data.loc[data["config"] == winner, "value"].to_numpy(dtype=float)
     b = data.loc[data["config"] == runner_up, "value"].to_numpy(dtype=float)
@@ -118,7 +118,7 @@ def lead_significance(reps: pd.DataFrame, winner: int, runner_up: int, maximize:
     if gw is not None and gr is not None:
         rows, cols = gw.index.intersection(gr.index), gw.columns.intersection(gr.columns)
         if len(rows) >= 2 and len(cols) >= 2:
-            c = crossed_mean(gw.loc[rows, cols].to_numpy() - gr.loc[rows, cols].to_numpy(), maximize=maximize)
+            c = crossed_lead_test(gw.loc[rows, cols].to_numpy() - gr.loc[rows, cols].to_numpy(), maximize=maximize)
             out.update(test="crossed", n_cells=c["n"], diff=c["mean"], t=c["t"], df=c["df"], p_value=c["p_value"],
                        p_a_better=c["p_better"], ci_low=c["ci_low"], ci_high=c["ci_high"],
                        boot_ci_low=float("nan"), boot_ci_high=float("nan"))
