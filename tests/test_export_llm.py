@@ -17,7 +17,7 @@ import pytest
 
 from sweep_helpers import REPO, env, only_study, run_sweep
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
+pytestmark = pytest.mark.timeout(900)
 
 ANSWER = "yes"
 MAX_LEN = 48
@@ -93,6 +93,67 @@ def tiny_base_llama_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
+def _load(model_dir: Path, template: str, seed: int):
+    """Tokenizer and fp32 base as a trial loads them, after drawing the global RNG from `seed`."""
+    import torch
+
+    from trainer.model import load_base_model, load_tokenizer
+
+    tok = load_tokenizer({"name_or_path": str(model_dir)}, {"type": "sft", "chat_template": template})
+    torch.manual_seed(seed)
+    base = load_base_model({"name_or_path": str(model_dir)}, {"mode": "none"}, "sft", None, tok.pad_token_id,
+                           torch.device("cpu"), False, tokenizer=tok)
+    return tok, base
+
+
+def test_named_template_adds_its_tokens_with_mean_rows_whatever_the_seed(tiny_base_llama_dir, torch_single_thread):
+    """Warm and cold trials share one base: its new rows cannot depend on the seed that loaded it."""
+    import torch
+
+    from trainer.chat_templates import end_of_turn_id
+
+    tok, one = _load(tiny_base_llama_dir, "chatml", seed=1)
+    _, two = _load(tiny_base_llama_dir, "chatml", seed=2)
+    start, end = tok.convert_tokens_to_ids(["<|im_start|>", "<|im_end|>"])
+    assert len(tok) == one.get_input_embeddings().weight.shape[0] == end + 1 == start + 2
+    assert end_of_turn_id(tok) == end and len(tok("<|im_start|>user", add_special_tokens=False)["input_ids"]) == 2
+    for getter in ("get_input_embeddings", "get_output_embeddings"):
+        w1, w2 = getattr(one, getter)().weight, getattr(two, getter)().weight
+        assert torch.equal(w1, w2)
+        assert torch.allclose(w1[start], w1[:start].mean(0)) and torch.equal(w1[start], w1[end])
+    assert one.generation_config.eos_token_id == [end, tok.eos_token_id]
+
+
+def test_new_rows_train_beside_lora_and_the_base_comes_back_pristine(tiny_base_llama_dir, torch_single_thread):
+    import torch
+
+    from trainer.errors import ConfigError
+    from trainer.model import apply_lora, is_pristine, restore_base
+
+    tok, base = _load(tiny_base_llama_dir, "chatml", seed=0)
+    before = base.get_input_embeddings().weight.clone()
+    model = apply_lora(base, {"r": 4, "lora_alpha": 8}, ["q_proj", "v_proj"], "sft")
+    new = tok.convert_tokens_to_ids(["<|im_start|>", "<|im_end|>"])
+    assert {tuple(v) for v in model.peft_config["default"].trainable_token_indices.values()} == {tuple(new)}
+    trainable = [n for n, p in model.named_parameters() if p.requires_grad and "trainable_tokens" in n]
+    assert len(trainable) == 2  # embed_tokens and the untied lm_head, only their new rows
+    base = restore_base(model)
+    assert is_pristine(base) and torch.equal(base.get_input_embeddings().weight, before)
+    with pytest.raises(ConfigError, match="lora.target_modules.*embed_tokens"):
+        apply_lora(base, {"r": 4, "lora_alpha": 8}, ["q_proj", "embed_tokens"], "sft")
+
+
+def test_templates_without_markers_add_nothing(tiny_base_llama_dir):
+    from trainer.model import load_tokenizer
+
+    base_size = len(load_tokenizer({"name_or_path": str(tiny_base_llama_dir)}))
+    for template in ("zephyr", "alpaca"):  # their turns end with the tokenizer's eos
+        tok = load_tokenizer({"name_or_path": str(tiny_base_llama_dir)}, {"type": "sft", "chat_template": template})
+        assert len(tok) == base_size
+    llama3 = load_tokenizer({"name_or_path": str(tiny_base_llama_dir)}, {"type": "sft", "chat_template": "llama3"})
+    assert len(llama3) == base_size + 3 and "<|eot_id|>" in llama3.get_vocab()
+
+
 def _conversation(question: str) -> dict:
     return {"messages": [{"role": "user", "content": question}, {"role": "assistant", "content": ANSWER}]}
 
@@ -129,6 +190,7 @@ def exports(chatml_sweep) -> dict[str, Path]:
     return outs
 
 
+@pytest.mark.slow
 def test_trial_trains_new_token_rows_in_the_adapter(chatml_sweep, tiny_base_llama_dir):
     from safetensors import safe_open
 
@@ -146,6 +208,7 @@ def test_trial_trains_new_token_rows_in_the_adapter(chatml_sweep, tiny_base_llam
     assert not bool((emb[0] == emb[1]).all())  # both started as the mean row; training moved them apart
 
 
+@pytest.mark.slow
 def test_export_folder_runs_with_plain_transformers_and_stops_at_im_end(exports, tiny_base_llama_dir):
     adapter_out = exports["adapter"]
     assert {"adapter_config.json", "adapter_model.safetensors"} <= {p.name for p in (adapter_out / "adapter").iterdir()}
@@ -162,6 +225,7 @@ def test_export_folder_runs_with_plain_transformers_and_stops_at_im_end(exports,
         assert got["text"].strip() == ANSWER, got
 
 
+@pytest.mark.slow
 def test_chat_on_the_export_without_training_data(chatml_sweep, exports, tmp_path):
     assert not (chatml_sweep / "data").exists()
     proc = _cli(tmp_path, "sweeps.chat", "--model", str(exports["adapter"]), "--prompt", "is 3 plus 1 four?")
@@ -184,6 +248,7 @@ def test_chat_on_the_export_without_training_data(chatml_sweep, exports, tmp_pat
     assert "eval_exact_match = 1.0" in proc.stdout
 
 
+@pytest.mark.slow
 def test_chat_input_keeps_bad_rows_as_error_records(exports, tmp_path):
     given, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
     given.write_text("\n".join([json.dumps(_conversation("is 1 plus 1 two?")), "{not json",
@@ -197,6 +262,7 @@ def test_chat_input_keeps_bad_rows_as_error_records(exports, tmp_path):
     assert "rows with errors: 2" in proc.stdout
 
 
+@pytest.mark.slow
 def test_bad_device_flag_exits_2_before_loading(chatml_sweep, tmp_path):
     proc = _cli(chatml_sweep, "sweeps.export", "--out", str(tmp_path / "x"), "--merge", "--device", "tpu")
     assert proc.returncode == 2 and "--device" in proc.stderr

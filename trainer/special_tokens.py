@@ -39,12 +39,14 @@ _NEW_ROWS: weakref.WeakKeyDictionary[Any, tuple[int, ...]] = weakref.WeakKeyDict
 def template_markers(chat_template: str | None) -> list[str]:
     """The literal `<|...|>` markers of a named template, in order of first use; none for a Jinja
     string or no template (those are the tokenizer's own, with its own tokens). zephyr and
-    alpaca have none: their turns end with the tokenizer's eos."""
+    alpaca have none: their turns end with the tokenizer's eos, and zephyr's role tags
+    (`<|{{ role }}|>`, built from the role name) are plain text, as in the Zephyr models."""
     from trainer.chat_templates import NAMED_TEMPLATES
 
-    if chat_template not in NAMED_TEMPLATES:
+    template = NAMED_TEMPLATES.get(chat_template or "")
+    if template is None or "<|{{" in template:
         return []
-    return list(dict.fromkeys(_MARKER.findall(NAMED_TEMPLATES[chat_template])))
+    return list(dict.fromkeys(_MARKER.findall(template)))
 
 
 def add_template_tokens(tok: Any, chat_template: str | None) -> list[int]:
