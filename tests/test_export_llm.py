@@ -152,6 +152,11 @@ def test_templates_without_markers_add_nothing(tiny_base_llama_dir):
         assert len(tok) == base_size
     llama3 = load_tokenizer({"name_or_path": str(tiny_base_llama_dir)}, {"type": "sft", "chat_template": "llama3"})
     assert len(llama3) == base_size + 3 and "<|eot_id|>" in llama3.get_vocab()
+    from trainer.chat_templates import NAMED_TEMPLATES
+
+    jinja = load_tokenizer({"name_or_path": str(tiny_base_llama_dir)},
+                           {"type": "sft", "chat_template": NAMED_TEMPLATES["chatml"]})  # a Jinja string's markers too
+    assert len(jinja) == base_size + 2 and "<|im_end|>" in jinja.get_vocab()
 
 
 def _conversation(question: str) -> dict:

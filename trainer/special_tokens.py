@@ -3,7 +3,8 @@
 A base tokenizer (Llama 2, Mistral v0.1, Phi-2, a tokenizer trained from scratch) has no
 `<|im_start|>` / `<|im_end|>` / `<|eot_id|>`: the text would be split into many pieces, the
 end-of-turn marker would have no id, and generation could never stop on it. So when
-`task.chat_template` names a template (trainer.chat_templates.NAMED_TEMPLATES) the markers the
+`task.chat_template` names a template (trainer.chat_templates.NAMED_TEMPLATES; a Jinja string's
+literal `<|...|>` markers count the same) the markers the
 tokenizer lacks are added as special tokens (`add_template_tokens`, called by
 `trainer.model.load_tokenizer`), the model's embeddings grow to the tokenizer's size with the new
 rows set to the mean of the pretrained rows (`fit_embeddings`, called by
@@ -37,14 +38,14 @@ _NEW_ROWS: weakref.WeakKeyDictionary[Any, tuple[int, ...]] = weakref.WeakKeyDict
 
 
 def template_markers(chat_template: str | None) -> list[str]:
-    """The literal `<|...|>` markers of a named template, in order of first use; none for a Jinja
-    string or no template (those are the tokenizer's own, with its own tokens). zephyr and
-    alpaca have none: their turns end with the tokenizer's eos, and zephyr's role tags
-    (`<|{{ role }}|>`, built from the role name) are plain text, as in the Zephyr models."""
+    """The literal `<|...|>` markers of `task.chat_template` (a named template or a Jinja string),
+    in order of first use; none without one (the tokenizer's own template comes with its own
+    tokens). zephyr and alpaca have none: their turns end with the tokenizer's eos, and zephyr's
+    role tags (`<|{{ role }}|>`, built from the role name) are plain text, as in the Zephyr models."""
     from trainer.chat_templates import NAMED_TEMPLATES
 
-    template = NAMED_TEMPLATES.get(chat_template or "")
-    if template is None or "<|{{" in template:
+    template = NAMED_TEMPLATES.get(chat_template or "", chat_template)
+    if not template or "<|{{" in template:
         return []
     return list(dict.fromkeys(_MARKER.findall(template)))
 
