@@ -153,8 +153,8 @@ def load(args: argparse.Namespace, scratch: Path) -> Session:
 
 def score_file(session: Session, path: Path, out: Path, batch_size: int | None) -> dict[str, float]:
     """Predict every row of `path` the way the trial's eval did, write them to `out` (JSON lines,
-    one per input row), and return the trial's eval metrics on these rows when they carry
-    references."""
+    one per input row: a prediction, or the reason the row cannot be used), and return the trial's
+    eval metrics on the usable rows when they carry references."""
     if session.task_type == "sft":
         return score_conversations(session, path, out, batch_size)
     import datasets
@@ -168,25 +168,88 @@ def score_file(session: Session, path: Path, out: Path, batch_size: int | None) 
 
     cfg, models = session.cfg, session.models
     data_cfg, task = get(cfg, "data"), get(cfg, "task")
-    labels = RawData(datasets.Dataset.from_dict({}), None, models.num_labels, models.label_names)
-    raw = with_eval_rows(labels, str(path), data_cfg, models.type)  # the trial's label space, not its data
-    raw.train = raw.eval.select(range(min(1, len(raw.eval))))  # encode() wants a train split; this file's first row
-    data = encode(raw, models.tok, data_cfg, task, get(cfg, "train.max_seq_length"))
-    collate = make_collator(models.tok, models.type)
-    bs = batch_size or int(get(cfg, "train.batch_size"))
-    autocast = autocast_for(models.device, get(cfg, "train.precision"))
-    scoring = task.get("label_scoring", "mean")
-    rows = predictions(session.model, data, collate, models.type, bs, models.device, autocast, models.tok,
-                       session.max_new_tokens, scoring)
-    write_jsonl(out, rows)
+    checked = checked_rows(session, input_rows(path))
+    good = [record for _, record in checked if isinstance(record, dict)]
+    results: list[dict[str, Any]] = [{"row": n, "error": r} for n, r in checked if isinstance(r, str)]
     metrics: dict[str, float] = {}
-    if models.type == "classification" and not _placeholder_labels(path, data_cfg):
-        metrics = evaluate(session.model, data, collate, models.type, bs, models.device, autocast)
-    elif models.type != "classification":
-        metrics = evaluate(session.model, data, collate, models.type, bs, models.device, autocast, scoring)
-        if not data.candidates:
-            metrics.update(answer_metrics([r["answer"] for r in rows], [r["reference"] for r in rows]))
+    if good:
+        usable = out.with_name(out.name + ".rows.jsonl")
+        write_jsonl(usable, good)
+        try:
+            labels = RawData(datasets.Dataset.from_dict({}), None, models.num_labels, models.label_names)
+            raw = with_eval_rows(labels, str(usable), data_cfg, models.type)  # the trial's label space, not its data
+        finally:
+            usable.unlink()
+        raw.train = raw.eval.select(range(1))  # encode() wants a train split: this file's first row
+        data = encode(raw, models.tok, data_cfg, task, get(cfg, "train.max_seq_length"))
+        collate = make_collator(models.tok, models.type)
+        bs = batch_size or int(get(cfg, "train.batch_size"))
+        autocast = autocast_for(models.device, get(cfg, "train.precision"))
+        scoring = task.get("label_scoring", "mean")
+        rows = predictions(session.model, data, collate, models.type, bs, models.device, autocast, models.tok,
+                           session.max_new_tokens, scoring)
+        results += [{"row": n, **row} for (n, _), row in zip(((n, r) for n, r in checked if isinstance(r, dict)), rows)]
+        if models.type == "classification" and data_cfg["label_column"] in good[0]:
+            metrics = evaluate(session.model, data, collate, models.type, bs, models.device, autocast)
+        elif models.type != "classification":
+            metrics = evaluate(session.model, data, collate, models.type, bs, models.device, autocast, scoring)
+            if not data.candidates:
+                metrics.update(answer_metrics([r["answer"] for r in rows], [r["reference"] for r in rows]))
+    results.sort(key=lambda r: r["row"])
+    write_jsonl(out, results)
+    long = sum(too_long(session, r) for r in good)
+    print(f"rows: {len(results)}; longer than train.max_seq_length={get(cfg, 'train.max_seq_length')}, truncated as "
+          f"in the trial: {long}; rows with errors: {len(results) - len(good)}")
     return metrics
+
+
+def checked_rows(session: Session, rows: list[tuple[int, Any]]) -> list[tuple[int, dict[str, Any] | str]]:
+    """(row number, the record ready to encode, or why it cannot be): the trial's text (and
+    completion) columns as strings; a label among the trial's. Labels are scored only when the
+    first usable row has one (else every row's label is dropped: predictions only)."""
+    from trainer.config import get
+
+    data = get(session.cfg, "data")
+    text, completion, label = data["text_column"], data.get("completion_column"), data.get("label_column")
+    names, count = session.models.label_names, session.models.num_labels
+    needs = [text] + ([completion] if session.task_type == "causal_lm" and completion else [])
+    scored: bool | None = None
+    out: list[tuple[int, dict[str, Any] | str]] = []
+    for number, record in rows:
+        if isinstance(record, Exception) or not isinstance(record, dict):
+            out.append((number, str(record) if isinstance(record, Exception) else
+                        f"a JSON object is required, got {type(record).__name__}"))
+            continue
+        bad = next((f"field {c!r}: a string is required, got {record.get(c)!r:.60}" for c in needs
+                    if not isinstance(record.get(c), str)), None)
+        uses_label = bool(label) and count is not None and not (session.task_type == "causal_lm" and completion)
+        if bad is None and uses_label:
+            scored = (label in record) if scored is None else scored
+            value = record.get(label)
+            if not scored:
+                record = {k: v for k, v in record.items() if k != label}
+            elif value is None:
+                bad = f"field {label!r}: missing (the rows above carry labels)"
+            elif isinstance(value, str) and value not in (names or []):
+                bad = f"field {label!r}: {value!r} is not one of the trial's labels ({', '.join(names or [])})"
+            elif isinstance(value, bool) or (not isinstance(value, str) and not (isinstance(value, int) and 0 <= value < count)):
+                bad = f"field {label!r}: a label id 0..{count - 1} or name is required, got {value!r:.60}"
+        elif bad is None and label and label in record and session.task_type == "classification":
+            record = {k: v for k, v in record.items() if k != label}  # no label space known: predictions only
+        out.append((number, bad if bad is not None else record))
+    return out
+
+
+def too_long(session: Session, record: dict[str, Any]) -> bool:
+    """The row's tokens (prompt and completion for a causal LM) exceed train.max_seq_length: the
+    encoder keeps the end and cuts the front of the prompt (the end of a classifier's text)."""
+    from trainer.config import get
+
+    tok, data, task = session.models.tok, get(session.cfg, "data"), get(session.cfg, "task")
+    text = record[data["text_column"]]
+    if session.task_type == "causal_lm":
+        text = (task.get("prompt_template") or "{text}").format(text=text) + str(record.get(data.get("completion_column") or "", ""))
+    return len(tok(text)["input_ids"]) > int(get(session.cfg, "train.max_seq_length"))
 
 
 def write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
@@ -331,16 +394,6 @@ def score_conversations(session: Session, path: Path, out: Path, batch_size: int
     if scored:
         metrics.update(answer_metrics([a for a, _ in scored], [ref for _, ref in scored]))
     return metrics
-
-
-def _placeholder_labels(path: Path, data_cfg: dict[str, Any]) -> bool:
-    """The input file has no label column (with_eval_rows filled in placeholders)."""
-    with open(path, encoding="utf-8") as fh:
-        first = fh.readline()
-    try:
-        return data_cfg["label_column"] not in json.loads(first)
-    except (json.JSONDecodeError, TypeError):
-        return data_cfg["label_column"] not in first.split(",")
 
 
 def interactive(session: Session) -> None:

@@ -348,7 +348,7 @@ def export(sel: Selection, args: argparse.Namespace) -> int:
             (stage / "config.yaml").write_text(trial_config_yaml(cfg), encoding="utf-8")
             del trained
             if args.merge:
-                device = resolve_device(args.device)
+                device = resolve_device(sel.device)
                 merged = models.merged(stage / "adapter", args.dtype, device)
                 if gen is not None:
                     merged.generation_config = gen

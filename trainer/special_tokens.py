@@ -126,7 +126,7 @@ def add_end_of_turn_eos(generation_config: Any, tok: Any) -> list[int]:
     ids: list[int] = []
     try:
         eot = end_of_turn_id(tok) if getattr(tok, "chat_template", None) else None
-    except ConfigError:  # a template the encoder refuses anyway; nothing to add here
+    except Exception:  # noqa: BLE001 - a template that cannot render the probe: the encoder names the row
         eot = None
     before = generation_config.eos_token_id
     for value in (eot, tok.eos_token_id, *(before if isinstance(before, (list, tuple)) else [before])):
