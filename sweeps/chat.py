@@ -299,7 +299,7 @@ def chat_row(session: Session, row: int, record: Any, path: Path) -> ChatRow:
     from trainer.config import get
     from trainer.conversations import resolve_format, to_messages
     from trainer.data import RawData
-    from trainer.encoding import encode_sft
+    from trainer.encoding import encode
     from trainer.errors import ConfigError
 
     if isinstance(record, Exception):
@@ -316,7 +316,7 @@ def chat_row(session: Session, row: int, record: Any, path: Path) -> ChatRow:
     elif messages and messages[-1]["role"] == "assistant":
         one = datasets.Dataset.from_dict({"messages": [messages]})
         try:
-            enc = encode_sft(RawData(one, one, None, None), session.models.tok, task, max_len)
+            enc = encode(RawData(one, one, None, None), session.models.tok, data_cfg, task, max_len)
             split = enc.eval
             return ChatRow(row, list(split.prompts[0]), split.references[0], split.features[0],
                            bool(enc.stats.get("eval_rows_truncated")))
