@@ -7,7 +7,12 @@
 The model is the trial's base loaded exactly as the trial loaded it (quantization included) with
 the trial's adapter, and text is encoded by the trial's own config (its chat template, prompt
 template, label names, max length). So scoring the eval split here reproduces the metric the trial
-logged: classification models get label and probabilities, causal LMs a greedy answer.
+logged: classification models get label and probabilities, causal LMs a greedy answer. Only the
+trial's config and adapter are read (an export folder is enough), never its training data.
+
+`--input` writes exactly one line per input line, in order: a prompt longer than
+train.max_seq_length loses its front (counted, printed at the end); a row that cannot be read or
+rendered becomes `{"row": N, "error": ...}`.
 """
 
 from __future__ import annotations
@@ -131,10 +136,8 @@ class Session:
         return [(names[int(row.argmax())], {n: float(p) for n, p in zip(names, row.tolist())}) for row in probs.cpu()]
 
     def label_names(self) -> list[str]:
-        from trainer.config import get
-
-        names = get(self.cfg, "data.label_names")
-        return list(names) if names else [str(i) for i in range(self.models.num_labels)]
+        names = self.models.label_names
+        return list(names) if names else [str(i) for i in range(self.models.num_labels or 0)]
 
 
 def load(args: argparse.Namespace, scratch: Path) -> Session:
@@ -143,16 +146,21 @@ def load(args: argparse.Namespace, scratch: Path) -> Session:
     from sweeps.export import Models
 
     adapter, cfg, _ = trial_files(args, scratch)
-    models = Models(cfg)
+    models = Models(cfg, adapter)
     max_new = args.max_new_tokens or get(cfg, "task.max_new_tokens") or 128
     return Session(models, models.with_adapter(adapter), cfg, int(max_new))
 
 
 def score_file(session: Session, path: Path, out: Path, batch_size: int | None) -> dict[str, float]:
-    """Predict every row of `path` the way the trial's eval did, write them to `out` (JSON lines),
-    and return the trial's eval metrics on these rows when they carry references."""
+    """Predict every row of `path` the way the trial's eval did, write them to `out` (JSON lines,
+    one per input row: a prediction, or the reason the row cannot be used), and return the trial's
+    eval metrics on the usable rows when they carry references."""
+    if session.task_type == "sft":
+        return score_conversations(session, path, out, batch_size)
+    import datasets
+
     from trainer.config import get
-    from trainer.data import load_raw, with_eval_rows
+    from trainer.data import RawData, with_eval_rows
     from trainer.encoding import encode, make_collator
     from trainer.evaluation import evaluate, predictions
     from trainer.generation import answer_metrics
@@ -160,35 +168,232 @@ def score_file(session: Session, path: Path, out: Path, batch_size: int | None) 
 
     cfg, models = session.cfg, session.models
     data_cfg, task = get(cfg, "data"), get(cfg, "task")
-    raw = with_eval_rows(load_raw(data_cfg, models.type), str(path), data_cfg, models.type)
-    data = encode(raw, models.tok, data_cfg, task, get(cfg, "train.max_seq_length"))
-    collate = make_collator(models.tok, models.type)
-    bs = batch_size or int(get(cfg, "train.batch_size"))
-    autocast = autocast_for(models.device, get(cfg, "train.precision"))
-    scoring = task.get("label_scoring", "mean")
-    rows = predictions(session.model, data, collate, models.type, bs, models.device, autocast, models.tok,
-                       session.max_new_tokens, scoring)
-    with open(out, "w", encoding="utf-8") as fh:
-        for row in rows:
-            fh.write(json.dumps(row, ensure_ascii=False) + "\n")
+    checked = checked_rows(session, input_rows(path))
+    good = [record for _, record in checked if isinstance(record, dict)]
+    results: list[dict[str, Any]] = [{"row": n, "error": r} for n, r in checked if isinstance(r, str)]
     metrics: dict[str, float] = {}
-    if models.type == "classification" and not _placeholder_labels(path, data_cfg):
-        metrics = evaluate(session.model, data, collate, models.type, bs, models.device, autocast)
-    elif models.type != "classification":
-        metrics = evaluate(session.model, data, collate, models.type, bs, models.device, autocast, scoring)
-        if not data.candidates:
-            metrics.update(answer_metrics([r["answer"] for r in rows], [r["reference"] for r in rows]))
+    if good:
+        usable = out.with_name(out.name + ".rows.jsonl")
+        write_jsonl(usable, good)
+        try:
+            labels = RawData(datasets.Dataset.from_dict({}), None, models.num_labels, models.label_names)
+            raw = with_eval_rows(labels, str(usable), data_cfg, models.type)  # the trial's label space, not its data
+        finally:
+            usable.unlink()
+        raw.train = raw.eval.select(range(1))  # encode() wants a train split: this file's first row
+        data = encode(raw, models.tok, data_cfg, task, get(cfg, "train.max_seq_length"))
+        collate = make_collator(models.tok, models.type)
+        bs = batch_size or int(get(cfg, "train.batch_size"))
+        autocast = autocast_for(models.device, get(cfg, "train.precision"))
+        scoring = task.get("label_scoring", "mean")
+        rows = predictions(session.model, data, collate, models.type, bs, models.device, autocast, models.tok,
+                           session.max_new_tokens, scoring)
+        results += [{"row": n, **row} for (n, _), row in zip(((n, r) for n, r in checked if isinstance(r, dict)), rows)]
+        if models.type == "classification" and data_cfg["label_column"] in good[0]:
+            metrics = evaluate(session.model, data, collate, models.type, bs, models.device, autocast)
+        elif models.type != "classification":
+            metrics = evaluate(session.model, data, collate, models.type, bs, models.device, autocast, scoring)
+            if not data.candidates:
+                metrics.update(answer_metrics([r["answer"] for r in rows], [r["reference"] for r in rows]))
+    results.sort(key=lambda r: r["row"])
+    write_jsonl(out, results)
+    long = sum(too_long(session, r) for r in good)
+    print(f"rows: {len(results)}; longer than train.max_seq_length={get(cfg, 'train.max_seq_length')}, truncated as "
+          f"in the trial: {long}; rows with errors: {len(results) - len(good)}")
     return metrics
 
 
-def _placeholder_labels(path: Path, data_cfg: dict[str, Any]) -> bool:
-    """The input file has no label column (with_eval_rows filled in placeholders)."""
-    with open(path, encoding="utf-8") as fh:
-        first = fh.readline()
-    try:
-        return data_cfg["label_column"] not in json.loads(first)
-    except (json.JSONDecodeError, TypeError):
-        return data_cfg["label_column"] not in first.split(",")
+def checked_rows(session: Session, rows: list[tuple[int, Any]]) -> list[tuple[int, dict[str, Any] | str]]:
+    """(row number, the record ready to encode, or why it cannot be): the trial's text (and
+    completion) columns as strings; a label among the trial's. Labels are scored only when the
+    first usable row has one (else every row's label is dropped: predictions only)."""
+    from trainer.config import get
+
+    data = get(session.cfg, "data")
+    text, completion, label = data["text_column"], data.get("completion_column"), data.get("label_column")
+    names, count = session.models.label_names, session.models.num_labels
+    needs = [text] + ([completion] if session.task_type == "causal_lm" and completion else [])
+    scored: bool | None = None
+    out: list[tuple[int, dict[str, Any] | str]] = []
+    for number, record in rows:
+        if isinstance(record, Exception) or not isinstance(record, dict):
+            out.append((number, str(record) if isinstance(record, Exception) else
+                        f"a JSON object is required, got {type(record).__name__}"))
+            continue
+        bad = next((f"field {c!r}: a string is required, got {record.get(c)!r:.60}" for c in needs
+                    if not isinstance(record.get(c), str)), None)
+        uses_label = bool(label) and count is not None and not (session.task_type == "causal_lm" and completion)
+        if bad is None and uses_label:
+            scored = (label in record) if scored is None else scored
+            value = record.get(label)
+            if not scored:
+                record = {k: v for k, v in record.items() if k != label}
+            elif value is None:
+                bad = f"field {label!r}: missing (the rows above carry labels)"
+            elif isinstance(value, str) and value not in (names or []):
+                bad = f"field {label!r}: {value!r} is not one of the trial's labels ({', '.join(names or [])})"
+            elif isinstance(value, bool) or (not isinstance(value, str) and not (isinstance(value, int) and 0 <= value < count)):
+                bad = f"field {label!r}: a label id 0..{count - 1} or name is required, got {value!r:.60}"
+        elif bad is None and label and label in record and session.task_type == "classification":
+            record = {k: v for k, v in record.items() if k != label}  # no label space known: predictions only
+        out.append((number, bad if bad is not None else record))
+    return out
+
+
+def too_long(session: Session, record: dict[str, Any]) -> bool:
+    """The row's tokens (prompt and completion for a causal LM) exceed train.max_seq_length: the
+    encoder keeps the end and cuts the front of the prompt (the end of a classifier's text)."""
+    from trainer.config import get
+
+    tok, data, task = session.models.tok, get(session.cfg, "data"), get(session.cfg, "task")
+    text = record[data["text_column"]]
+    if session.task_type == "causal_lm":
+        text = (task.get("prompt_template") or "{text}").format(text=text) + str(record.get(data.get("completion_column") or "", ""))
+    return len(tok(text)["input_ids"]) > int(get(session.cfg, "train.max_seq_length"))
+
+
+def write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
+    with open(path, "w", encoding="utf-8") as fh:
+        for row in rows:
+            fh.write(json.dumps(row, ensure_ascii=False) + "\n")
+
+
+def input_rows(path: Path) -> list[tuple[int, Any]]:
+    """(row number, object or the reason it is unusable) for every row: each line of a JSON-lines
+    file (a blank line included, so output lines match input lines), each element of a JSON
+    array, each row of a CSV."""
+    if path.suffix == ".csv":
+        import datasets
+
+        records = datasets.load_dataset("csv", data_files={"eval": str(path)})["eval"].to_list()
+        return list(enumerate(records, 1))
+    text = path.read_text(encoding="utf-8")
+    if path.suffix == ".json" and text.lstrip().startswith("["):
+        return list(enumerate(json.loads(text), 1))
+    rows: list[tuple[int, Any]] = []
+    for number, line in enumerate(text.splitlines(), 1):
+        try:
+            rows.append((number, json.loads(line) if line.strip() else ValueError("empty line")))
+        except json.JSONDecodeError as exc:
+            rows.append((number, ValueError(f"not valid JSON: {exc.msg}")))
+    return rows
+
+
+@dataclass
+class ChatRow:
+    """One --input row of chat data, ready to answer."""
+
+    row: int
+    prompt: list[int]
+    reference: str | None = None
+    feature: dict[str, Any] | None = None  # the trial's encoding (input ids, labels): the row's loss
+    truncated: bool = False
+
+
+def chat_row(session: Session, row: int, record: Any, path: Path) -> ChatRow:
+    """The row encoded as the trial's eval encodes a conversation (its prompt, reference and loss
+    features) when it ends with an assistant turn and fits; otherwise the conversation so far as a
+    prompt with the generation prompt, its front cut to train.max_seq_length."""
+    import datasets
+
+    from trainer.config import get
+    from trainer.conversations import resolve_format, to_messages
+    from trainer.data import RawData
+    from trainer.encoding import encode
+    from trainer.errors import ConfigError
+
+    if isinstance(record, Exception):
+        raise record
+    if not isinstance(record, dict):
+        raise ValueError(f"a JSON object is required, got {type(record).__name__}")
+    data_cfg, task, max_len = get(session.cfg, "data"), get(session.cfg, "task"), int(get(session.cfg, "train.max_seq_length"))
+    fmt = resolve_format(data_cfg, "sft")
+    record, asks = with_answer_slot(record, data_cfg, fmt)
+    messages = to_messages([{**record, "__row__": row}], data_cfg, fmt, str(path))[0]
+    reference = None
+    if asks:  # a question to answer: the data reader's checks passed, the placeholder goes
+        messages = messages[:-1]
+    elif messages and messages[-1]["role"] == "assistant":
+        one = datasets.Dataset.from_dict({"messages": [messages]})
+        try:
+            enc = encode(RawData(one, one, None, None), session.models.tok, data_cfg, task, max_len)
+            split = enc.eval
+            return ChatRow(row, list(split.prompts[0]), split.references[0], split.features[0],
+                           bool(enc.stats.get("eval_rows_truncated")))
+        except ConfigError:  # longer than the trial's limit even after its truncation: answer it anyway
+            pass
+        reference, messages = messages[-1]["content"].strip(), messages[:-1]
+    ids = session.prompt_ids(messages)
+    if len(ids) <= max_len:
+        return ChatRow(row, ids, reference)
+    bos = session.models.tok.bos_token_id
+    keep_bos = bos is not None and ids[0] == bos
+    return ChatRow(row, ([bos] if keep_bos else []) + ids[len(ids) - max_len + int(keep_bos):], reference,
+                   truncated=True)
+
+
+ANSWER_SLOT = "(to be answered)"
+
+
+def with_answer_slot(record: dict[str, Any], data: dict[str, Any], fmt: str) -> tuple[dict[str, Any], bool]:
+    """A row that asks without answering (its turns end with the user, or alpaca / prompt_completion
+    without the answer column) completed with a placeholder answer, so it passes the data reader's
+    row checks like a training row; True when one was added."""
+    from trainer.conversations import alpaca_columns, messages_column
+
+    if fmt in ("messages", "sharegpt"):
+        column = messages_column(data, fmt)
+        turns = record.get(column)
+        speaker, text, answer = ("role", "content", "assistant") if fmt == "messages" else ("from", "value", "gpt")
+        if isinstance(turns, list) and turns and isinstance(turns[-1], dict) and turns[-1].get(speaker) != answer:
+            return {**record, column: [*turns, {speaker: answer, text: ANSWER_SLOT}]}, True
+        return record, False
+    column = alpaca_columns(data)["output"] if fmt == "alpaca" else data.get("completion_column")
+    if column and not record.get(column):
+        return {**record, column: ANSWER_SLOT}, True
+    return record, False
+
+
+def score_conversations(session: Session, path: Path, out: Path, batch_size: int | None) -> dict[str, float]:
+    """Greedy answers for chat rows, one output line per input line (see the module doc); the
+    trial's metrics (eval_loss, exact_match, token_f1) over the rows that carry an answer."""
+    from trainer.config import get
+    from trainer.encoding import EncodedData, EncodedSplit, make_collator
+    from trainer.evaluation import evaluate
+    from trainer.generation import answer_metrics, generate_answers
+    from trainer.loop import autocast_for
+
+    cfg, models = session.cfg, session.models
+    results: list[dict[str, Any]] = []
+    ready: list[ChatRow] = []
+    for row, record in input_rows(path):
+        try:
+            ready.append(chat_row(session, row, record, path))
+            results.append({})
+        except Exception as exc:  # noqa: BLE001 - a bad row is reported in its place, the others still answered
+            results.append({"row": row, "error": str(exc)})
+    bs = batch_size or int(get(cfg, "train.batch_size"))
+    autocast = autocast_for(models.device, get(cfg, "train.precision"))
+    answers = generate_answers(session.model, models.tok, [r.prompt for r in ready], session.max_new_tokens, bs,
+                               models.device, autocast, session.end_of_turn()) if ready else []
+    slots = iter(i for i, r in enumerate(results) if not r)
+    for item, answer in zip(ready, answers):
+        record = {"row": item.row, "prompt": models.tok.decode(item.prompt, skip_special_tokens=False),
+                  "answer": answer, **({"reference": item.reference} if item.reference is not None else {})}
+        results[next(slots)] = record | ({"prompt_truncated": True} if item.truncated else {})
+    write_jsonl(out, results)
+    truncated, errors = sum(r.truncated for r in ready), sum("error" in r for r in results)
+    print(f"rows: {len(results)}; prompts truncated to train.max_seq_length={get(cfg, 'train.max_seq_length')} "
+          f"from the left: {truncated}; rows with errors: {errors}")
+    metrics: dict[str, float] = {}
+    features = [r.feature for r in ready if r.feature is not None]
+    if features:
+        data = EncodedData(EncodedSplit([]), EncodedSplit(features), None, None)
+        metrics = evaluate(session.model, data, make_collator(models.tok, "sft"), "sft", bs, models.device, autocast)
+    scored = [(a, r.reference) for r, a in zip(ready, answers) if r.reference is not None]
+    if scored:
+        metrics.update(answer_metrics([a for a, _ in scored], [ref for _, ref in scored]))
+    return metrics
 
 
 def interactive(session: Session) -> None:

@@ -1,9 +1,17 @@
 """`python -m sweeps.export`: ship one trial of a sweep (its adapter, optionally a merged full model)
 with a model card saying where it came from, checked against the model as it was trained.
 
+The folder runs anywhere without this project: the adapter (adapter_config.json +
+adapter_model.safetensors, tokens a named chat template added saved as peft's trainable-token
+rows), the tokenizer with its chat template and added tokens, a greedy `generation_config.json`
+whose eos includes the end-of-turn token (so transformers and vLLM stop at `<|im_end|>`), and the
+trial's resolved, redacted `config.yaml` that `lora-sweep chat --model` reads. Nothing reads the
+training data: the check below runs on seeded random token sequences.
+
 The merge goes into a dequantized copy of the base loaded exactly as the trial loaded it (4/8-bit
 included), never into the original full-precision checkpoint: the adapter was trained on top of the
-quantized weights, so only those reproduce the trained model's outputs.
+quantized weights, so only those reproduce the trained model's outputs. It is done in `--dtype`
+(bfloat16 by default: no fp32 copy of the model) on `--device` (cpu keeps it off the training GPU).
 """
 
 from __future__ import annotations
@@ -28,7 +36,9 @@ from sweeps.search.study import trial_folder
 from sweeps.runtime.trial import adapter_sha256  # the hash the trial recorded
 
 EXIT_BAD_INPUT = 2
-N_SAMPLES = 16
+N_SAMPLES = 16  # probe sequences of the logit check
+PROBE_LENGTH = 32
+DEVICES = ("auto", "cpu", "cuda")
 # Allowed max |logit difference|, times max(1, max |reference logit|). fp32: the merge adds s*B@A to W
 # once, so only float rounding differs (~1e-6); fp16/bf16 round every stored weight (11/8-bit mantissas)
 # and the error grows through the layers (measured on tiny models: ~4e-4 / ~3e-3).
@@ -61,6 +71,7 @@ class Selection(TrialSource):
 
     out: Path = Path(".")
     shard_bytes: int = 0
+    device: str = "auto"
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -70,7 +81,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--out", required=True, type=Path, help="output folder (new or empty, else --force)")
     p.add_argument("--merge", action="store_true", help="also write the full model with the adapter merged in")
     p.add_argument("--max-shard-size", default="2GB", help="per weights file, e.g. 500MB, 2GB, 1GiB")
-    p.add_argument("--dtype", default="float32", choices=list(TOLERANCE), help="dtype of the merged weights")
+    p.add_argument("--dtype", default="bfloat16", choices=list(TOLERANCE),
+                   help="dtype the merge is done and saved in (default bfloat16)")
+    p.add_argument("--device", default="auto", choices=DEVICES,
+                   help="where the merge runs: cpu (no copy of the model on the training GPU), cuda, or auto "
+                        "(cuda when available)")
     p.add_argument("--storage", help="Optuna storage URL or journal file (default: ./optuna-journal.log)")
     p.add_argument("--tracking-uri", help="MLflow tracking URI (default: the study's)")
     p.add_argument("--register", metavar="NAME", help="register the merged model in the MLflow model registry")
@@ -93,6 +108,11 @@ def select(args: argparse.Namespace) -> Selection:
     if not size:
         raise BadInput("--max-shard-size", f"{args.max_shard_size!r} is not a size; allowed: an integer with an "
                        "optional unit B, KB, MB, GB, KiB, MiB, GiB (e.g. 2GB)")
+    if args.device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise BadInput("--device", "cuda was asked for but CUDA is not available here; allowed: cpu or auto")
     out, cwd = args.out.expanduser().resolve(), Path.cwd().resolve()
     if out.exists() and not out.is_dir():
         raise BadInput("--out", f"{out} is a file; give a folder")
@@ -103,7 +123,7 @@ def select(args: argparse.Namespace) -> Selection:
             raise BadInput("--out", f"{out} holds the current directory; --force will not delete it")
     source = find_trial(args.storage, args.study, args.trial, args.tracking_uri, writes_mlflow=bool(args.register))
     return Selection(source.study, source.trial, source.tracking_uri, source.local_adapter, out,
-                     int(size.group(1)) * _UNITS[(size.group(2) or "B").upper()])
+                     int(size.group(1)) * _UNITS[(size.group(2) or "B").upper()], args.device)
 
 
 def find_trial(storage: str | None, study_name: str | None, number: int | None, tracking_uri: str | None,
@@ -179,67 +199,133 @@ def fetch(sel: TrialSource, scratch: Path) -> tuple[Path, Any, str]:
     return adapter, config, source
 
 
-class Models:
-    """The trial's tokenizer, sample inputs and models, loaded the way `trainer.run_trial` loads them."""
+def trial_labels(cfg: Any, adapter: Path) -> tuple[list[str] | None, int | None]:
+    """Label names and count from the trial's config (data.label_names, data.num_labels, a list
+    task.verbalizer), else, for a classifier, the rows of the head the adapter saved: the data is
+    never read."""
+    from trainer.config import get
+    from trainer.targets import CLASSIFIER_HEADS
 
-    def __init__(self, cfg: Any):
+    names, count = get(cfg, "data.label_names"), get(cfg, "data.num_labels")
+    names = [str(n) for n in names] if names else None
+    verbalizer = get(cfg, "task.verbalizer") if get(cfg, "task.type") == "causal_lm" else None
+    count = count or (len(names) if names else None) or (len(verbalizer) if isinstance(verbalizer, list) else None)
+    if count is None and get(cfg, "task.type") == "classification":
+        from safetensors import safe_open
+
+        with safe_open(str(adapter / "adapter_model.safetensors"), framework="pt") as fh:
+            heads = [fh.get_slice(k).get_shape() for k in fh.keys()
+                     if any(f".{h}." in k for h in CLASSIFIER_HEADS) and k.endswith("weight")]
+        count = min((shape[0] for shape in heads if len(shape) == 2), default=None)
+    return names, count
+
+
+def probe_batch(tok: Any, seed: int) -> dict[str, Any]:
+    """N_SAMPLES sequences of PROBE_LENGTH token ids drawn from the whole vocabulary (added tokens
+    included, the pad token not) with the trial's seed: the logit check's inputs, no data needed."""
+    import torch
+
+    gen = torch.Generator().manual_seed(seed)
+    ids = torch.randint(0, len(tok), (N_SAMPLES, PROBE_LENGTH), generator=gen)
+    if tok.pad_token_id is not None:
+        ids[ids == tok.pad_token_id] = (tok.pad_token_id + 1) % len(tok)
+    return {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+
+
+class Models:
+    """The trial's tokenizer and models, loaded the way `trainer.run_trial` loads them, from its
+    config and adapter alone (the training data is not read)."""
+
+    def __init__(self, cfg: Any, adapter: Path):
         from trainer.config import get
-        from trainer.data import load_raw
         from trainer.devices import resolve_device
-        from trainer.encoding import encode, make_collator
+        from trainer.errors import ConfigError
         from trainer.model import load_tokenizer
 
         self.model_cfg, self.quant, self.task = get(cfg, "model"), get(cfg, "quant"), get(cfg, "task")
-        self.type, self.device = self.task["type"], resolve_device(get(cfg, "train.device"))
+        self.type = self.task["type"]
+        try:
+            self.device = resolve_device(get(cfg, "train.device"))
+        except ConfigError:  # trained on a GPU this machine lacks: check and chat on the CPU
+            self.device = resolve_device("cpu")
         self.tok = load_tokenizer(self.model_cfg, self.task)
-        data_cfg = get(cfg, "data")
-        data = encode(load_raw(data_cfg, self.type), self.tok, data_cfg, self.task, get(cfg, "train.max_seq_length"))
-        rows = [{k: v for k, v in f.items() if k != "labels"} for f in data.eval.features[:N_SAMPLES]]
-        self.batch = {k: v for k, v in make_collator(self.tok, self.type)(rows).items() if v is not None}
-        self.num_labels = data.num_labels
+        self.label_names, self.num_labels = trial_labels(cfg, adapter)
+        self.batch = probe_batch(self.tok, int(get(cfg, "seed")))
 
-    def base(self) -> Any:
-        """Exactly as in the trial: quantized per quant.*, kbit-prepared, same head config."""
+    def base(self, device: Any = None) -> Any:
+        """Exactly as in the trial: quantized per quant.*, kbit-prepared, same head config, the
+        tokenizer's vocabulary (tokens a named chat template added)."""
         from trainer.model import load_base_model
 
         return load_base_model(self.model_cfg, self.quant, self.type, self.num_labels, self.tok.pad_token_id,
-                               self.device, gradient_checkpointing=False)
+                               device if device is not None else self.device, gradient_checkpointing=False,
+                               tokenizer=self.tok)
 
     def with_adapter(self, adapter: Path, base: Any = None) -> Any:
         from peft import PeftModel
 
         return PeftModel.from_pretrained(self.base() if base is None else base, str(adapter)).eval()
 
-    def merged(self, adapter: Path, dtype: str) -> Any:
-        """Dequantize the trial's base, merge in fp32, then cast: a single rounding to `dtype`."""
+    def merged(self, adapter: Path, dtype: str, device: Any) -> Any:
+        """The trial's base on `device`, dequantized straight into `dtype` layer by layer (no fp32
+        copy unless dtype is float32), with the adapter merged in."""
         import torch
 
-        base = self.base()
+        from trainer.model import cast_floating_params
+
+        target = getattr(torch, dtype)
+        base = self.base(device)
         if getattr(base, "is_quantized", False):
-            base = base.dequantize()
-        merged = self.with_adapter(adapter, base.float()).merge_and_unload().to(getattr(torch, dtype))
+            base = base.dequantize(dtype=target)
+        cast_floating_params(base, target)
+        merged = self.with_adapter(adapter, base).merge_and_unload()
         if hasattr(merged.config, "use_cache"):
             merged.config.use_cache = True  # training switched the KV cache off; generation wants it
         return merged
 
-    def reload(self, folder: Path, dtype: str) -> Any:
+    def reload(self, folder: Path, dtype: str, device: Any = None) -> Any:
         import torch
         from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
         cls = AutoModelForSequenceClassification if self.type == "classification" else AutoModelForCausalLM
-        return cls.from_pretrained(str(folder), dtype=getattr(torch, dtype)).to(self.device).eval()
+        return cls.from_pretrained(str(folder), dtype=getattr(torch, dtype)).to(
+            device if device is not None else self.device).eval()
 
     def logits(self, model: Any) -> Any:
-        """fp32 logits; for causal LMs only at real (non-padding) positions."""
+        """fp32 logits of the probe batch, on the CPU."""
         import torch
 
+        device = next(model.parameters()).device
         with torch.inference_mode():
-            out = model(**{k: v.to(self.device) for k, v in self.batch.items()}).logits.float().cpu()
-        return out if self.type == "classification" else out[self.batch["attention_mask"].bool()]
+            return model(**{k: v.to(device) for k, v in self.batch.items()}).logits.float().cpu()
+
+    def generation_config(self, model: Any) -> Any:
+        """Greedy, stopping at the end-of-turn token (task=sft), the tokenizer's eos and the base's
+        eos; none of the base model's sampling or repetition settings."""
+        from transformers import GenerationConfig
+
+        from trainer.special_tokens import add_end_of_turn_eos
+
+        gen = GenerationConfig(do_sample=False, num_beams=1, eos_token_id=model.generation_config.eos_token_id,
+                               bos_token_id=self.tok.bos_token_id, pad_token_id=self.tok.pad_token_id)
+        add_end_of_turn_eos(gen, self.tok)
+        return gen
+
+
+def trial_config_yaml(cfg: Any) -> str:
+    """The trial's resolved config as `lora-sweep chat --model` reads it, secrets masked."""
+    from omegaconf import OmegaConf
+
+    from sweeps.tracking.redact import redact_yaml
+
+    return redact_yaml(OmegaConf.to_yaml(cfg, resolve=True))
 
 
 def export(sel: Selection, args: argparse.Namespace) -> int:
     """Stage beside --out, verify, then move into place (an interrupted export leaves no half folder)."""
+    from trainer.devices import resolve_device
+    from trainer.special_tokens import trains_new_tokens
+
     stage = sel.out.parent / f".{sel.out.name}.export-tmp"
     shutil.rmtree(stage, ignore_errors=True)
     with tempfile.TemporaryDirectory(prefix="lora-export-") as scratch:
@@ -248,21 +334,35 @@ def export(sel: Selection, args: argparse.Namespace) -> int:
             (stage / "adapter").mkdir(parents=True)
             for f in [*adapter.glob("*.safetensors"), adapter / "adapter_config.json"]:
                 shutil.copy2(f, stage / "adapter" / f.name)
-            models = Models(cfg)
-            reference = models.logits(models.with_adapter(stage / "adapter"))
+            models = Models(cfg, adapter)
+            trained = models.with_adapter(stage / "adapter")
+            reference = models.logits(trained)
+            new_tokens = trains_new_tokens(trained)
+            # the adapter folder is complete on its own too: vLLM reads a LoRA's tokenizer from it
+            for folder in (stage, stage / "adapter"):
+                models.tok.save_pretrained(str(folder))
+            gen = models.generation_config(trained) if models.type != "classification" else None
+            if gen is not None:
+                for folder in (stage, stage / "adapter"):
+                    gen.save_pretrained(str(folder))
+            (stage / "config.yaml").write_text(trial_config_yaml(cfg), encoding="utf-8")
+            del trained
             if args.merge:
-                merged = models.merged(stage / "adapter", args.dtype)
+                device = resolve_device(sel.device)
+                merged = models.merged(stage / "adapter", args.dtype, device)
+                if gen is not None:
+                    merged.generation_config = gen
                 merged.save_pretrained(str(stage), max_shard_size=sel.shard_bytes, safe_serialization=True)
-                models.tok.save_pretrained(str(stage))
                 del merged
-                exported = models.logits(models.reload(stage, args.dtype))
+                exported = models.logits(models.reload(stage, args.dtype, device))
             else:
                 exported = models.logits(models.with_adapter(stage / "adapter"))
             diff = float((exported - reference).abs().max())
             rel = TOLERANCE[args.dtype if args.merge else "float32"]
             rel += INT8_EXTRA if models.quant["mode"] == "8bit" else 0
             tol = rel * max(1.0, float(reference.abs().max()))
-            check = {"diff": diff, "tol": tol, "rel": rel, "n": len(models.batch["input_ids"]), "source": config_source}
+            check = {"diff": diff, "tol": tol, "rel": rel, "n": len(models.batch["input_ids"]), "source": config_source,
+                     "new_tokens": new_tokens, "eos": gen.eos_token_id if gen is not None else None}
             (stage / "README.md").write_text(model_card(sel, args, cfg, check), encoding="utf-8")
             if sel.out.exists():
                 shutil.rmtree(sel.out)
@@ -271,6 +371,9 @@ def export(sel: Selection, args: argparse.Namespace) -> int:
             shutil.rmtree(stage, ignore_errors=True)
     print(f"exported trial {sel.trial.number} of {sel.study.study_name} to {sel.out}")
     print(f"max abs logit difference: {diff:.3g} (tolerance {tol:.3g})")
+    if new_tokens and not args.merge:
+        print("note: the adapter carries new token rows (peft trainable tokens), which vLLM's LoRA loader does not "
+              "read yet; serve an export made with --merge in vLLM")
     if not diff <= tol:
         print(f"error: the export does not reproduce the trained model ({diff:.3g} > {tol:.3g})", file=sys.stderr)
         return 1
@@ -302,11 +405,22 @@ def model_card(sel: Selection, args: argparse.Namespace, cfg: Any, check: dict[s
     table = "\n".join(f"| {k} | `{v}` |" for k, v in rows.items())
     versions = "\n".join(f"| {k} | {then.get(k, '')} | {now.get(k, '')} |" for k in sorted(set(then) | set(now)))
     cls = "AutoModelForSequenceClassification" if get(cfg, "task.type") == "classification" else "AutoModelForCausalLM"
-    load = (f"from transformers import {cls}\nmodel = {cls}.from_pretrained('{sel.out}')" if args.merge else
-            f"from peft import PeftModel  # base: loaded as in training\nmodel = PeftModel.from_pretrained(base, "
-            f"'{sel.out}/adapter')")
+    resize = "base.resize_token_embeddings(len(tok))  # the tokens the chat template added\n" if check["new_tokens"] else ""
+    load = (f"from transformers import {cls}, AutoTokenizer\nmodel = {cls}.from_pretrained('{sel.out}')\n"
+            f"tok = AutoTokenizer.from_pretrained('{sel.out}')" if args.merge else
+            f"from peft import PeftModel\nfrom transformers import {cls}, AutoTokenizer\n"
+            f"tok = AutoTokenizer.from_pretrained('{sel.out}')\n"
+            f"base = {cls}.from_pretrained('{model['name_or_path']}')  # quantized as in training (table above)\n"
+            f"{resize}model = PeftModel.from_pretrained(base, '{sel.out}/adapter')")
     what = (f"the base model with the trial's LoRA adapter merged in ({args.dtype} safetensors) and the adapter "
             "itself in `adapter/`" if args.merge else "the trial's LoRA adapter, in `adapter/`")
+    what += (", the tokenizer (chat template and added tokens), `config.yaml` (the trial's config, which "
+             "`lora-sweep chat --model` reads)")
+    if check["eos"] is not None:
+        what += f" and a greedy `generation_config.json` that stops at token ids {check['eos']}"
+    if check["new_tokens"]:
+        what += (". The tokens the chat template added are trained rows of the adapter (peft trainable tokens); "
+                 "vLLM's LoRA loader does not read those yet, so serve the merged export in vLLM")
     why = "" if not args.merge or quant["mode"] == "none" else f"""
 ## Why the merge uses dequantized weights
 The adapter was trained on top of the {quant['mode']} quantized base. Those quantized weights were dequantized (the
@@ -333,7 +447,7 @@ This folder holds {what}.
 
 ## Verification
 Max abs logit difference between this export, reloaded from disk, and the trained model (base loaded as in the trial
-+ adapter) on {check['n']} eval examples: **{check['diff']:.3g}**, tolerance {check['tol']:.3g} ({check['rel']:g} ×
++ adapter) on {check['n']} seeded random token sequences (no data needed): **{check['diff']:.3g}**, tolerance {check['tol']:.3g} ({check['rel']:g} ×
 max(1, max |logit|)). A float32 merge differs by float rounding only; float16/bfloat16 round every stored weight, and
 8-bit training also rounded activations at run time, hence their looser bounds.
 {why}

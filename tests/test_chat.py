@@ -57,6 +57,17 @@ def test_classification_chat_and_batch_scoring_reproduce_the_trial(tmp_path, tin
     assert _metric(proc.stdout, "eval_accuracy") == trial.user_attrs["metrics"]["eval_accuracy"]
     assert _metric(proc.stdout, "eval_loss") == trial.user_attrs["metrics"]["eval_loss"]
 
+    mixed = tmp_path / "mixed.jsonl"  # one output line per input line; bad rows become error records
+    mixed.write_text("\n".join([json.dumps({"text": "a wonderful film", "label": "positive"}), "{oops",
+                                 json.dumps({"text": 5, "label": "positive"}),
+                                 json.dumps({"text": "dull", "label": "maybe"})]) + "\n")
+    proc = _chat(tmp_path, "--input", str(mixed), "--output", str(out))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["row"] for r in rows] == [1, 2, 3, 4] and rows[0]["label"] in ("negative", "positive")
+    assert "JSON" in rows[1]["error"] and "'text'" in rows[2]["error"] and "maybe" in rows[3]["error"]
+    assert "rows with errors: 3" in proc.stdout
+
 
 def test_causal_lm_chat_answers_and_reproduces_the_logged_eval_loss(tmp_path, tiny_llama_dir):
     data = tmp_path / "data"

@@ -22,7 +22,9 @@ def head_names(task_type: str) -> tuple[str, ...]:
 @traced("trainer.tokenize")
 def load_tokenizer(model: dict[str, Any], task: dict[str, Any] | None = None) -> Any:
     """Tokenizer with a pad token (eos when it has none) and right padding (causal-LM training);
-    for task=sft, with the chat template the task renders conversations with."""
+    for task=sft, with the chat template the task renders conversations with, and that named
+    template's markers added as special tokens when the tokenizer lacks them
+    (trainer.special_tokens: every trial, chat and export load it here, so all see one vocabulary)."""
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(
@@ -36,7 +38,10 @@ def load_tokenizer(model: dict[str, Any], task: dict[str, Any] | None = None) ->
     if task is not None and task.get("type") == "sft":
         from trainer.chat_templates import use_chat_template
 
+        from trainer.special_tokens import add_template_tokens
+
         use_chat_template(tok, task.get("chat_template"))
+        add_template_tokens(tok, task.get("chat_template"))
     return tok
 
 
@@ -61,8 +66,13 @@ def quantization_config(quant: QuantSettings, task_type: str) -> Any:
 
 @traced("trainer.model_load")
 def load_base_model(model: dict[str, Any], quant: QuantSettings | dict[str, Any], task_type: str, num_labels: int | None,
-                    pad_token_id: int | None, device: Any, gradient_checkpointing: bool, precision: str = "fp32") -> Any:
+                    pad_token_id: int | None, device: Any, gradient_checkpointing: bool, precision: str = "fp32",
+                    tokenizer: Any = None) -> Any:
     """From_pretrained (+ prepare_model_for_kbit_training when quantized), frozen, on `device`.
+
+    With `tokenizer`: embeddings grown to its size, tokens a named chat template added starting
+    as the mean row, and (task=sft) its end-of-turn an eos of the generation config
+    (trainer.special_tokens.fit_embeddings).
 
     Done once per cache key: kbit preparation casts non-quantized weights to fp32 and enables
     gradient checkpointing, mutations that are identical for every trial on this base.
@@ -96,6 +106,10 @@ def load_base_model(model: dict[str, Any], quant: QuantSettings | dict[str, Any]
             base.config.pad_token_id = pad_token_id  # decoder classifiers pool at the last non-pad token
     else:
         base = AutoModelForCausalLM.from_pretrained(model["name_or_path"], **kwargs)
+    if tokenizer is not None:
+        from trainer.special_tokens import fit_embeddings
+
+        fit_embeddings(base, tokenizer, end_of_turn=task_type == "sft")
     if qconfig is None:
         base.to(device)
     gc_kwargs = {"use_reentrant": False}
@@ -174,11 +188,14 @@ def apply_lora(base: Any, lora: LoraSettings | dict[str, Any], targets: list[str
     """Wrap `base` with a fresh LoRA adapter (draws LoRA A from the global RNG).
 
     Trained in full beside it: the classification head and `lora.modules_to_save` (peft trains a
-    copy and keeps the original, so restore_base gives the pristine base back). With
+    copy and keeps the original, so restore_base gives the pristine base back); the rows of
+    tokens a named chat template added (trainer.special_tokens.trainable_token_indices). With
     precision=pure_bf16 the adapter is bf16 too; otherwise peft keeps it in fp32.
     """
     import torch
     from peft import LoftQConfig, LoraConfig, TaskType, get_peft_model
+
+    from trainer.special_tokens import trainable_token_indices
 
     lora = LoraSettings.of(lora)
     heads = [n for n in CLASSIFIER_HEADS if hasattr(base, n)] if task_type == "classification" else []
@@ -197,6 +214,7 @@ def apply_lora(base: Any, lora: LoraSettings | dict[str, Any], targets: list[str
         init_lora_weights=lora.init_lora_weights,
         task_type=TaskType.SEQ_CLS if task_type == "classification" else TaskType.CAUSAL_LM,
         modules_to_save=(heads + extra) or None,
+        trainable_token_indices=trainable_token_indices(base, targets, heads + extra),
         **loftq,
     )
     pure_bf16 = precision == "pure_bf16"

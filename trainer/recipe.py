@@ -32,6 +32,7 @@ from trainer.result import TrialResult
 from trainer.seeding import seed_everything
 from trainer.selection import EvalSelection
 from trainer.settings import LoraSettings
+from trainer.special_tokens import save_embedding_layers
 from trainer.targets import resolve_target_modules
 from trainer.validation import task_direction, validate_config
 from trainer.trace import span, traced
@@ -122,7 +123,7 @@ def run_trial(cfg: DictConfig, reporter: Reporter | None = None, cache: WarmCach
     warm = cache.contains("model", mkey)
     base = cache.get("model", mkey, lambda: load_base_model(model_cfg, quant, task_type, data.num_labels,
                                                             tok.pad_token_id, device, train.gradient_checkpointing,
-                                                            train.precision))
+                                                            train.precision, tokenizer=tok))
     timing["model_load_s"] = time.perf_counter() - t0
     targets = resolve_target_modules(base, lora.target_modules)
 
@@ -181,7 +182,8 @@ def run_trial(cfg: DictConfig, reporter: Reporter | None = None, cache: WarmCach
         if output_dir is not None and train.save_adapter:
             adapter_dir = Path(output_dir) / "adapter"
             with span("trainer.save_adapter"):
-                peft_model.save_pretrained(str(adapter_dir), safe_serialization=True)
+                peft_model.save_pretrained(str(adapter_dir), safe_serialization=True,
+                                           save_embedding_layers=save_embedding_layers(peft_model))
         trainable, total = peft_model.get_nb_trainable_parameters()
         checkpoint.remove()
     except torch.OutOfMemoryError as e:
