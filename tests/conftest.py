@@ -41,7 +41,10 @@ def compose_cfg(overrides: list[str] | None = None) -> DictConfig:
             dotted.append(item.lstrip("+"))
     root = OmegaConf.load(CONF / "sweep.yaml")
     base = OmegaConf.masked_copy(root, [k for k in root if k not in ("defaults", "hydra")])
-    parts = [OmegaConf.create({g: OmegaConf.load(CONF / g / f"{opt}.yaml")}) for g, opt in groups.items()]
+    # a group file's own `defaults` list is Hydra's (task=sft's LLM train defaults): left out here,
+    # so these configs keep train/default.yaml's values; tests of those defaults compose with Hydra
+    parts = [OmegaConf.create({g: {k: v for k, v in OmegaConf.load(CONF / g / f"{opt}.yaml").items() if k != "defaults"}})
+             for g, opt in groups.items()]
     cfg = OmegaConf.merge(base, *parts, OmegaConf.from_dotlist(dotted))
     assert isinstance(cfg, DictConfig)
     return cfg
