@@ -7,6 +7,7 @@ import dataclasses
 from typing import Any, Callable, NamedTuple
 
 from omegaconf import DictConfig
+from rich.markup import escape
 
 from sweeps.runtime.compose import ComposeSpec
 from sweeps.progress import console, data_fit_note
@@ -113,7 +114,7 @@ def print_llm_defaults(defaults: Any) -> None:
     if defaults.values:
         console.print("[bold]LLM defaults[/] (auto; set a key to override it):")
         for line in defaults.lines():
-            console.print(f"  {line}")
+            console.print(f"  {escape(line)}")
 
 
 def with_resolved_defaults(job: DictConfig, space: SearchSpace, compose: ComposeSpec, composer: Composer,

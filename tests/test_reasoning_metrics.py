@@ -6,7 +6,6 @@ trained to answer perfectly, scores eval_exact_match 1.0 — without the strippi
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import pytest

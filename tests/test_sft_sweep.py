@@ -52,7 +52,7 @@ def test_qlora_sft_sweep_on_demo_chat_then_chat_with_a_trial(tmp_path, tiny_chat
         assert child.data.params["task.type"] == "sft" and child.data.metrics["train_rows_dropped"] == 0
         table_path = client.download_artifacts(child.info.run_id, "sample_generations.json", str(tmp_path / child.info.run_id))
         table = json.loads(open(table_path).read())
-        assert table["columns"] == ["prompt", "reference", "answer"] and len(table["data"]) == 5
+        assert table["columns"] == ["prompt", "reference_reasoning", "reference", "reasoning", "answer"] and len(table["data"]) == 5
         assert "<|im_start|>assistant" in table["data"][0][0]  # the prompt as the model saw it
         assert "sample_generations.json" in child.data.tags.get("mlflow.loggedArtifacts", "")
 

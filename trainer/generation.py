@@ -114,7 +114,7 @@ def greedy_generation_config(eos_ids: Sequence[int], pad_id: int | None, max_new
     from transformers import GenerationConfig
 
     return GenerationConfig(
-        max_new_tokens=max_new_tokens, min_new_tokens=0, min_length=0, do_sample=False, num_beams=1,
+        max_new_tokens=max_new_tokens, min_length=0, do_sample=False, num_beams=1,
         num_beam_groups=1, temperature=1.0, top_k=50, top_p=1.0, min_p=None, typical_p=1.0, epsilon_cutoff=0.0,
         eta_cutoff=0.0, repetition_penalty=1.0, encoder_repetition_penalty=1.0, length_penalty=1.0,
         no_repeat_ngram_size=0, encoder_no_repeat_ngram_size=0, diversity_penalty=0.0, renormalize_logits=False,

@@ -179,11 +179,11 @@ def resolve_llm_defaults(cfg: DictConfig, *, tokenizer: Any = None, raw: Any = N
         from trainer.devices import device_name, resolve_device
 
         device = resolve_device(get(cfg, "train.device", "auto"))
-        where = f"{device} [{device_name(device)}]"
+        where = device_name(device) if device.type == "cuda" else "cpu"
         if "train.precision" in keys:
             values["train.precision"] = precision_for(device)
             reasons["train.precision"] = (f"bf16 compute on {where}" if values["train.precision"] == "bf16"
-                                          else f"no native bf16 GPU: {where}")
+                                          else f"no GPU with native bf16: {where}")
         if "train.gradient_checkpointing" in keys:
             values["train.gradient_checkpointing"] = device.type == "cuda"
             reasons["train.gradient_checkpointing"] = f"{'on' if device.type == 'cuda' else 'off'} on {device.type}"

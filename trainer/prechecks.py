@@ -240,7 +240,7 @@ def preflight(cfg: DictConfig) -> PreflightReport:
     """validate_config, then the architecture/data checks (ConfigError on the first problem).
     The config's `auto` keys are resolved first (report.llm_defaults); the checks and the
     memory estimate are of the resolved config."""
-    validate_config(cfg)
+    settings = validate_config(cfg)
     task_type, model = get(cfg, "task.type"), get(cfg, "model")
     model_json, task_json = json.dumps(model, sort_keys=True), json.dumps(get(cfg, "task"), sort_keys=True)
     check_test_split(get(cfg, "data"))
@@ -253,7 +253,8 @@ def preflight(cfg: DictConfig) -> PreflightReport:
         tok = _tokenizer(model_json, task_json) if task_type == "sft" else None
         defaults = resolve_llm_defaults(cfg, tokenizer=tok, raw=raw, model_config=config)
         cfg = defaults.apply(cfg)
-    lora, quant, train = validate_config(cfg)
+        settings = validate_config(cfg)
+    lora, quant, train = settings
     if quant.mode != "none" and importlib.util.find_spec("bitsandbytes") is None:
         raise ConfigError("quant.mode", quant.mode, "none (bitsandbytes is not installed)")
     _check_data(raw, cfg)
