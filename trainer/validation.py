@@ -29,7 +29,12 @@ GENERATION_METRICS = ("exact_match", "token_f1")
 def task_direction(task: dict[str, Any]) -> str:
     """task.direction, or (null or auto) the direction its metric is optimised in."""
     direction = task.get("direction")
-    return TASK_METRICS[task["type"]][task["metric"]] if direction in (None, "auto") else direction
+    if direction not in (None, "auto"):
+        return direction
+    metrics = TASK_METRICS.get(task.get("type"), {})
+    if task.get("metric") not in metrics:
+        raise ConfigError("task.metric", task.get("metric"), f"one of {', '.join(metrics) or '(a known task.type)'}")
+    return metrics[task["metric"]]
 
 
 def _one_of(cfg: DictConfig, key: str, allowed: Sequence[str]) -> str:
