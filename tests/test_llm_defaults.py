@@ -134,6 +134,7 @@ def test_the_preflight_resolves_them_from_model_data_and_device(tiny_chat_llama_
     assert max(answers) < values["task.max_new_tokens"] <= math.ceil((max(answers) + 2) * 1.25) + 8
 
     resolved = report.llm_defaults.apply(cfg)
+    assert report.estimate_memory_mb(cfg, device="cpu") == report.estimate_memory_mb(resolved, device="cpu")
     _, _, train = trainer.validate_config(resolved)  # the numbers pass the ordinary checks
     assert (train.learning_rate, train.max_seq_length, train.precision) == (1e-3, limit, "fp32")
     assert trainer.preflight(resolved).llm_defaults.values == {}  # nothing left to resolve

@@ -154,6 +154,8 @@ class PreflightReport:
 
         An upper bound on sequence length (dynamic padding usually makes T smaller).
         """
+        if auto_keys(cfg):  # the config this report was made for, before its `auto` keys were resolved
+            cfg = self.llm_defaults.apply(cfg)
         # unchecked (of): the sweep estimates configs preflight has checked already
         quant, train, lora = (group.of(get(cfg, name)) for group, name in
                               ((QuantSettings, "quant"), (TrainSettings, "train"), (LoraSettings, "lora")))
