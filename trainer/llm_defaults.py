@@ -167,13 +167,13 @@ def resolve_llm_defaults(cfg: DictConfig, *, tokenizer: Any = None, raw: Any = N
     keys = auto_keys(cfg)
     if not keys:
         return LlmDefaults()
-    from trainer.validation import TASK_METRICS
+    from trainer.validation import task_direction
 
     task = get(cfg, "task")
     values: dict[str, Any] = {}
     reasons: dict[str, str] = {}
     if "task.direction" in keys:
-        values["task.direction"] = TASK_METRICS[task["type"]][task["metric"]]
+        values["task.direction"] = task_direction({**task, "direction": None})
         reasons["task.direction"] = f"task.metric={task['metric']}"
     if {"train.precision", "train.gradient_checkpointing"} & set(keys):
         from trainer.devices import device_name, resolve_device
@@ -192,6 +192,9 @@ def resolve_llm_defaults(cfg: DictConfig, *, tokenizer: Any = None, raw: Any = N
         text_config = _text_config(model_config if model_config is not None else _load_model_config(get(cfg, "model")))
     if "train.learning_rate" in keys:
         hidden = _config_int(text_config, "hidden_size", "n_embd", "d_model")
+        if not hidden:
+            raise ConfigError("train.learning_rate", AUTO, "a number for this model",
+                              f"its config ({type(text_config).__name__}) names no hidden size to choose a rate from")
         values["train.learning_rate"] = lora_learning_rate(hidden)
         reasons["train.learning_rate"] = f"LoRA rate for hidden size {hidden}"
     max_len = get(cfg, "train.max_seq_length")
