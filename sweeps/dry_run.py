@@ -83,7 +83,11 @@ def print_dry_run(conf: DictConfig, job: DictConfig, space: SearchSpace, compose
     estimate = report.estimate_memory_mb(job, device=device)
     what = "GPU memory allocated" if device == "cuda" else "process memory (RSS) beyond the Python runtime"
     console.print(f"estimated peak {what} per trial (base config, batch {job.train.batch_size}, "
-                  f"length {job.train.max_seq_length}, quant {job.quant.mode}): {estimate:,.0f} MiB")
+                  f"length {job.train.max_seq_length}, quant {job.quant.mode}, precision {job.train.precision}"
+                  f"{', gradient checkpointing' if job.train.gradient_checkpointing else ''}): {estimate:,.0f} MiB")
+    if job.task.type == "sft":
+        console.print(f"sft: learning rate {job.train.learning_rate:g}, max_new_tokens {job.task.max_new_tokens}, "
+                      f"objective eval_{job.task.metric} ({job.task.direction}); `auto` keys resolved at pre-flight above")
 
 
 def sweep_script() -> Path:

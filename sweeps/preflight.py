@@ -3,15 +3,17 @@ written, and its error names the key and the allowed values."""
 
 from __future__ import annotations
 
-from typing import Any, Callable
+import dataclasses
+from typing import Any, Callable, NamedTuple
 
 from omegaconf import DictConfig
+from rich.markup import escape
 
 from sweeps.runtime.compose import ComposeSpec
 from sweeps.progress import console, data_fit_note
 from sweeps.search.pruning import ROW_MEAN_OBJECTIVES, prune_guard
 from sweeps.search.samplers import kwargs_of, SweeperConfigError, make_pruner, make_sampler
-from sweeps.search.space import SearchSpace
+from sweeps.search.space import SearchSpace, override_line
 from sweeps.runtime.worker_plan import DeviceError, plan_for
 from trainer.trace import traced
 
@@ -98,17 +100,51 @@ def config_variants(space: SearchSpace) -> list[tuple[str, Any]]:
     return [(key, value) for key, values in space.extremes().items() for value in values]
 
 
+class Preflight(NamedTuple):
+    """What the pre-flight hands on: the memory estimate of the largest trial (MiB), and the job
+    config and trial composition with the LLM defaults (`auto` keys) resolved."""
+
+    largest_mb: float
+    job: DictConfig
+    compose: ComposeSpec
+
+
+def print_llm_defaults(defaults: Any) -> None:
+    """The `auto` keys and the numbers they resolved to (trainer.llm_defaults.LlmDefaults)."""
+    if defaults.values:
+        console.print("[bold]LLM defaults[/] (auto; set a key to override it):")
+        for line in defaults.lines():
+            console.print(f"  {escape(line)}")
+
+
+def with_resolved_defaults(job: DictConfig, space: SearchSpace, compose: ComposeSpec, composer: Composer,
+                           defaults: Any) -> tuple[DictConfig, ComposeSpec, Composer]:
+    """The job, trial composition and pre-flight composer with `defaults` applied. A trial gets
+    them as overrides of its composition (so its logged config.yaml holds the numbers); a key the
+    search space sets is left to the space."""
+    if not defaults.values:
+        return job, compose, composer
+    swept = set(space.distributions) | set(space.fixed)
+    lines = tuple(override_line(k, v) for k, v in defaults.values.items() if k not in swept)
+    compose = dataclasses.replace(compose, overrides=tuple(compose.overrides) + lines)
+    return defaults.apply(job), compose, lambda params: defaults.apply(composer(params))
+
+
 @traced("sweep.preflight")
 def preflight_sweep(conf: DictConfig, job: DictConfig, space: SearchSpace, compose: ComposeSpec,
-                   objectives: list[str], composer: Composer) -> float:
+                   objectives: list[str], composer: Composer) -> Preflight:
     """Static checks on the sweeper settings, then on the job config under every search-space
-    extreme (validate_config), then on the real model and data (trainer.preflight). Returns the
-    estimated peak memory (MiB) of the largest trial: every key at its costliest extreme at once."""
+    extreme (validate_config), then on the real model and data (trainer.preflight), which also
+    resolves the LLM defaults once for the whole sweep. Returns the estimated peak memory (MiB) of
+    the largest trial (every key at its costliest extreme at once) and the resolved job and
+    composition."""
     import trainer
 
     check_sweeper_settings(conf, space, objectives)
     trainer.validate_config(job)
     report = trainer.preflight(job)
+    print_llm_defaults(report.llm_defaults)
+    job, compose, composer = with_resolved_defaults(job, space, compose, composer, report.llm_defaults)
     note = data_fit_note(report.data_stats)
     if note:
         console.print(note)
@@ -137,7 +173,7 @@ def preflight_sweep(conf: DictConfig, job: DictConfig, space: SearchSpace, compo
     if conf.get("max_memory_gb") is not None:
         check_memory_limit(float(conf.max_memory_gb), largest, {k: v for k, (_, v) in cheapest.items()},
                            space, composer, device)
-    return largest
+    return Preflight(largest, job, compose)
 
 
 def check_memory_limit(limit_gb: float, largest_mb: float, cheapest: dict[str, Any], space: SearchSpace,

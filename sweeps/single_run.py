@@ -10,6 +10,7 @@ import os
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
+from rich.markup import escape
 
 from sweeps.runtime.events import CurvesDrawn, MetricsLogged, RunClosed, RunOpened
 from sweeps.progress import console, data_fit_note
@@ -79,7 +80,13 @@ def _train_and_log(cfg: DictConfig, writer: RunWriter) -> float:
     from sweeps.runtime.trial import SAMPLES_TABLE, adapter_sha256
 
     trainer.validate_config(cfg)
-    note = data_fit_note(trainer.preflight(cfg).data_stats)
+    report = trainer.preflight(cfg)
+    if report.llm_defaults.values:  # task=sft's `auto` keys: logged and trained as the numbers they resolved to
+        console.print("[bold]LLM defaults[/] (auto; set a key to override it):")
+        for line in report.llm_defaults.lines():
+            console.print(f"  {escape(line)}")
+        cfg = report.llm_defaults.apply(cfg)
+    note = data_fit_note(report.data_stats)
     if note:
         console.print(note)
     output_dir = Path(HydraConfig.get().runtime.output_dir)

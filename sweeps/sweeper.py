@@ -48,7 +48,7 @@ class Sweep:
         compose = ComposeSpec(self.config_dir(), str(self.config.hydra.job.config_name), tuple(plain))
         if not conf.dry_run:
             warm_up_workers(conf)
-        largest_mb = preflight_sweep(conf, job, space, compose, objectives, self.compose_variant(plain))
+        largest_mb, job, compose = preflight_sweep(conf, job, space, compose, objectives, self.compose_variant(plain))
         url = storage_url(conf.storage)
         study_name = conf.study_name or default_name(self.job_config(resolve=False), space, objectives, directions)
         if conf.dry_run:
@@ -140,9 +140,11 @@ def warm_up_workers(conf: DictConfig) -> None:
 def resolve_objectives(conf: DictConfig, job: DictConfig) -> tuple[list[str], list[str]]:
     """`objectives` and `direction` → equal-length lists (defaults from the task config)."""
     objectives = list(conf.objectives) if conf.objectives else [f"eval_{job.task.metric}"]
+    from trainer.validation import task_direction
+
     direction = conf.direction
     if direction is None:
-        directions = [str(job.task.direction)] + ["minimize"] * (len(objectives) - 1)
+        directions = [task_direction(job.task)] + ["minimize"] * (len(objectives) - 1)
     elif isinstance(direction, str):
         directions = [direction]
     else:

@@ -23,6 +23,12 @@ WORDS = sorted(
 )
 
 
+def _group_file(path: Path) -> DictConfig:
+    node = OmegaConf.load(path)
+    node.pop("defaults", None)
+    return node
+
+
 def compose_cfg(overrides: list[str] | None = None) -> DictConfig:
     """The job config conf/sweep.yaml composes, built with OmegaConf alone.
 
@@ -41,7 +47,9 @@ def compose_cfg(overrides: list[str] | None = None) -> DictConfig:
             dotted.append(item.lstrip("+"))
     root = OmegaConf.load(CONF / "sweep.yaml")
     base = OmegaConf.masked_copy(root, [k for k in root if k not in ("defaults", "hydra")])
-    parts = [OmegaConf.create({g: OmegaConf.load(CONF / g / f"{opt}.yaml")}) for g, opt in groups.items()]
+    # a group file's own `defaults` list is Hydra's (task=sft's LLM train defaults): left out here,
+    # so these configs keep train/default.yaml's values; tests of those defaults compose with Hydra
+    parts = [OmegaConf.create({g: _group_file(CONF / g / f"{opt}.yaml")}) for g, opt in groups.items()]
     cfg = OmegaConf.merge(base, *parts, OmegaConf.from_dotlist(dotted))
     assert isinstance(cfg, DictConfig)
     return cfg

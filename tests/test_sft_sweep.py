@@ -50,9 +50,13 @@ def test_qlora_sft_sweep_on_demo_chat_then_chat_with_a_trial(tmp_path, tiny_chat
         steps = lambda name: sorted({m.step for m in client.get_metric_history(child.info.run_id, name)})  # noqa: E731
         assert steps("eval_loss") == [2, 4, 6] and len(steps("eval_exact_match")) == 1  # at the kept eval
         assert child.data.params["task.type"] == "sft" and child.data.metrics["train_rows_dropped"] == 0
+        # task=sft's `auto` defaults were resolved at the pre-flight: the run logs the numbers it trained with
+        assert (child.data.params["train.precision"], child.data.params["train.gradient_checkpointing"],
+                child.data.params["task.direction"]) == ("fp32", "False", "minimize")
+        assert "eval_answers_capped" in child.data.metrics
         table_path = client.download_artifacts(child.info.run_id, "sample_generations.json", str(tmp_path / child.info.run_id))
         table = json.loads(open(table_path).read())
-        assert table["columns"] == ["prompt", "reference", "answer"] and len(table["data"]) == 5
+        assert table["columns"] == ["prompt", "reference_reasoning", "reference", "reasoning", "answer"] and len(table["data"]) == 5
         assert "<|im_start|>assistant" in table["data"][0][0]  # the prompt as the model saw it
         assert "sample_generations.json" in child.data.tags.get("mlflow.loggedArtifacts", "")
 

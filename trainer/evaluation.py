@@ -136,17 +136,32 @@ def evaluate(model: Any, data: EncodedData, collate: Collate, task_type: str, ba
 def answer_eval(model: Any, data: EncodedData, tokenizer: Any, max_new_tokens: int, batch_size: int, device: Any,
                 autocast: Any, n_samples: int = 0) -> tuple[dict[str, float], list[dict[str, str]], RowScores]:
     """Greedy answers to every eval conversation (its history up to the last assistant turn):
-    eval_exact_match and eval_token_f1 against that turn, the first `n_samples` rows as
-    {prompt, reference, answer} for the sample-generations table, and both metrics per row."""
+    eval_exact_match and eval_token_f1 against that turn (both score the answer after any
+    reasoning block), eval_answers_capped (how many answers ran into max_new_tokens without
+    ending their turn: cut short, and a sign max_new_tokens is too low), the first `n_samples`
+    rows for the sample-generations table, and both metrics per row."""
     from trainer.chat_templates import end_of_turn
-    from trainer.generation import answer_metrics, answer_row_scores, generate_answers
+    from trainer.generation import answer_metrics, answer_row_scores, generate_replies
 
     prompts, references = data.eval.prompts or [], data.eval.references or []
-    answers = generate_answers(model, tokenizer, prompts, max_new_tokens, batch_size, device, autocast,
+    replies = generate_replies(model, tokenizer, prompts, max_new_tokens, batch_size, device, autocast,
                                end_of_turn(tokenizer))
-    samples = [{"prompt": tokenizer.decode(p, skip_special_tokens=False), "reference": r, "answer": a}
-               for p, r, a in list(zip(prompts, references, answers))[:n_samples]]
-    return answer_metrics(answers, references), samples, answer_row_scores(answers, references)
+    answers = [r.text for r in replies]
+    samples = [sample_row(tokenizer.decode(p, skip_special_tokens=False), ref, reply.text)
+               for p, ref, reply in list(zip(prompts, references, replies))[:n_samples]]
+    metrics = {**answer_metrics(answers, references), "eval_answers_capped": float(sum(r.capped for r in replies))}
+    return metrics, samples, answer_row_scores(answers, references)
+
+
+def sample_row(prompt: str, reference: str, reply: str) -> dict[str, str]:
+    """One row of the sample-generations table: the prompt as the model saw it, the reference
+    answer and the reply's reasoning and answer, each as scored (reasoning blocks split off)."""
+    from trainer.generation import split_reasoning
+
+    ref_reasoning, ref_answer = split_reasoning(reference)
+    reasoning, answer = split_reasoning(reply)
+    return {"prompt": prompt, "reference_reasoning": ref_reasoning, "reference": ref_answer,
+            "reasoning": reasoning, "answer": answer}
 
 
 def answer_prompts(data: EncodedData) -> tuple[list[list[int]], list[list[int]]]:

@@ -14,6 +14,7 @@ from omegaconf import DictConfig
 from trainer.config import get
 from trainer.data import RawData, check_test_split, load_raw
 from trainer.errors import ConfigError
+from trainer.llm_defaults import LlmDefaults, auto_keys, resolve_llm_defaults
 from trainer.settings import LoraSettings, QuantSettings, TrainSettings
 from trainer.targets import TARGET_PRESETS, matches, is_head, leaf_names, resolve_target_modules
 from trainer.validation import validate_config
@@ -37,15 +38,26 @@ def _raw_data(data_json: str, task_type: str) -> RawData:
 
 
 @lru_cache(maxsize=8)
+def _cached_tokenizer(model_json: str, template_json: str) -> Any:
+    from trainer.model import load_tokenizer
+
+    return load_tokenizer(json.loads(model_json), json.loads(template_json))
+
+
+def _tokenizer(model_json: str, task_json: str) -> Any:
+    """The task's tokenizer, loaded once per model and chat template (what it depends on)."""
+    task = json.loads(task_json)
+    return _cached_tokenizer(model_json, json.dumps({k: task.get(k) for k in ("type", "chat_template")}))
+
+
+@lru_cache(maxsize=8)
 def _sft_stats(model_json: str, data_json: str, task_json: str, max_len: int) -> dict[str, float]:
     """Render and tokenize every conversation once: a template that cannot locate the assistant
     turns, a tokenizer without a template, or data that never fits fails here, before any trial."""
     from trainer.encoding import encode
-    from trainer.model import load_tokenizer
 
     data, task = json.loads(data_json), json.loads(task_json)
-    tok = load_tokenizer(json.loads(model_json), task)
-    return encode(_raw_data(data_json, "sft"), tok, data, task, max_len).stats
+    return encode(_raw_data(data_json, "sft"), _tokenizer(model_json, task_json), data, task, max_len).stats
 
 
 @lru_cache(maxsize=8)
@@ -118,6 +130,7 @@ class PreflightReport:
     linear_shapes: Shapes = field(default_factory=dict, repr=False)
     data_stats: dict[str, float] = field(default_factory=dict)  # SFT: rows truncated / dropped per split
     checkpoint_bytes_per_param: int = 4  # the dtype the weights are stored in (config dtype: 2 for bf16/fp16)
+    llm_defaults: LlmDefaults = field(default_factory=LlmDefaults)  # the config's `auto` keys, resolved
 
     def estimate_memory_mb(self, cfg: DictConfig, device: str = "cuda") -> float:
         """Peak training memory of one trial in MiB on `device` (cuda: allocated tensors, without the
@@ -141,6 +154,8 @@ class PreflightReport:
 
         An upper bound on sequence length (dynamic padding usually makes T smaller).
         """
+        if auto_keys(cfg):  # the config this report was made for, before its `auto` keys were resolved
+            cfg = self.llm_defaults.apply(cfg)
         # unchecked (of): the sweep estimates configs preflight has checked already
         quant, train, lora = (group.of(get(cfg, name)) for group, name in
                               ((QuantSettings, "quant"), (TrainSettings, "train"), (LoraSettings, "lora")))
@@ -224,21 +239,31 @@ def saved_module_params(model: Any, cfg: DictConfig, shapes: Shapes, targets: li
 
 @traced("trainer.preflight")
 def preflight(cfg: DictConfig) -> PreflightReport:
-    """validate_config, then the architecture/data checks (ConfigError on the first problem)."""
-    lora, quant, train = validate_config(cfg)
+    """validate_config, then the architecture/data checks (ConfigError on the first problem).
+    The config's `auto` keys are resolved first (report.llm_defaults); the checks and the
+    memory estimate are of the resolved config."""
+    settings = validate_config(cfg)
     task_type, model = get(cfg, "task.type"), get(cfg, "model")
-    if quant.mode != "none" and importlib.util.find_spec("bitsandbytes") is None:
-        raise ConfigError("quant.mode", quant.mode, "none (bitsandbytes is not installed)")
+    model_json, task_json = json.dumps(model, sort_keys=True), json.dumps(get(cfg, "task"), sort_keys=True)
     check_test_split(get(cfg, "data"))
     raw = _raw_data(json.dumps(get(cfg, "data"), sort_keys=True), task_type)
-    _check_data(raw, cfg)
-    stats = {}
-    if task_type == "sft":
-        stats = _sft_stats(json.dumps(model, sort_keys=True), json.dumps(get(cfg, "data"), sort_keys=True),
-                           json.dumps(get(cfg, "task"), sort_keys=True), train.max_seq_length)
     meta = _meta_model(model["name_or_path"], model.get("revision"), bool(model.get("trust_remote_code")),
                        task_type, raw.num_labels)
     config = meta.config
+    defaults = LlmDefaults()
+    if auto_keys(cfg):
+        tok = _tokenizer(model_json, task_json) if task_type == "sft" else None
+        defaults = resolve_llm_defaults(cfg, tokenizer=tok, raw=raw, model_config=config)
+        cfg = defaults.apply(cfg)
+        settings = validate_config(cfg)
+    lora, quant, train = settings
+    if quant.mode != "none" and importlib.util.find_spec("bitsandbytes") is None:
+        raise ConfigError("quant.mode", quant.mode, "none (bitsandbytes is not installed)")
+    _check_data(raw, cfg)
+    stats = {}
+    if task_type == "sft":
+        stats = _sft_stats(model_json, json.dumps(get(cfg, "data"), sort_keys=True),
+                           json.dumps(get(cfg, "task"), sort_keys=True), train.max_seq_length)
     max_pos = _config_int(config, "max_position_embeddings", "n_positions")
     if max_pos and train.max_seq_length > max_pos:
         raise ConfigError("train.max_seq_length", train.max_seq_length, f"<= {max_pos} for this model")
@@ -281,4 +306,5 @@ def preflight(cfg: DictConfig) -> PreflightReport:
         data_stats=stats,
         checkpoint_bytes_per_param=2 if str(getattr(config, "dtype", None) or "")  # (torch_dtype: a deprecated alias)
         .replace("torch.", "") in ("bfloat16", "float16") else 4,
+        llm_defaults=defaults,
     )

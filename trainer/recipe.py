@@ -24,6 +24,7 @@ from trainer.data import load_raw, load_test
 from trainer.devices import device_name, resolve_compute_dtype, resolve_device
 from trainer.encoding import encode, make_collator
 from trainer.evaluation import evaluate, evaluate_rows
+from trainer.llm_defaults import with_llm_defaults
 from trainer.loop import LoopPlan, autocast_for, train_loop
 from trainer.model import (apply_lora, is_pristine, load_base_model, load_tokenizer, mutates_base, reset_head,
                            restore_base)
@@ -99,6 +100,7 @@ def run_trial(cfg: DictConfig, reporter: Reporter | None = None, cache: WarmCach
     replicates, never for the search)."""
     import torch
 
+    cfg = with_llm_defaults(cfg)  # a config with `auto` keys that no pre-flight resolved (e.g. a direct call)
     lora, quant, train = validate_config(cfg)
     model_cfg, data_cfg, task = (get(cfg, k) for k in ("model", "data", "task"))
     seed, task_type = get(cfg, "seed"), task["type"]

@@ -20,6 +20,7 @@ from trainer.config import get
 from trainer.errors import ConfigError
 from trainer.targets import TARGET_PRESETS
 
+AUTO = "auto"  # an LLM default, resolved once per sweep (trainer.llm_defaults)
 QUANT_MODES = ("none", "4bit", "8bit")
 QUANT_TYPES = ("nf4", "fp4")
 COMPUTE_DTYPES = ("float32", "bfloat16", "float16", "auto")
@@ -194,7 +195,9 @@ class QuantSettings(_FromMapping):
 @dataclass(frozen=True)
 class TrainSettings(_FromMapping):
     """The train group: optimisation, schedule, batch shape, precision, device and the cadence
-    of logging, evaluation and checkpoints."""
+    of logging, evaluation and checkpoints. learning_rate, max_seq_length, precision and
+    gradient_checkpointing may be `auto` (task=sft's defaults) until trainer.llm_defaults
+    resolves them: run_trial and preflight read resolved configs only."""
 
     learning_rate: float = 3e-3
     lr_scheduler_type: str = "linear"
@@ -229,7 +232,8 @@ class TrainSettings(_FromMapping):
 
         at = _reader(cfg, "train")
         lr = at("learning_rate")
-        require(is_num(lr) and lr > 0, "train.learning_rate", lr, "a number > 0")
+        require(lr == AUTO or (is_num(lr) and lr > 0), "train.learning_rate", lr,
+                "a number > 0 or auto (a LoRA rate for the model's hidden size)")
         scheduler = one_of("train.lr_scheduler_type", at("lr_scheduler_type"), [s.value for s in SchedulerType])
         kwargs = at("scheduler_kwargs", {})
         require(kwargs is None or isinstance(kwargs, Mapping), "train.scheduler_kwargs", kwargs, "a mapping")
@@ -249,7 +253,12 @@ class TrainSettings(_FromMapping):
         weight_decay, max_grad_norm = at("weight_decay", 0.0), at("max_grad_norm", 0.0)
         for key, value in (("train.weight_decay", weight_decay), ("train.max_grad_norm", max_grad_norm)):
             require(is_num(value) and value >= 0, key, value, "a number >= 0 (max_grad_norm 0 = no clipping)")
-        max_seq_length = int_at_least("train.max_seq_length", at("max_seq_length"), 8)
+        max_seq_length = at("max_seq_length")
+        require(max_seq_length == AUTO or (is_int(max_seq_length) and max_seq_length >= 8), "train.max_seq_length",
+                max_seq_length, "an integer >= 8 or auto (from the chat data's token lengths, task=sft)")
+        if max_seq_length == AUTO:
+            require(get(cfg, "task.type") == "sft", "train.max_seq_length", max_seq_length,
+                    "an integer >= 8 (auto reads the lengths of chat data: task=sft only)")
         eval_every = int_at_least("train.eval_every_steps", at("eval_every_steps"), 0)
         log_every = int_at_least("train.log_every_steps", at("log_every_steps"), 0)
         patience = int_at_least("train.early_stopping_patience", at("early_stopping_patience"), 1, optional=True)
@@ -259,9 +268,12 @@ class TrainSettings(_FromMapping):
         flags = {name: at(name, default) for name, default in
                  (("gradient_checkpointing", False), ("save_adapter", True), ("group_by_length", False))}
         for name, value in flags.items():
-            require(isinstance(value, bool), f"train.{name}", value, "true or false")
+            require(isinstance(value, bool) or (name == "gradient_checkpointing" and value == AUTO), f"train.{name}",
+                    value, "true, false or auto (on CUDA)" if name == "gradient_checkpointing" else "true or false")
         device_spec = at("device", "auto")
-        precision = _checked_precision(at("precision"), device_spec, quant)
+        precision = at("precision")
+        if precision != AUTO:
+            precision = _checked_precision(precision, device_spec, quant)
         optim = _checked_optim(at("optim", "adamw_torch"), device_spec)  # default: configs saved before the key
         return cls(learning_rate=lr, lr_scheduler_type=scheduler, scheduler_kwargs=kwargs, warmup_ratio=ratio,
                    warmup_steps=warmup_steps, num_epochs=epochs, max_steps=max_steps, batch_size=batch_size,

@@ -13,7 +13,8 @@ from omegaconf import DictConfig
 
 from trainer.config import get
 from trainer.errors import ConfigError
-from trainer.settings import LoraSettings, QuantSettings, Settings, TrainSettings, int_at_least, one_of, require
+from trainer.settings import (LoraSettings, QuantSettings, Settings, TrainSettings, int_at_least, is_int, one_of,
+                              require)
 from trainer.trace import traced
 
 TASK_METRICS: dict[str, dict[str, str]] = {  # metric -> optimisation direction
@@ -26,8 +27,14 @@ GENERATION_METRICS = ("exact_match", "token_f1")
 
 
 def task_direction(task: dict[str, Any]) -> str:
-    """task.direction, or the direction its metric is optimised in."""
-    return task.get("direction") or TASK_METRICS[task["type"]][task["metric"]]
+    """task.direction, or (null or auto) the direction its metric is optimised in."""
+    direction = task.get("direction")
+    if direction not in (None, "auto"):
+        return direction
+    metrics = TASK_METRICS.get(task.get("type"), {})
+    if task.get("metric") not in metrics:
+        raise ConfigError("task.metric", task.get("metric"), f"one of {', '.join(metrics) or '(a known task.type)'}")
+    return metrics[task["metric"]]
 
 
 def _one_of(cfg: DictConfig, key: str, allowed: Sequence[str]) -> str:
@@ -65,9 +72,10 @@ def _check_task(cfg: DictConfig) -> None:
     task = _one_of(cfg, "task.type", tuple(TASK_METRICS))
     metric = _one_of(cfg, "task.metric", tuple(TASK_METRICS[task]))
     direction = get(cfg, "task.direction")
-    if direction is not None:
+    if direction not in (None, "auto"):
         want = TASK_METRICS[task][metric]
-        require(direction == want, "task.direction", direction, f"{want} for task.metric={metric}")
+        require(direction == want, "task.direction", direction,
+                f"{want} for task.metric={metric}, or auto (the metric's direction)")
     if task == "sft":
         _check_sft(cfg)
     elif task == "causal_lm":
@@ -93,7 +101,9 @@ def _check_sft(cfg: DictConfig) -> None:
     reasoning = get(cfg, "task.reasoning")
     require(reasoning is None or reasoning in REASONING, "task.reasoning", reasoning,
              f"null (what the chat template does) or one of {', '.join(REASONING)}")
-    _int_at_least(cfg, "task.max_new_tokens", 1)
+    new_tokens = get(cfg, "task.max_new_tokens")
+    require(new_tokens == "auto" or (is_int(new_tokens) and new_tokens >= 1), "task.max_new_tokens", new_tokens,
+            "an integer >= 1 or auto (from the eval reference answers' token lengths)")
     _int_at_least(cfg, "task.num_logged_samples", 0)
     template = get(cfg, "task.chat_template")
     require(template is None or (isinstance(template, str) and bool(template)), "task.chat_template", template,
