@@ -25,7 +25,7 @@ import sys  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 SUBSET_SEED = 1234  # the same fixed subset our data loader takes (shuffle(seed).select(range(n)))
-# our target presets as trainer/targets.py resolves them on BERT (peft suffix matching)
+# our target presets as trainer/models/targets.py resolves them on BERT (peft suffix matching)
 TARGETS = {"qv": ["query", "value"], "attn": ["query", "key", "value", "attention.output.dense"],
            "attn_mlp": ["query", "key", "value", "output.dense", "intermediate.dense"]}
 
@@ -59,7 +59,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def keep_4bit_layout(model) -> None:
     """The one workaround any 4-bit CPU loop needs on AVX512-BF16 CPUs, as ours has it
-    (`trainer.model.keep_4bit_layout_on_cpu`): bitsandbytes would repack the weights for its bf16
+    (`trainer.models.loading.keep_4bit_layout_on_cpu`): bitsandbytes would repack the weights for its bf16
     kernel at the first eval and training after that eval fails; both sides use the same kernels."""
     from bitsandbytes.nn import Linear4bit
 
@@ -79,7 +79,7 @@ def load_splits(args: argparse.Namespace) -> tuple[list[str], list[int], list[st
         text = args.text_column
     else:  # the project's built-in demo data (data=demo): deterministic text generation only
         sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-        from trainer.demo_data import demo_splits
+        from trainer.data.demo_data import demo_splits
 
         tr, ev = demo_splits(1200, 300)
         train, eval_ = datasets.Dataset.from_dict(tr), datasets.Dataset.from_dict(ev)

@@ -100,7 +100,7 @@ SOURCES = {
                               "ru_maxrss on CPU), max per `sweep.worker_id` tag",
     "pre-flight estimate": "the sweep's MLflow parent run tag `sweep.largest_trial_estimate_mb`, the value "
                            "sweeps.preflight.preflight_sweep returned (largest trial; no CUDA context or runtime)",
-    "model load cold / warm": "the runtime's trace (LORA_SWEEP_TRACE, phase trainer.model_load: trainer.model.load_base_model) in "
+    "model load cold / warm": "the runtime's trace (LORA_SWEEP_TRACE, phase trainer.model_load: trainer.models.loading.load_base_model) in "
                               "each worker: a trial that ran it loaded cold, one that did not got the worker's warm base "
                               "(the worker does not log TrialResult.resolved['model_load_s'] / ['warm_model'])",
     "rows truncated": "MLflow child runs' `train_rows_truncated` metric (0: every conversation fit seq_len)",
@@ -195,7 +195,7 @@ def build_tokenizer(folder: Path, n_words: int) -> None:
     from tokenizers import Tokenizer, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
-    from trainer.chat_templates import NAMED_TEMPLATES
+    from trainer.data.chat_templates import NAMED_TEMPLATES
 
     words = SPECIALS + ["system", "user", "assistant"] + [f"w{i}" for i in range(n_words)]
     tok = Tokenizer(models.WordLevel(vocab={w: i for i, w in enumerate(words)}, unk_token="<unk>"))
@@ -583,7 +583,7 @@ def hf_search_main(argv: list[str]) -> None:
     """`python bench/gpu.py hf-search`: the same trials through `Trainer.hyperparameter_search`
     (backend optuna) with `model_init` building a fresh 4-bit model + LoRA per trial, as the
     transformers docs tune a model (bench/hf_search.py does the same for the classifier). Data is
-    our tokenisation of the same files (trainer.encoding), so both see identical tokens."""
+    our tokenisation of the same files (trainer.data.encoding), so both see identical tokens."""
     t_start = time.perf_counter()
     p = argparse.ArgumentParser(prog="bench/gpu.py hf-search")
     p.add_argument("--params-json", type=Path, required=True, help="our trials' params, enqueued in order")
@@ -608,10 +608,10 @@ def hf_search_main(argv: list[str]) -> None:
 
     from sweeps.runtime.compose import ComposeSpec, compose_job
     from trainer.config import get
-    from trainer.data import load_raw
-    from trainer.encoding import encode, make_collator
-    from trainer.model import keep_4bit_layout_on_cpu, load_tokenizer
-    from trainer.targets import resolve_target_modules
+    from trainer.data.splits import load_raw
+    from trainer.data.encoding import encode, make_collator
+    from trainer.models.loading import keep_4bit_layout_on_cpu, load_tokenizer
+    from trainer.models.targets import resolve_target_modules
 
     hf_logging.set_verbosity_error()
     optuna.logging.set_verbosity(optuna.logging.WARNING)

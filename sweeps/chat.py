@@ -95,7 +95,7 @@ class Session:
         if self.task_type == "classification":
             label, probs = self.classify([text])[0]
             return f"{label}  " + "  ".join(f"{name}={p:.4f}" for name, p in probs.items())
-        from trainer.generation import generate_answers
+        from trainer.evaluation.generation import generate_answers
 
         turns = (history if history is not None else []) + [{"role": "user", "content": text}]
         prompt = self.prompt_ids(turns)
@@ -106,7 +106,7 @@ class Session:
         return reply
 
     def end_of_turn(self) -> str:
-        from trainer.chat_templates import end_of_turn
+        from trainer.data.chat_templates import end_of_turn
 
         return end_of_turn(self.models.tok) if self.task_type == "sft" else ""
 
@@ -160,11 +160,11 @@ def score_file(session: Session, path: Path, out: Path, batch_size: int | None) 
     import datasets
 
     from trainer.config import get
-    from trainer.data import RawData, with_eval_rows
-    from trainer.encoding import encode, make_collator
-    from trainer.evaluation import evaluate, predictions
-    from trainer.generation import answer_metrics
-    from trainer.loop import autocast_for
+    from trainer.data.splits import RawData, with_eval_rows
+    from trainer.data.encoding import encode, make_collator
+    from trainer.evaluation.scoring import evaluate, predictions
+    from trainer.evaluation.generation import answer_metrics
+    from trainer.training.loop import autocast_for
 
     cfg, models = session.cfg, session.models
     data_cfg, task = get(cfg, "data"), get(cfg, "task")
@@ -297,9 +297,9 @@ def chat_row(session: Session, row: int, record: Any, path: Path) -> ChatRow:
     import datasets
 
     from trainer.config import get
-    from trainer.conversations import resolve_format, to_messages
-    from trainer.data import RawData
-    from trainer.encoding import encode
+    from trainer.data.conversations import resolve_format, to_messages
+    from trainer.data.splits import RawData
+    from trainer.data.encoding import encode
     from trainer.errors import ConfigError
 
     if isinstance(record, Exception):
@@ -339,7 +339,7 @@ def with_answer_slot(record: dict[str, Any], data: dict[str, Any], fmt: str) -> 
     """A row that asks without answering (its turns end with the user, or alpaca / prompt_completion
     without the answer column) completed with a placeholder answer, so it passes the data reader's
     row checks like a training row; True when one was added."""
-    from trainer.conversations import alpaca_columns, messages_column
+    from trainer.data.conversations import alpaca_columns, messages_column
 
     if fmt in ("messages", "sharegpt"):
         column = messages_column(data, fmt)
@@ -358,10 +358,10 @@ def score_conversations(session: Session, path: Path, out: Path, batch_size: int
     """Greedy answers for chat rows, one output line per input line (see the module doc); the
     trial's metrics (eval_loss, exact_match, token_f1) over the rows that carry an answer."""
     from trainer.config import get
-    from trainer.encoding import EncodedData, EncodedSplit, make_collator
-    from trainer.evaluation import evaluate
-    from trainer.generation import answer_metrics, generate_answers
-    from trainer.loop import autocast_for
+    from trainer.data.encoding import EncodedData, EncodedSplit, make_collator
+    from trainer.evaluation.scoring import evaluate
+    from trainer.evaluation.generation import answer_metrics, generate_answers
+    from trainer.training.loop import autocast_for
 
     cfg, models = session.cfg, session.models
     results: list[dict[str, Any]] = []

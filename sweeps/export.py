@@ -204,7 +204,7 @@ def trial_labels(cfg: Any, adapter: Path) -> tuple[list[str] | None, int | None]
     task.verbalizer), else, for a classifier, the rows of the head the adapter saved: the data is
     never read."""
     from trainer.config import get
-    from trainer.targets import CLASSIFIER_HEADS
+    from trainer.models.targets import CLASSIFIER_HEADS
 
     names, count = get(cfg, "data.label_names"), get(cfg, "data.num_labels")
     names = [str(n) for n in names] if names else None
@@ -240,7 +240,7 @@ class Models:
         from trainer.config import get
         from trainer.devices import resolve_device
         from trainer.errors import ConfigError
-        from trainer.model import load_tokenizer
+        from trainer.models.loading import load_tokenizer
 
         self.model_cfg, self.quant, self.task = get(cfg, "model"), get(cfg, "quant"), get(cfg, "task")
         self.type = self.task["type"]
@@ -255,7 +255,7 @@ class Models:
     def base(self, device: Any = None) -> Any:
         """Exactly as in the trial: quantized per quant.*, kbit-prepared, same head config, the
         tokenizer's vocabulary (tokens a named chat template added)."""
-        from trainer.model import load_base_model
+        from trainer.models.loading import load_base_model
 
         return load_base_model(self.model_cfg, self.quant, self.type, self.num_labels, self.tok.pad_token_id,
                                device if device is not None else self.device, gradient_checkpointing=False,
@@ -271,7 +271,7 @@ class Models:
         copy unless dtype is float32), with the adapter merged in."""
         import torch
 
-        from trainer.model import cast_floating_params
+        from trainer.models.loading import cast_floating_params
 
         target = getattr(torch, dtype)
         base = self.base(device)
@@ -304,7 +304,7 @@ class Models:
         eos; none of the base model's sampling or repetition settings."""
         from transformers import GenerationConfig
 
-        from trainer.special_tokens import add_end_of_turn_eos
+        from trainer.models.special_tokens import add_end_of_turn_eos
 
         gen = GenerationConfig(do_sample=False, num_beams=1, eos_token_id=model.generation_config.eos_token_id,
                                bos_token_id=self.tok.bos_token_id, pad_token_id=self.tok.pad_token_id)
@@ -324,7 +324,7 @@ def trial_config_yaml(cfg: Any) -> str:
 def export(sel: Selection, args: argparse.Namespace) -> int:
     """Stage beside --out, verify, then move into place (an interrupted export leaves no half folder)."""
     from trainer.devices import resolve_device
-    from trainer.special_tokens import trains_new_tokens
+    from trainer.models.special_tokens import trains_new_tokens
 
     stage = sel.out.parent / f".{sel.out.name}.export-tmp"
     shutil.rmtree(stage, ignore_errors=True)

@@ -60,7 +60,7 @@ def _word_tokenizer(path: Path) -> None:
     from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
     from transformers import PreTrainedTokenizerFast
 
-    from trainer.demo_data import DISLIKE, DISTRACTORS, LIKE, NEGATIVE, POSITIVE, SUBJECTS
+    from trainer.data.demo_data import DISLIKE, DISTRACTORS, LIKE, NEGATIVE, POSITIVE, SUBJECTS
 
     words = set(WORDS)
     for group in (POSITIVE, NEGATIVE, SUBJECTS, DISTRACTORS, LIKE, DISLIKE):
@@ -137,8 +137,8 @@ def chat_tokenizer(path: Path, chat_template: str = "chatml") -> None:
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
-    from trainer.chat_templates import NAMED_TEMPLATES
-    from trainer.demo_chat import demo_chat_splits
+    from trainer.data.chat_templates import NAMED_TEMPLATES
+    from trainer.data.demo_chat import demo_chat_splits
 
     train, _ = demo_chat_splits(400, 2)
     corpus = [f"{m['role']} {m['content']}" for conv in train for m in conv] + ["system user assistant ANSWER"]

@@ -12,7 +12,7 @@ import pytest
 from optuna.trial import TrialState
 
 from sweep_helpers import REPO, TINY, env, only_study, run_sweep
-from trainer.demo_data import generate
+from trainer.data.demo_data import generate
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 

@@ -13,8 +13,8 @@ import pytest
 from conftest import compose_cfg
 from sweep_helpers import run_sweep
 from trainer.config import get
-from trainer.conversations import DataRowError, as_split, conversations_of
-from trainer.data import load_raw, with_eval_rows
+from trainer.data.conversations import DataRowError, as_split, conversations_of
+from trainer.data.splits import load_raw, with_eval_rows
 from trainer.errors import ConfigError
 from trainer.validation import validate_config
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from trainer import encode_conversation
-from trainer.chat_templates import end_of_turn, end_of_turn_id
+from trainer.data.chat_templates import end_of_turn, end_of_turn_id
 
 TEMPLATES = Path(__file__).parent / "chat_templates"
 CHATML = ["<|im_start|>", "<|im_end|>"]
@@ -213,7 +213,7 @@ def test_a_tiny_model_of_the_family_takes_the_encoded_batch(name, torch_single_t
     import torch
     import torch.nn.functional as F
 
-    from trainer.encoding import make_collator
+    from trainer.data.encoding import make_collator
 
     tok = family_tokenizer(name)
     rows = []
@@ -291,7 +291,7 @@ def test_other_tool_calling_templates_train_the_calls_and_not_the_results(name):
 
 @pytest.mark.parametrize("name", ["phi-3.5", "gemma-2"])
 def test_a_template_that_cannot_render_the_tool_conversation_is_refused_with_the_reason(name):
-    from trainer.chat_templates import TemplateSplitError
+    from trainer.data.chat_templates import TemplateSplitError
 
     with pytest.raises(TemplateSplitError, match=f"the chat template of {name}' .*(calls get_weather|roles must alt)"):
         encode_conversation(family_tokenizer(name), TOOL_CONVERSATION, tools=TOOLS)
@@ -326,7 +326,7 @@ def test_reasoning_is_kept_stripped_or_emptied_on_qwen3(reasoning, expected, cap
     tok = family_tokenizer("qwen3")
     tok.name_or_path = f"qwen3 (reasoning={reasoning})"  # a name of its own: warnings are once per template
     try:
-        with caplog.at_level(logging.WARNING, logger="trainer.chat_templates"):
+        with caplog.at_level(logging.WARNING, logger="trainer.data.chat_templates"):
             ids, labels = encode_conversation(tok, REASONING_CONVERSATION, reasoning=reasoning)
     finally:
         tok.name_or_path = "qwen3"
@@ -352,7 +352,7 @@ def test_gemma_folds_the_system_prompt_into_the_first_user_turn_and_says_so_once
     tok = family_tokenizer("gemma-2")
     tok.name_or_path = "gemma-2 (fold test)"  # a name of its own: the warning is once per template
     try:
-        with caplog.at_level(logging.WARNING, logger="trainer.chat_templates"):
+        with caplog.at_level(logging.WARNING, logger="trainer.data.chat_templates"):
             for _ in range(2):
                 ids, labels = encode_conversation(tok, CONVERSATION)
     finally:

@@ -11,7 +11,7 @@ from conftest import compose_cfg
 from test_trainer_determinism import assert_identical
 
 from trainer import ConfigError, RecordingReporter, WarmCache, run_trial
-from trainer.checkpoint import checkpoint_step, has_checkpoint
+from trainer.training.checkpoint import checkpoint_step, has_checkpoint
 from trainer.errors import TrialPreempted
 
 pytestmark = pytest.mark.usefixtures("torch_single_thread")

@@ -24,8 +24,8 @@ def peft_counts(name_or_path: str, r: int) -> dict[str, int]:
     """What peft actually trains per preset (LoRA + the classification head copy), at lora.r = r."""
     import torch
 
-    from trainer.model import apply_lora, load_base_model
-    from trainer.targets import resolve_target_modules
+    from trainer.models.loading import apply_lora, load_base_model
+    from trainer.models.targets import resolve_target_modules
 
     counts = {}
     for preset in PRESETS:

@@ -96,9 +96,9 @@ def test_merged_model_reloads_with_same_predictions(sweep, merged):
 
     from sweeps.runtime.compose import ComposeSpec, compose_job
     from trainer.config import get
-    from trainer.data import load_raw
-    from trainer.encoding import encode, make_collator
-    from trainer.model import load_base_model, load_tokenizer
+    from trainer.data.splits import load_raw
+    from trainer.data.encoding import encode, make_collator
+    from trainer.models.loading import load_base_model, load_tokenizer
 
     out, proc = merged
     ok(proc)

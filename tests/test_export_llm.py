@@ -45,7 +45,7 @@ PLAIN = textwrap.dedent('''
                                    bnb_4bit_compute_dtype=torch.float32, llm_int8_skip_modules=["lm_head"])
         base = AutoModelForCausalLM.from_pretrained(base_path, quantization_config=quant, device_map={"": "cpu"},
                                                     dtype=torch.float32)
-        for layer in base.modules():  # as trainer.model.keep_4bit_layout_on_cpu: layers narrower than a
+        for layer in base.modules():  # as trainer.models.loading.keep_4bit_layout_on_cpu: layers narrower than a
             layer.support_avx512bf16_for_cpu = False  # quantization block cannot take bnb's AVX512-BF16 repacking
         base.resize_token_embeddings(len(tok))
         model = PeftModel.from_pretrained(base, folder + "/adapter")
@@ -64,7 +64,7 @@ def _base_tokenizer(path: Path) -> None:
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
-    from trainer.demo_chat import demo_chat_splits
+    from trainer.data.demo_chat import demo_chat_splits
 
     train, _ = demo_chat_splits(200, 2)
     corpus = [f"{m['role']} {m['content']}" for conv in train for m in conv] + ["system user assistant ANSWER"] + ["yes"] * 50
@@ -97,7 +97,7 @@ def _load(model_dir: Path, template: str, seed: int):
     """Tokenizer and fp32 base as a trial loads them, after drawing the global RNG from `seed`."""
     import torch
 
-    from trainer.model import load_base_model, load_tokenizer
+    from trainer.models.loading import load_base_model, load_tokenizer
 
     tok = load_tokenizer({"name_or_path": str(model_dir)}, {"type": "sft", "chat_template": template})
     torch.manual_seed(seed)
@@ -110,7 +110,7 @@ def test_named_template_adds_its_tokens_with_mean_rows_whatever_the_seed(tiny_ba
     """Warm and cold trials share one base: its new rows cannot depend on the seed that loaded it."""
     import torch
 
-    from trainer.chat_templates import end_of_turn_id
+    from trainer.data.chat_templates import end_of_turn_id
 
     tok, one = _load(tiny_base_llama_dir, "chatml", seed=1)
     _, two = _load(tiny_base_llama_dir, "chatml", seed=2)
@@ -128,7 +128,7 @@ def test_new_rows_train_beside_lora_and_the_base_comes_back_pristine(tiny_base_l
     import torch
 
     from trainer.errors import ConfigError
-    from trainer.model import apply_lora, is_pristine, restore_base
+    from trainer.models.loading import apply_lora, is_pristine, restore_base
 
     tok, base = _load(tiny_base_llama_dir, "chatml", seed=0)
     before = base.get_input_embeddings().weight.clone()
@@ -144,7 +144,7 @@ def test_new_rows_train_beside_lora_and_the_base_comes_back_pristine(tiny_base_l
 
 
 def test_templates_without_markers_add_nothing(tiny_base_llama_dir):
-    from trainer.model import load_tokenizer
+    from trainer.models.loading import load_tokenizer
 
     base_size = len(load_tokenizer({"name_or_path": str(tiny_base_llama_dir)}))
     for template in ("zephyr", "alpaca"):  # their turns end with the tokenizer's eos
@@ -152,7 +152,7 @@ def test_templates_without_markers_add_nothing(tiny_base_llama_dir):
         assert len(tok) == base_size
     llama3 = load_tokenizer({"name_or_path": str(tiny_base_llama_dir)}, {"type": "sft", "chat_template": "llama3"})
     assert len(llama3) == base_size + 3 and "<|eot_id|>" in llama3.get_vocab()
-    from trainer.chat_templates import NAMED_TEMPLATES
+    from trainer.data.chat_templates import NAMED_TEMPLATES
 
     jinja = load_tokenizer({"name_or_path": str(tiny_base_llama_dir)},
                            {"type": "sft", "chat_template": NAMED_TEMPLATES["chatml"]})  # a Jinja string's markers too
@@ -171,7 +171,7 @@ def _cli(cwd: Path, module: str, *args: str) -> subprocess.CompletedProcess:
 @pytest.fixture(scope="module")
 def chatml_sweep(tmp_path_factory, tiny_base_llama_dir) -> Path:
     """One trial, trained until every answer is `yes<|im_end|>`; the data folder is then deleted."""
-    from trainer.demo_chat import demo_chat_splits
+    from trainer.data.demo_chat import demo_chat_splits
 
     cwd = tmp_path_factory.mktemp("chatml_sweep")
     data = cwd / "data"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from trainer.generation import answer_metrics, exact_match, generate_answers, normalize_answer, token_f1
+from trainer.evaluation.generation import answer_metrics, exact_match, generate_answers, normalize_answer, token_f1
 
 
 def test_squad_normalisation_and_scores():

@@ -144,7 +144,7 @@ def test_paged_adamw_8bit_trains_and_pages_its_8bit_state(tiny_chat_llama_dir: P
     from torch.optim.optimizer import register_optimizer_step_post_hook
 
     from trainer import run_trial
-    from trainer.loop import make_optimizer
+    from trainer.training.loop import make_optimizer
 
     seen: list[tuple[str, set[str]]] = []
     handle = register_optimizer_step_post_hook(lambda opt, args, kwargs: seen.append(

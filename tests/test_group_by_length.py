@@ -10,7 +10,7 @@ import pytest
 from conftest import compose_cfg
 
 from trainer import run_trial
-from trainer.loop import step_groups
+from trainer.training.loop import step_groups
 
 pytestmark = pytest.mark.usefixtures("torch_single_thread")
 

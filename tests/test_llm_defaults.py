@@ -107,10 +107,10 @@ def test_auto_where_it_cannot_be_resolved_is_refused_by_name():
 
 def test_the_preflight_resolves_them_from_model_data_and_device(tiny_chat_llama_dir):
     import trainer
-    from trainer.data import load_raw
-    from trainer.encoding import encode
-    from trainer.evaluation import answer_prompts
-    from trainer.model import load_tokenizer
+    from trainer.data.splits import load_raw
+    from trainer.data.encoding import encode
+    from trainer.evaluation.scoring import answer_prompts
+    from trainer.models.loading import load_tokenizer
 
     cfg = compose(*CHAT, f"model.name_or_path={tiny_chat_llama_dir}")
     report = trainer.preflight(cfg)
@@ -175,7 +175,7 @@ def test_a_dry_run_prints_the_resolved_defaults(tmp_path, tiny_chat_llama_dir):
 # -- generation ----------------------------------------------------------------------------------
 
 def _chat_prompts(tok, n: int = 6) -> list[list[int]]:
-    from trainer.demo_chat import demo_chat_splits
+    from trainer.data.demo_chat import demo_chat_splits
 
     train, _ = demo_chat_splits(n, 2)
     return [tok(tok.apply_chat_template(c[:-1], add_generation_prompt=True, tokenize=False),
@@ -186,7 +186,7 @@ def test_generation_is_greedy_whatever_the_models_generation_config_says(tiny_ch
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from trainer.generation import generate_replies
+    from trainer.evaluation.generation import generate_replies
 
     tok = AutoTokenizer.from_pretrained(tiny_chat_llama_dir)
     model = AutoModelForCausalLM.from_pretrained(tiny_chat_llama_dir)
@@ -208,7 +208,7 @@ def test_answers_that_hit_max_new_tokens_are_counted(tiny_chat_llama_dir, torch_
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from trainer.generation import generate_replies, stop_ids
+    from trainer.evaluation.generation import generate_replies, stop_ids
 
     tok = AutoTokenizer.from_pretrained(tiny_chat_llama_dir)
     model = AutoModelForCausalLM.from_pretrained(tiny_chat_llama_dir).eval()

@@ -88,8 +88,8 @@ def test_lora_scaling_sets_the_update_scale(tiny_llama_dir: Path, scaling: str, 
     import torch
 
     from trainer.config import get
-    from trainer.model import apply_lora, load_base_model, load_tokenizer
-    from trainer.targets import resolve_target_modules
+    from trainer.models.loading import apply_lora, load_base_model, load_tokenizer
+    from trainer.models.targets import resolve_target_modules
 
     c = cfg(tiny_llama_dir, "quant=none", "lora.r=8", "lora.lora_alpha=16", f"lora.scaling={scaling}")
     validate_config(c)

@@ -65,7 +65,7 @@ def test_library_module_says_it_is_not_a_command(module):
     assert proc.stdout == ""
 
 
-@pytest.mark.parametrize("module", ["trainer", "trainer.recipe", "trainer.encoding"])
+@pytest.mark.parametrize("module", ["trainer", "trainer.recipe", "trainer.data.encoding"])
 def test_trainer_says_it_is_a_library(module):
     proc = python_m(module)
     assert proc.returncode != 0

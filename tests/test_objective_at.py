@@ -8,7 +8,7 @@ import torch
 
 import trainer
 from conftest import compose_cfg
-from trainer.selection import EvalSelection
+from trainer.training.selection import EvalSelection
 
 # A learning rate far too high for the tiny BERT: accuracy and loss swing between evals, so the
 # best evaluation is not the last one.
@@ -41,11 +41,11 @@ def _evaluate_saved(cfg, adapter_dir) -> dict[str, float]:
     from peft import PeftModel
 
     from trainer.config import get
-    from trainer.data import load_raw
-    from trainer.encoding import encode, make_collator
-    from trainer.evaluation import evaluate
-    from trainer.loop import autocast_for
-    from trainer.model import load_base_model, load_tokenizer
+    from trainer.data.splits import load_raw
+    from trainer.data.encoding import encode, make_collator
+    from trainer.evaluation.scoring import evaluate
+    from trainer.training.loop import autocast_for
+    from trainer.models.loading import load_base_model, load_tokenizer
 
     tok = load_tokenizer(get(cfg, "model"))
     data = encode(load_raw(get(cfg, "data"), "classification"), tok, get(cfg, "data"), get(cfg, "task"),

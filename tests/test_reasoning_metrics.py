@@ -12,8 +12,8 @@ import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from trainer.evaluation import sample_row
-from trainer.generation import answer_metrics, exact_match, split_reasoning, token_f1
+from trainer.evaluation.scoring import sample_row
+from trainer.evaluation.generation import answer_metrics, exact_match, split_reasoning, token_f1
 
 REPO = Path(__file__).resolve().parents[1]
 QWEN3_TEMPLATE = Path(__file__).with_name("chat_templates") / "qwen3.jinja"
@@ -118,8 +118,8 @@ def sft_config(model: Path, data: Path, *overrides: str):
 def test_the_real_qwen3_template_opens_each_answer_with_an_empty_think_block(tiny_qwen3):
     from transformers import AutoTokenizer
 
-    from trainer.encoding import IGNORE_INDEX, encode
-    from trainer.data import load_raw
+    from trainer.data.encoding import IGNORE_INDEX, encode
+    from trainer.data.splits import load_raw
 
     tok = AutoTokenizer.from_pretrained(tiny_qwen3)
     data = {"source": "jsonl", "path": str(capitals_data(tiny_qwen3 / "data")), "format": "messages",

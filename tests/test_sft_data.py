@@ -13,9 +13,9 @@ import pytest
 from conftest import chat_tokenizer, compose_cfg
 from sweep_helpers import run_sweep
 from trainer.config import get
-from trainer.conversations import DataRowError, conversations_of
-from trainer.data import load_raw
-from trainer.encoding import IGNORE_INDEX, encode
+from trainer.data.conversations import DataRowError, conversations_of
+from trainer.data.splits import load_raw
+from trainer.data.encoding import IGNORE_INDEX, encode
 from trainer.errors import ConfigError
 
 CONVERSATION = [
@@ -120,8 +120,8 @@ def _encode(tok_dir: Path, conversations: list[list[dict]], max_len: int = 256, 
     """Both splits of `conversations` encoded as a trial would, and the tokenizer used."""
     import datasets
 
-    from trainer.data import RawData
-    from trainer.model import load_tokenizer
+    from trainer.data.splits import RawData
+    from trainer.models.loading import load_tokenizer
 
     cfg = compose_cfg(["task=sft", f"model.name_or_path={tok_dir}"])
     task = {**get(cfg, "task"), **task_settings}
@@ -273,8 +273,8 @@ def test_a_stored_split_with_tools_trains_the_calls_and_not_the_results(tmp_path
     """Through a datasets table (which fills absent keys with None) with a `tools` column."""
     import datasets
 
-    from trainer.data import RawData
-    from trainer.model import load_tokenizer
+    from trainer.data.splits import RawData
+    from trainer.models.loading import load_tokenizer
 
     chat_tokenizer(tmp_path)
     tools = [{"type": "function", "function": {"name": "get_weather", "description": "the weather in a city",

@@ -13,7 +13,7 @@ import pytest
 from optuna.trial import TrialState
 
 from sweep_helpers import REPO, env, only_study, run_sweep, runs
-from trainer.demo_chat import demo_chat_splits
+from trainer.data.demo_chat import demo_chat_splits
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 

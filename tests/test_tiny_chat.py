@@ -25,7 +25,7 @@ BUILD_AT = """
 import os, sys, time
 from pathlib import Path
 import torch, transformers
-from trainer.tiny_chat import tiny_chat_path
+from trainer.models.tiny_chat import tiny_chat_path
 barrier, n = Path(sys.argv[1]), int(sys.argv[2])
 barrier.mkdir(parents=True, exist_ok=True)
 (barrier / str(os.getpid())).touch()
@@ -47,7 +47,7 @@ def _hashes(folder: Path) -> dict[str, str]:
 
 def test_two_builds_are_byte_identical_and_the_config_points_at_the_build(tmp_path, monkeypatch, torch_single_thread):
     """Seeded tokenizer training and init: a fresh interpreter and this one write the same files."""
-    from trainer.tiny_chat import recipe_version, tiny_chat_path
+    from trainer.models.tiny_chat import recipe_version, tiny_chat_path
 
     other = subprocess.run([sys.executable, "-c", BUILD_AT, str(tmp_path / "barrier"), "1"], env=_child_env(tmp_path / "a"),
                            capture_output=True, text=True, timeout=300)
@@ -63,7 +63,7 @@ def test_two_builds_are_byte_identical_and_the_config_points_at_the_build(tmp_pa
 
 
 def test_the_cache_folder_follows_the_environment(tmp_path, monkeypatch):
-    from trainer.tiny_chat import cache_root
+    from trainer.models.tiny_chat import cache_root
 
     monkeypatch.delenv("LORA_SWEEP_CACHE", raising=False)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
@@ -76,7 +76,7 @@ def test_the_cache_folder_follows_the_environment(tmp_path, monkeypatch):
 
 
 def test_two_processes_asking_at_once_get_one_complete_folder(tmp_path):
-    from trainer.tiny_chat import recipe_version
+    from trainer.models.tiny_chat import recipe_version
 
     """Sweep workers start together: one builds, the other waits and reuses; no temp folder is left."""
     cache = tmp_path / "cache"
@@ -98,10 +98,10 @@ def test_chatml_template_and_special_tokens_as_the_trainer_sees_them(tmp_path, m
     """`<|im_end|>` is one token, the eos and the end of every trained assistant span; prompts end
     with the generation prompt the model answers after."""
     import trainer  # noqa: F401  - registers the resolvers
-    from trainer.chat_templates import end_of_turn_id
-    from trainer.data import load_raw
-    from trainer.encoding import encode
-    from trainer.model import load_tokenizer
+    from trainer.data.chat_templates import end_of_turn_id
+    from trainer.data.splits import load_raw
+    from trainer.data.encoding import encode
+    from trainer.models.loading import load_tokenizer
 
     monkeypatch.setenv("LORA_SWEEP_CACHE", str(tmp_path))
     cfg = OmegaConf.to_container(compose_cfg([*SFT_DEMO, "train.max_seq_length=256"]), resolve=True)

@@ -13,8 +13,8 @@ import pytest
 
 from conftest import compose_cfg
 from trainer.config import get
-from trainer.data import load_raw
-from trainer.encoding import IGNORE_INDEX, encode
+from trainer.data.splits import load_raw
+from trainer.data.encoding import IGNORE_INDEX, encode
 
 TEMPLATE = Path(__file__).parent / "chat_templates" / "Qwen-Qwen2.5-7B-Instruct.jinja"
 SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]

@@ -91,7 +91,7 @@ def test_seed_sets_lora_and_head_init(tiny_bert_dir: Path) -> None:
     """Init depends on `seed` only, drawn right before the head and adapters are created."""
     import torch
 
-    from trainer.model import apply_lora, load_base_model, reset_head, restore_base
+    from trainer.models.loading import apply_lora, load_base_model, reset_head, restore_base
 
     cfg = cfg_for(tiny_bert_dir, "quant=none")
     base = load_base_model(dict(cfg.model), dict(cfg.quant), "classification", 2, 0, torch.device("cpu"), False)

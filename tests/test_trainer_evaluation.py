@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from trainer.demo_data import generate
-from trainer.encoding import IGNORE_INDEX, EncodedData, EncodedSplit, make_collator
-from trainer.evaluation import evaluate
+from trainer.data.demo_data import generate
+from trainer.data.encoding import IGNORE_INDEX, EncodedData, EncodedSplit, make_collator
+from trainer.evaluation.scoring import evaluate
 
 pytestmark = pytest.mark.usefixtures("torch_single_thread")
 
@@ -92,7 +92,7 @@ def test_verbalisers_of_different_length_tie_on_a_model_that_prefers_neither(tin
     import torch
     from transformers import AutoTokenizer, LlamaForCausalLM
 
-    from trainer.evaluation import candidate_scores
+    from trainer.evaluation.scoring import candidate_scores
 
     tok = AutoTokenizer.from_pretrained(tiny_llama_dir)
     tok.pad_token = tok.eos_token

@@ -7,7 +7,7 @@ import random
 import pytest
 from sklearn.metrics import accuracy_score, f1_score
 
-from trainer.metrics import classification_metrics
+from trainer.evaluation.metrics import classification_metrics
 
 
 @pytest.mark.parametrize("num_labels", [2, 3, 5])

@@ -50,7 +50,7 @@ def test_environment_fingerprint() -> None:
 
 
 def test_demo_data_is_fixed_balanced_and_noisy() -> None:
-    from trainer.demo_data import demo_splits, generate
+    from trainer.data.demo_data import demo_splits, generate
 
     train, eval_ = demo_splits(600, 300)
     assert train == demo_splits(600, 300)[0] and train["text"][:5] != eval_["text"][:5]

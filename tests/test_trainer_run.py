@@ -69,8 +69,8 @@ def test_tiny_bert_qlora_trains_and_reports(tiny_bert_dir: Path, tmp_path: Path)
 def test_tiny_llama_causal_lm_qlora(tiny_llama_dir: Path) -> None:
     from transformers import AutoTokenizer
 
-    from trainer.data import load_raw
-    from trainer.encoding import IGNORE_INDEX, encode
+    from trainer.data.splits import load_raw
+    from trainer.data.encoding import IGNORE_INDEX, encode
 
     cfg = llama_cfg(tiny_llama_dir, "lora.target_modules=attn_mlp")
     reporter = RecordingReporter()
@@ -97,7 +97,7 @@ def test_tiny_llama_causal_lm_qlora(tiny_llama_dir: Path) -> None:
 
 
 def test_reporter_exception_stops_trial_and_cache_stays_usable(tiny_bert_dir: Path) -> None:
-    from trainer.model import is_pristine
+    from trainer.models.loading import is_pristine
 
     cache = WarmCache()
     with pytest.raises(StopAt.Pruned, match="step 3"):

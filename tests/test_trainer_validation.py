@@ -89,7 +89,7 @@ def test_bf16_is_rejected_on_this_cpu() -> None:
 
 
 def test_alpha_ratio_wins_over_lora_alpha() -> None:
-    from trainer.model import lora_alpha
+    from trainer.models.loading import lora_alpha
 
     assert lora_alpha({"r": 8, "lora_alpha": 16, "alpha_ratio": 4}) == 32.0
     assert lora_alpha({"r": 8, "lora_alpha": 16, "alpha_ratio": None}) == 16.0

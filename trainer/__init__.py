@@ -24,7 +24,7 @@ register_resolvers()
 
 # On AVX512-BF16 CPUs, importing bitsandbytes tries to fetch a kernel for its packed 4-bit layout
 # from the hub and warns that it failed. The trainer keeps the training layout instead
-# (trainer.model.keep_4bit_layout_on_cpu), so that kernel is never used and the warning is noise.
+# (trainer.models.loading.keep_4bit_layout_on_cpu), so that kernel is never used and the warning is noise.
 logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
 
 # Offline (HF_HUB_OFFLINE=1), the `kernels` package notes at that same import that it skips the
@@ -43,12 +43,12 @@ _LAZY = {
     "validate_config": "trainer.validation",
     "preflight": "trainer.prechecks",
     "PreflightReport": "trainer.prechecks",
-    "resolve_target_modules": "trainer.targets",
-    "TARGET_PRESETS": "trainer.targets",
+    "resolve_target_modules": "trainer.models.targets",
+    "TARGET_PRESETS": "trainer.models.targets",
     "seed_everything": "trainer.seeding",
     "environment_fingerprint": "trainer.fingerprint",
     "determinism_mode": "trainer.seeding",
-    "encode_conversation": "trainer.chat_templates",
+    "encode_conversation": "trainer.data.chat_templates",
 }
 
 __all__ = ["ConfigError", "NonFiniteLossError", "TrialPreempted", *_LAZY]
@@ -70,12 +70,12 @@ def __dir__() -> list[str]:
 
 if TYPE_CHECKING:  # for type checkers and IDEs only
     from trainer.cache import WarmCache
-    from trainer.chat_templates import encode_conversation
+    from trainer.data.chat_templates import encode_conversation
     from trainer.fingerprint import environment_fingerprint
     from trainer.prechecks import PreflightReport, preflight
     from trainer.recipe import run_trial
     from trainer.reporting import RecordingReporter, Reporter
     from trainer.result import TrialResult
     from trainer.seeding import determinism_mode, seed_everything
-    from trainer.targets import TARGET_PRESETS, resolve_target_modules
+    from trainer.models.targets import TARGET_PRESETS, resolve_target_modules
     from trainer.validation import validate_config

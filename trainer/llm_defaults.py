@@ -162,7 +162,7 @@ def answer_lengths(tok: Any, conversations: Sequence[tuple[list[dict[str, Any]],
 def resolve_llm_defaults(cfg: DictConfig, *, tokenizer: Any = None, raw: Any = None,
                          model_config: Any = None) -> LlmDefaults:
     """The value of every `auto` key of `cfg` (nothing is loaded when none is auto). `tokenizer`
-    (with the task's chat template), `raw` (trainer.data.RawData) and `model_config` (the
+    (with the task's chat template), `raw` (trainer.data.splits.RawData) and `model_config` (the
     transformers config) are loaded here when not given."""
     keys = auto_keys(cfg)
     if not keys:
@@ -202,7 +202,7 @@ def resolve_llm_defaults(cfg: DictConfig, *, tokenizer: Any = None, raw: Any = N
         if task["type"] != "sft":
             bad = next(k for k in ("train.max_seq_length", "task.max_new_tokens") if k in keys)
             raise ConfigError(bad, AUTO, "a number (auto reads chat data: task=sft only)")
-        from trainer.conversations import conversations_of
+        from trainer.data.conversations import conversations_of
 
         tok = tokenizer if tokenizer is not None else _load_tokenizer(cfg)
         raw = raw if raw is not None else _load_raw(cfg)
@@ -237,12 +237,12 @@ def _load_model_config(model: dict[str, Any]) -> Any:
 
 
 def _load_tokenizer(cfg: DictConfig) -> Any:
-    from trainer.model import load_tokenizer
+    from trainer.models.loading import load_tokenizer
 
     return load_tokenizer(get(cfg, "model"), get(cfg, "task"))
 
 
 def _load_raw(cfg: DictConfig) -> Any:
-    from trainer.data import load_raw
+    from trainer.data.splits import load_raw
 
     return load_raw(get(cfg, "data"), "sft")

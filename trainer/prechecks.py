@@ -12,11 +12,11 @@ from typing import Any
 from omegaconf import DictConfig
 
 from trainer.config import get
-from trainer.data import RawData, check_test_split, load_raw
+from trainer.data.splits import RawData, check_test_split, load_raw
 from trainer.errors import ConfigError
 from trainer.llm_defaults import LlmDefaults, auto_keys, resolve_llm_defaults
 from trainer.settings import LoraSettings, QuantSettings, TrainSettings
-from trainer.targets import TARGET_PRESETS, matches, is_head, leaf_names, resolve_target_modules
+from trainer.models.targets import TARGET_PRESETS, matches, is_head, leaf_names, resolve_target_modules
 from trainer.validation import validate_config
 from trainer.trace import traced
 
@@ -39,7 +39,7 @@ def _raw_data(data_json: str, task_type: str) -> RawData:
 
 @lru_cache(maxsize=8)
 def _cached_tokenizer(model_json: str, template_json: str) -> Any:
-    from trainer.model import load_tokenizer
+    from trainer.models.loading import load_tokenizer
 
     return load_tokenizer(json.loads(model_json), json.loads(template_json))
 
@@ -54,7 +54,7 @@ def _tokenizer(model_json: str, task_json: str) -> Any:
 def _sft_stats(model_json: str, data_json: str, task_json: str, max_len: int) -> dict[str, float]:
     """Render and tokenize every conversation once: a template that cannot locate the assistant
     turns, a tokenizer without a template, or data that never fits fails here, before any trial."""
-    from trainer.encoding import encode
+    from trainer.data.encoding import encode
 
     data, task = json.loads(data_json), json.loads(task_json)
     return encode(_raw_data(data_json, "sft"), _tokenizer(model_json, task_json), data, task, max_len).stats
@@ -200,7 +200,7 @@ def _check_data(raw: RawData, cfg: DictConfig) -> None:
         raise ConfigError("task.metric", "accuracy", "loss or perplexity for data without labels",
                           "causal-LM accuracy scores verbalised labels")
     if task["type"] == "causal_lm" and raw.num_labels is not None and not get(cfg, "data.completion_column"):
-        from trainer.encoding import verbalizations
+        from trainer.data.encoding import verbalizations
 
         verbalizations(raw.num_labels, raw.label_names, task.get("verbalizer"))
 

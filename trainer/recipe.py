@@ -18,23 +18,23 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from trainer.cache import WarmCache, data_key, model_key, tokenizer_key
-from trainer.checkpoint import Checkpointer, checkpoint_step, config_digest
+from trainer.training.checkpoint import Checkpointer, checkpoint_step, config_digest
 from trainer.config import get
-from trainer.data import load_raw, load_test
+from trainer.data.splits import load_raw, load_test
 from trainer.devices import device_name, resolve_compute_dtype, resolve_device
-from trainer.encoding import encode, make_collator
-from trainer.evaluation import evaluate, evaluate_rows
+from trainer.data.encoding import encode, make_collator
+from trainer.evaluation.scoring import evaluate, evaluate_rows
 from trainer.llm_defaults import with_llm_defaults
-from trainer.loop import LoopPlan, autocast_for, train_loop
-from trainer.model import (apply_lora, is_pristine, load_base_model, load_tokenizer, mutates_base, reset_head,
+from trainer.training.loop import LoopPlan, autocast_for, train_loop
+from trainer.models.loading import (apply_lora, is_pristine, load_base_model, load_tokenizer, mutates_base, reset_head,
                            restore_base)
 from trainer.reporting import RecordingReporter, Reporter
 from trainer.result import TrialResult
 from trainer.seeding import seed_everything
-from trainer.selection import EvalSelection
+from trainer.training.selection import EvalSelection
 from trainer.settings import LoraSettings
-from trainer.special_tokens import save_embedding_layers
-from trainer.targets import resolve_target_modules
+from trainer.models.special_tokens import save_embedding_layers
+from trainer.models.targets import resolve_target_modules
 from trainer.validation import task_direction, validate_config
 from trainer.trace import span, traced
 
@@ -77,7 +77,7 @@ class _AnswerEval:
         self.rows: dict[str, list[float]] = {}  # exact_match and token_f1 of each eval row, last call
 
     def __call__(self) -> dict[str, float]:
-        from trainer.evaluation import answer_eval
+        from trainer.evaluation.scoring import answer_eval
 
         metrics, self.samples, self.rows = answer_eval(*self.args)
         return metrics
@@ -95,7 +95,7 @@ def run_trial(cfg: DictConfig, reporter: Reporter | None = None, cache: WarmCach
     bit for bit. The checkpoint is removed once the trial has finished.
 
     `objective` is (eval metric, direction), by default the task's; `objective_at="best"` scores
-    the trial by its best evaluation and keeps that evaluation's adapter (trainer.selection).
+    the trial by its best evaluation and keeps that evaluation's adapter (trainer.training.selection).
     `evaluate_test`: also score the kept model on `data.test_split` (metrics `test_*`; for seed
     replicates, never for the search)."""
     import torch

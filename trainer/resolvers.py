@@ -34,8 +34,8 @@ def format_column(role: str, data_format: str | None) -> str | None:
 
 
 def tiny_chat() -> str:
-    """`${tiny_chat:}`: the folder of `model=tiny_chat`, built on first use (see trainer/tiny_chat.py)."""
-    from trainer.tiny_chat import tiny_chat_path
+    """`${tiny_chat:}`: the folder of `model=tiny_chat`, built on first use (see trainer/models/tiny_chat.py)."""
+    from trainer.models.tiny_chat import tiny_chat_path
 
     return tiny_chat_path()
 

@@ -18,7 +18,7 @@ from omegaconf import DictConfig
 
 from trainer.config import get
 from trainer.errors import ConfigError
-from trainer.targets import TARGET_PRESETS
+from trainer.models.targets import TARGET_PRESETS
 
 AUTO = "auto"  # an LLM default, resolved once per sweep (trainer.llm_defaults)
 QUANT_MODES = ("none", "4bit", "8bit")

@@ -94,7 +94,7 @@ def _check_task(cfg: DictConfig) -> None:
 
 
 def _check_sft(cfg: DictConfig) -> None:
-    from trainer.chat_templates import REASONING, TRAIN_ON, TRUNCATION
+    from trainer.data.chat_templates import REASONING, TRAIN_ON, TRUNCATION
 
     _one_of(cfg, "task.train_on", TRAIN_ON)
     _one_of(cfg, "task.truncation", TRUNCATION)
@@ -113,7 +113,7 @@ def _check_sft(cfg: DictConfig) -> None:
 
 
 def _check_format(cfg: DictConfig, task: str) -> str:
-    from trainer.conversations import CHAT_FORMATS, FORMATS, resolve_format
+    from trainer.data.conversations import CHAT_FORMATS, FORMATS, resolve_format
 
     fmt = get(cfg, "data.format")
     require(fmt is None or fmt in FORMATS, "data.format", fmt, f"null or one of {', '.join(FORMATS)}")
@@ -131,7 +131,7 @@ def _check_format(cfg: DictConfig, task: str) -> str:
 
 def _check_ignore_columns(cfg: DictConfig, fmt: str) -> None:
     """data.ignore_columns: names of row keys the format does not read (a read one cannot be ignored)."""
-    from trainer.conversations import row_columns
+    from trainer.data.conversations import row_columns
 
     ignored = get(cfg, "data.ignore_columns")
     require(ignored is None or (isinstance(ignored, list) and all(isinstance(k, str) and k for k in ignored)),

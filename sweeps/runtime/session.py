@@ -204,7 +204,7 @@ class SweepSession:
         """Optimizer steps of the base config (its data size from the pre-flight, cached)."""
         import trainer
         from trainer.config import get
-        from trainer.loop import LoopPlan
+        from trainer.training.loop import LoopPlan
 
         try:
             return LoopPlan.build(get(self.job, "train"), trainer.preflight(self.job).num_train).total_steps

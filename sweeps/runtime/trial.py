@@ -109,7 +109,7 @@ class TrialRun:
         (`retry_of`) resumes from the folder it inherited when a checkpoint is there; the
         intermediate values up to that step are copied from the attempt before, so the pruner
         sees the whole curve. A new trial starts from a clean folder."""
-        from trainer.checkpoint import checkpoint_step, has_checkpoint
+        from trainer.training.checkpoint import checkpoint_step, has_checkpoint
 
         trial, attrs = self.trial, self.trial.user_attrs
         folder = Path(attrs.get("checkpoint_dir") or self.folder / "checkpoint")

@@ -10,8 +10,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from trainer.encoding import IGNORE_INDEX, EncodedData
-from trainer.metrics import (causal_lm_metrics, causal_lm_row_scores, classification_metrics,
+from trainer.data.encoding import IGNORE_INDEX, EncodedData
+from trainer.evaluation.metrics import (causal_lm_metrics, causal_lm_row_scores, classification_metrics,
                              classification_row_scores, sequence_logprobs)
 from trainer.trace import traced
 
@@ -111,7 +111,7 @@ def _eval_causal(model: Any, data: EncodedData, collate: Collate, bs: int, devic
 @traced("trainer.eval")
 def evaluate_rows(model: Any, data: EncodedData, collate: Collate, task_type: str, batch_size: int, device: Any,
                   autocast: Any, label_scoring: str = "mean") -> tuple[dict[str, float], RowScores]:
-    """Eval metrics (see trainer.metrics) and, for each metric that is a mean over the eval
+    """Eval metrics (see trainer.evaluation.metrics) and, for each metric that is a mean over the eval
     rows, its score on every row; restores train mode afterwards."""
     import torch
 
@@ -129,7 +129,7 @@ def evaluate_rows(model: Any, data: EncodedData, collate: Collate, task_type: st
 @traced("trainer.eval")
 def evaluate(model: Any, data: EncodedData, collate: Collate, task_type: str, batch_size: int, device: Any,
              autocast: Any, label_scoring: str = "mean") -> dict[str, float]:
-    """Eval metrics (see trainer.metrics); restores train mode afterwards."""
+    """Eval metrics (see trainer.evaluation.metrics); restores train mode afterwards."""
     return evaluate_rows(model, data, collate, task_type, batch_size, device, autocast, label_scoring)[0]
 
 
@@ -140,8 +140,8 @@ def answer_eval(model: Any, data: EncodedData, tokenizer: Any, max_new_tokens: i
     reasoning block), eval_answers_capped (how many answers ran into max_new_tokens without
     ending their turn: cut short, and a sign max_new_tokens is too low), the first `n_samples`
     rows for the sample-generations table, and both metrics per row."""
-    from trainer.chat_templates import end_of_turn
-    from trainer.generation import answer_metrics, answer_row_scores, generate_replies
+    from trainer.data.chat_templates import end_of_turn
+    from trainer.evaluation.generation import answer_metrics, answer_row_scores, generate_replies
 
     prompts, references = data.eval.prompts or [], data.eval.references or []
     replies = generate_replies(model, tokenizer, prompts, max_new_tokens, batch_size, device, autocast,
@@ -156,7 +156,7 @@ def answer_eval(model: Any, data: EncodedData, tokenizer: Any, max_new_tokens: i
 def sample_row(prompt: str, reference: str, reply: str) -> dict[str, str]:
     """One row of the sample-generations table: the prompt as the model saw it, the reference
     answer and the reply's reasoning and answer, each as scored (reasoning blocks split off)."""
-    from trainer.generation import split_reasoning
+    from trainer.evaluation.generation import split_reasoning
 
     ref_reasoning, ref_answer = split_reasoning(reference)
     reasoning, answer = split_reasoning(reply)
@@ -201,7 +201,7 @@ def predictions(model: Any, data: EncodedData, collate: Collate, task_type: str,
                          **({"reference": names[refs[i]]} if i < len(refs) else {})} for i, s in enumerate(scores)]
     finally:
         model.train(was_training)
-    from trainer.generation import generate_answers
+    from trainer.evaluation.generation import generate_answers
 
     if data.eval.references is not None:  # SFT: the conversations' last answers, as the trial scored them
         _, samples, _ = answer_eval(model, data, tokenizer, max_new_tokens, batch_size, device, autocast,

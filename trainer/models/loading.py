@@ -10,7 +10,7 @@ from typing import Any
 
 from trainer.errors import ConfigError
 from trainer.settings import LoraSettings, QuantSettings
-from trainer.targets import CLASSIFIER_HEADS, LM_HEADS
+from trainer.models.targets import CLASSIFIER_HEADS, LM_HEADS
 from trainer.trace import traced
 
 
@@ -24,7 +24,7 @@ def load_tokenizer(model: dict[str, Any], task: dict[str, Any] | None = None) ->
     """Tokenizer with a pad token (eos when it has none) and right padding (causal-LM training);
     for task=sft, with the chat template the task renders conversations with, and that named
     template's markers added as special tokens when the tokenizer lacks them
-    (trainer.special_tokens: every trial, chat and export load it here, so all see one vocabulary)."""
+    (trainer.models.special_tokens: every trial, chat and export load it here, so all see one vocabulary)."""
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(
@@ -36,9 +36,9 @@ def load_tokenizer(model: dict[str, Any], task: dict[str, Any] | None = None) ->
         tok.pad_token = tok.eos_token
     tok.padding_side = "right"
     if task is not None and task.get("type") == "sft":
-        from trainer.chat_templates import use_chat_template
+        from trainer.data.chat_templates import use_chat_template
 
-        from trainer.special_tokens import add_template_tokens
+        from trainer.models.special_tokens import add_template_tokens
 
         use_chat_template(tok, task.get("chat_template"))
         add_template_tokens(tok, task.get("chat_template"))
@@ -72,7 +72,7 @@ def load_base_model(model: dict[str, Any], quant: QuantSettings | dict[str, Any]
 
     With `tokenizer`: embeddings grown to its size, tokens a named chat template added starting
     as the mean row, and (task=sft) its end-of-turn an eos of the generation config
-    (trainer.special_tokens.fit_embeddings).
+    (trainer.models.special_tokens.fit_embeddings).
 
     Done once per cache key: kbit preparation casts non-quantized weights to fp32 and enables
     gradient checkpointing, mutations that are identical for every trial on this base.
@@ -107,7 +107,7 @@ def load_base_model(model: dict[str, Any], quant: QuantSettings | dict[str, Any]
     else:
         base = AutoModelForCausalLM.from_pretrained(model["name_or_path"], **kwargs)
     if tokenizer is not None:
-        from trainer.special_tokens import fit_embeddings
+        from trainer.models.special_tokens import fit_embeddings
 
         fit_embeddings(base, tokenizer, end_of_turn=task_type == "sft")
     if qconfig is None:
@@ -189,13 +189,13 @@ def apply_lora(base: Any, lora: LoraSettings | dict[str, Any], targets: list[str
 
     Trained in full beside it: the classification head and `lora.modules_to_save` (peft trains a
     copy and keeps the original, so restore_base gives the pristine base back); the rows of
-    tokens a named chat template added (trainer.special_tokens.trainable_token_indices). With
+    tokens a named chat template added (trainer.models.special_tokens.trainable_token_indices). With
     precision=pure_bf16 the adapter is bf16 too; otherwise peft keeps it in fp32.
     """
     import torch
     from peft import LoftQConfig, LoraConfig, TaskType, get_peft_model
 
-    from trainer.special_tokens import trainable_token_indices
+    from trainer.models.special_tokens import trainable_token_indices
 
     lora = LoraSettings.of(lora)
     heads = [n for n in CLASSIFIER_HEADS if hasattr(base, n)] if task_type == "classification" else []

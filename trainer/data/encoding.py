@@ -5,7 +5,7 @@ Causal LM: prompt = task.prompt_template.format(text=...), completion = the comp
 or the verbalised label; `labels` are -100 on prompt (and, after collation, padding) tokens so
 the loss is on the completion + eos only.
 SFT: each conversation rendered once with the chat template, as inference renders it
-(trainer.chat_templates.encode_turns); `labels` keep the assistant turns (task.train_on), each
+(trainer.data.chat_templates.encode_turns); `labels` keep the assistant turns (task.train_on), each
 with its end-of-turn marker. Conversations longer than train.max_seq_length lose whole exchanges
 from the front, then the front of the last exchange's prompt (task.truncation=left_turns), or are
 dropped (drop); an answer is never cut. The counts are in EncodedData.stats.
@@ -18,8 +18,8 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from trainer.conversations import conversations_of
-from trainer.data import RawData
+from trainer.data.conversations import conversations_of
+from trainer.data.splits import RawData
 from trainer.errors import ConfigError
 from trainer.trace import traced
 
@@ -133,7 +133,7 @@ def _fit_conversation(tok: Any, messages: list[dict[str, Any]], tools: Any, trai
     conversation costs a few encodings, not one per exchange), then, when the last exchange alone
     is still too long, the front of its prompt (a leading BOS kept; its answer is never cut).
     None when the answer alone does not fit, or truncation=drop and the whole does not."""
-    from trainer.chat_templates import EncodedConversation, encode_turns
+    from trainer.data.chat_templates import EncodedConversation, encode_turns
 
     def encoded(k: int) -> EncodedConversation:
         kept = _without_first_exchanges(messages, k) if k else messages
@@ -169,7 +169,7 @@ def _fit_conversation(tok: Any, messages: list[dict[str, Any]], tools: Any, trai
 
 def _encode_sft(conversations: list[tuple[list[dict[str, Any]], Any]], tok: Any, train_on: str, max_len: int,
                 truncation: str, reasoning: str | None, split: str, stats: dict[str, float]) -> EncodedSplit:
-    from trainer.chat_templates import TemplateSplitError, split_reasoning
+    from trainer.data.chat_templates import TemplateSplitError, split_reasoning
 
     features, prompts, references = [], [], []
     truncated = dropped = 0
@@ -198,7 +198,7 @@ def _encode_sft(conversations: list[tuple[list[dict[str, Any]], Any]], tok: Any,
 
 def encode_sft(raw: RawData, tok: Any, task: dict[str, Any], max_len: int) -> EncodedData:
     """Both splits of chat data; the eval loss is on assistant tokens even with train_on=all."""
-    from trainer.chat_templates import use_chat_template
+    from trainer.data.chat_templates import use_chat_template
 
     use_chat_template(tok, task.get("chat_template"))
     train_on, truncation = task.get("train_on", "assistant"), task.get("truncation", "left_turns")

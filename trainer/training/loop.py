@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from trainer.checkpoint import Checkpointer, restore_rng_states, rng_states
+from trainer.training.checkpoint import Checkpointer, restore_rng_states, rng_states
 from trainer.errors import NonFiniteLossError, TrialPreempted
 from trainer.reporting import Reporter
 from trainer.settings import TrainSettings
@@ -158,9 +158,9 @@ def train_loop(model: Any, features: list[dict[str, Any]], collate: Callable, ev
                causal: bool = False, selection: Any = None, checkpoint: Checkpointer | None = None) -> LoopOutcome:
     """Train for plan.total_steps, evaluating every eval_every_steps and at the end; `causal`:
     the loss is over label tokens (causal LM) rather than examples (classification);
-    `selection` (trainer.selection.EvalSelection) sees every eval and may stop the trial early.
+    `selection` (trainer.training.selection.EvalSelection) sees every eval and may stop the trial early.
 
-    `checkpoint` (trainer.checkpoint): continue from its checkpoint when `resume`, write one
+    `checkpoint` (trainer.training.checkpoint): continue from its checkpoint when `resume`, write one
     periodically, and when the reporter's optional `should_stop()` says so at a step boundary,
     write one and raise TrialPreempted."""
     import torch
@@ -274,7 +274,7 @@ def train_loop(model: Any, features: list[dict[str, Any]], collate: Callable, ev
 
 def _loop_state(model: Any, optimizer: Any, scheduler: Any, scaler: Any, out: LoopOutcome, window: list[float],
                 slots: tuple[int, int], selection: Any) -> dict[str, Any]:
-    """Everything after `out.steps` steps that the rest of the trial depends on (trainer.checkpoint)."""
+    """Everything after `out.steps` steps that the rest of the trial depends on (trainer.training.checkpoint)."""
     return {"step": out.steps,
             "trainable": {n: p.detach().to("cpu", copy=True) for n, p in model.named_parameters() if p.requires_grad},
             "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),

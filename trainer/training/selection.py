@@ -54,7 +54,7 @@ class EvalSelection:
         return self.patience is not None and self.patience > 0 and self.since_best >= self.patience
 
     def state(self) -> dict[str, Any]:
-        """What a trial checkpoint keeps of the selection (trainer.checkpoint)."""
+        """What a trial checkpoint keeps of the selection (trainer.training.checkpoint)."""
         return {"best_value": self.best_value, "best_step": self.best_step, "best_metrics": dict(self.best_metrics),
                 "since_best": self.since_best, "weights": self._weights}
 

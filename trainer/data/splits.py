@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from trainer.conversations import as_split, read_jsonl, resolve_format, to_conversations
+from trainer.data.conversations import as_split, read_jsonl, resolve_format, to_conversations
 from trainer.errors import ConfigError
 from trainer.trace import traced
 
@@ -39,7 +39,7 @@ def _load_source(data: dict[str, Any]) -> tuple[Any, Any]:
 
     source = data["source"]
     if source == "demo":
-        from trainer.demo_data import demo_splits
+        from trainer.data.demo_data import demo_splits
 
         train, eval_ = demo_splits(data["demo_train_size"], data["demo_eval_size"])
         return datasets.Dataset.from_dict(train), datasets.Dataset.from_dict(eval_)
@@ -86,13 +86,13 @@ def _check_labels(ds: Any, column: str, num_labels: int, split: str) -> None:
 
 
 def _conversation_splits(data: dict[str, Any], fmt: str) -> tuple[Any, Any]:
-    """Both splits as conversations stored by `trainer.conversations.as_split`; every row checked
-    (trainer.conversations) before any subsetting, so a bad row is reported by its number in the file."""
+    """Both splits as conversations stored by `trainer.data.conversations.as_split`; every row checked
+    (trainer.data.conversations) before any subsetting, so a bad row is reported by its number in the file."""
     import datasets
 
     source = data["source"]
     if source == "demo_chat":
-        from trainer.demo_chat import demo_chat_splits
+        from trainer.data.demo_chat import demo_chat_splits
 
         train, eval_ = demo_chat_splits(data["demo_train_size"], data["demo_eval_size"])
         return as_split((m, None) for m in train), as_split((m, None) for m in eval_)
@@ -166,13 +166,13 @@ def load_test(data: dict[str, Any], task_type: str) -> RawData:
         raise ConfigError("data.test_split", split, "the name of a held-out split (e.g. test)")
     as_eval = {**data, "eval_split": split, "max_eval_samples": data.get("max_test_samples")}
     if data["source"] == "demo":
-        from trainer.demo_data import demo_test_split
+        from trainer.data.demo_data import demo_test_split
 
         raw = load_raw({**as_eval, "demo_eval_size": 2}, task_type)
         test = datasets.Dataset.from_dict(demo_test_split(int(data.get("demo_test_size") or 300)))
         return RawData(raw.train, _cap(test, as_eval["max_eval_samples"]), raw.num_labels, raw.label_names)
     if data["source"] == "demo_chat":
-        from trainer.demo_chat import demo_chat_test_split
+        from trainer.data.demo_chat import demo_chat_test_split
 
         raw = load_raw({**as_eval, "demo_eval_size": 2}, task_type)
         test = as_split((m, None) for m in demo_chat_test_split(int(data.get("demo_test_size") or 40)))

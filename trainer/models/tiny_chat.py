@@ -20,7 +20,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from trainer.chat_templates import NAMED_TEMPLATES
+from trainer.data.chat_templates import NAMED_TEMPLATES
 
 CACHE_ENV = "LORA_SWEEP_CACHE"  # overrides $XDG_CACHE_HOME/lora-sweep (default ~/.cache/lora-sweep)
 PAD, IM_START, IM_END = "<|endoftext|>", "<|im_start|>", "<|im_end|>"
@@ -110,7 +110,7 @@ def build_tokenizer() -> Any:
     the demo chat train split: any text encodes, and AutoTokenizer loads exactly what was trained."""
     from transformers import Qwen2Tokenizer
 
-    from trainer.demo_chat import TRAIN_SEED, generate
+    from trainer.data.demo_chat import TRAIN_SEED, generate
 
     spec = RECIPE["tokenizer"]
     corpus = [m["content"] for conv in generate(spec["corpus_size"], TRAIN_SEED) for m in conv]

@@ -3,12 +3,12 @@
 A base tokenizer (Llama 2, Mistral v0.1, Phi-2, a tokenizer trained from scratch) has no
 `<|im_start|>` / `<|im_end|>` / `<|eot_id|>`: the text would be split into many pieces, the
 end-of-turn marker would have no id, and generation could never stop on it. So when
-`task.chat_template` names a template (trainer.chat_templates.NAMED_TEMPLATES; a Jinja string's
+`task.chat_template` names a template (trainer.data.chat_templates.NAMED_TEMPLATES; a Jinja string's
 literal `<|...|>` markers count the same) the markers the
 tokenizer lacks are added as special tokens (`add_template_tokens`, called by
-`trainer.model.load_tokenizer`), the model's embeddings grow to the tokenizer's size with the new
+`trainer.models.loading.load_tokenizer`), the model's embeddings grow to the tokenizer's size with the new
 rows set to the mean of the pretrained rows (`fit_embeddings`, called by
-`trainer.model.load_base_model`: a deterministic init, so a warm base equals a cold one whatever
+`trainer.models.loading.load_base_model`: a deterministic init, so a warm base equals a cold one whatever
 seed loaded it), and those rows are trained beside LoRA (`trainable_token_indices`).
 
 Why peft's `trainable_token_indices` and not `modules_to_save=["embed_tokens", "lm_head"]`:
@@ -42,7 +42,7 @@ def template_markers(chat_template: str | None) -> list[str]:
     in order of first use; none without one (the tokenizer's own template comes with its own
     tokens). zephyr and alpaca have none: their turns end with the tokenizer's eos, and zephyr's
     role tags (`<|{{ role }}|>`, built from the role name) are plain text, as in the Zephyr models."""
-    from trainer.chat_templates import NAMED_TEMPLATES
+    from trainer.data.chat_templates import NAMED_TEMPLATES
 
     template = NAMED_TEMPLATES.get(chat_template or "", chat_template)
     if not template or "<|{{" in template:
@@ -121,7 +121,7 @@ def add_end_of_turn_eos(generation_config: Any, tok: Any) -> list[int]:
     """generation_config.eos_token_id := the template's end-of-turn id, the tokenizer's eos and
     whatever eos the config already had (in that order, no duplicates); returns the list.
     transformers' generate and vLLM stop at any of them."""
-    from trainer.chat_templates import end_of_turn_id
+    from trainer.data.chat_templates import end_of_turn_id
 
     ids: list[int] = []
     try:

@@ -1,0 +1,2 @@
+"""The training loop (`loop`), its checkpoints for preemption and resume (`checkpoint`), and the
+choice of the reported eval step (`selection`)."""
