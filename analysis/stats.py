@@ -283,6 +283,22 @@ def crossed_lead_se_df(grids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return np.sqrt(v / (i * j)), df
 
 
+def t_summary(grid: np.ndarray, se: float, df: float, confidence: float, maximize: bool | None) -> dict[str, float]:
+    """Mean of a crossed grid with its t interval and p-values, from a standard error and degrees of
+    freedom; no variation seen (se 0) gives no interval and no test, never a zero-width interval.
+    `p_better` is one-sided in the direction `maximize` says (NaN when it is None)."""
+    mean, se, df, nan = float(grid.mean()), float(se), float(df), float("nan")
+    if se > 0:
+        half = float(st.t.ppf(0.5 + confidence / 2, df)) * se
+        t = mean / se
+        p_two = float(2 * st.t.sf(abs(t), df))
+        p_one = nan if maximize is None else float(st.t.sf(t, df) if maximize else st.t.cdf(t, df))
+    else:
+        half, t, p_two, p_one = nan, nan, nan, nan
+    return {"n": int(grid.size), "shape": grid.shape, "mean": mean, "se": se, "df": df, "ci_low": mean - half,
+            "ci_high": mean + half, "t": t, "p_value": p_two, "p_better": p_one}
+
+
 def crossed_lead_test(grid: np.ndarray, maximize: bool, confidence: float = 0.95) -> dict[str, float]:
     """Does the first config lead? `grid`: its score minus the other's on the same (init seed,
     data seed) cells, so seed luck the two share cancels. One-sided p (`p_better`), two-sided
@@ -294,19 +310,7 @@ def crossed_lead_test(grid: np.ndarray, maximize: bool, confidence: float = 0.95
     i, j = g.shape
     if i < 2 or j < 2:
         raise ValueError(f"a crossed grid needs at least 2 init and 2 data seeds, got {i} x {j}")
-    mean = float(g.mean())
-    se_arr, df_arr = crossed_lead_se_df(g)
-    se, df = float(se_arr), float(df_arr)
-    nan = float("nan")
-    if se > 0:
-        half = float(st.t.ppf(0.5 + confidence / 2, df)) * se
-        t = mean / se
-        p_two = float(2 * st.t.sf(abs(t), df))
-        p_one = float(st.t.sf(t, df) if maximize else st.t.cdf(t, df))
-    else:
-        half, t, p_two, p_one = nan, nan, nan, nan  # every cell differs by the same amount: no test
-    return {"n": int(g.size), "shape": (i, j), "mean": mean, "se": se, "df": df, "ci_low": mean - half,
-            "ci_high": mean + half, "t": t, "p_value": p_two, "p_better": p_one}
+    return t_summary(g, *crossed_lead_se_df(g), confidence, maximize)
 
 
 def lead_power(design: str, size: int, components: Sequence[float], leads: Sequence[float], alpha: float = 0.05,
@@ -362,19 +366,7 @@ def crossed_mean(grid: np.ndarray, confidence: float = 0.95, maximize: bool | No
     i, j = g.shape
     if i < 2 or j < 2:
         raise ValueError(f"a crossed grid needs at least 2 init and 2 data seeds, got {i} x {j}")
-    mean = float(g.mean())
-    se_arr, df_arr = crossed_se_df(g)
-    se, df = float(se_arr), float(df_arr)
-    nan = float("nan")
-    if se > 0:
-        half = float(st.t.ppf(0.5 + confidence / 2, df)) * se
-        t = mean / se
-        p_two = float(2 * st.t.sf(abs(t), df))
-        p_one = nan if maximize is None else float(st.t.sf(t, df) if maximize else st.t.cdf(t, df))
-    else:
-        half, t, p_two, p_one = nan, nan, nan, nan  # no variation seen: no interval, never a zero-width one
-    return {"n": int(g.size), "shape": (i, j), "mean": mean, "se": se, "df": df, "ci_low": mean - half,
-            "ci_high": mean + half, "t": t, "p_value": p_two, "p_better": p_one}
+    return t_summary(g, *crossed_se_df(g), confidence, maximize)
 
 
 def _f_inf(q: float, df: float) -> float:
