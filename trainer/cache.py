@@ -30,7 +30,7 @@ def data_key(cfg: DictConfig) -> str:
 
 
 def model_key(cfg: DictConfig, num_labels: int | None, device: Any) -> str:
-    return key_of(cfg, *MODEL_KEYS, "quant", "task.type", "train.gradient_checkpointing",
+    return key_of(cfg, *MODEL_KEYS, "model.attn_implementation", "quant", "task.type", "train.gradient_checkpointing",
                   num_labels=num_labels, device=str(device))
 
 

@@ -27,6 +27,7 @@ from trainer.evaluation import evaluate, evaluate_rows
 from trainer.loop import LoopPlan, autocast_for, train_loop
 from trainer.model import (apply_lora, is_pristine, load_base_model, load_tokenizer, mutates_base, reset_head,
                            restore_base)
+from trainer.packing import check_block_attention, pack_features, packed_collator
 from trainer.reporting import RecordingReporter, Reporter
 from trainer.result import TrialResult
 from trainer.seeding import seed_everything
@@ -125,6 +126,10 @@ def run_trial(cfg: DictConfig, reporter: Reporter | None = None, cache: WarmCach
                                                             train.precision))
     timing["model_load_s"] = time.perf_counter() - t0
     targets = resolve_target_modules(base, lora.target_modules)
+    rows, flatten = data.train.features, model_cfg.get("attn_implementation") == "flash_attention_2"
+    if train.packing:  # before seeding: the check and the packing draw from local generators only
+        check_block_attention(base, device, flatten)
+        rows = pack_features(rows, train.max_seq_length, get(cfg, "data_seed"))
 
     peft_model = None
     try:
@@ -133,8 +138,9 @@ def run_trial(cfg: DictConfig, reporter: Reporter | None = None, cache: WarmCach
         peft_model = apply_lora(base, lora, targets, task_type, train.precision)
 
         collate = make_collator(tok, task_type)
+        train_collate = packed_collator(tok.pad_token_id, flatten) if train.packing else collate
         autocast = autocast_for(device, train.precision)
-        plan = LoopPlan.build(train, len(data.train.features))
+        plan = LoopPlan.build(train, len(rows))
         answers = _AnswerEval(peft_model, data, tok, task, train.batch_size, device, autocast)
 
         row_sink = getattr(reporter, "eval_rows", None)
@@ -156,7 +162,7 @@ def run_trial(cfg: DictConfig, reporter: Reporter | None = None, cache: WarmCach
         checkpoint = Checkpointer(checkpoint_dir, train.checkpoint_every_steps,
                                   config_digest(OmegaConf.to_container(cfg, resolve=True)), resume=resume)
         resumed_from = checkpoint_step(checkpoint_dir) if resume else None
-        outcome = train_loop(peft_model, data.train.features, collate, run_eval, train, plan, device,
+        outcome = train_loop(peft_model, rows, train_collate, run_eval, train, plan, device,
                              get(cfg, "data_seed"), reporter, causal=task_type != "classification",
                              selection=selection, checkpoint=checkpoint)
         scored_step = outcome.steps
@@ -217,6 +223,8 @@ def run_trial(cfg: DictConfig, reporter: Reporter | None = None, cache: WarmCach
             "optim": train.optim,
             "group_by_length": bool(train.group_by_length),
             "train_padding_fraction": outcome.padding_fraction,
+            "packing": bool(train.packing),
+            "train_packed_rows": len(rows) if train.packing else None,
             "objective_at": objective_at,
             "best_step": selection.best_step,
             "stopped_early_at": outcome.stopped_early_at,
