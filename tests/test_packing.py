@@ -226,4 +226,5 @@ def test_packed_trial_runs_end_to_end_on_demo_chat(tiny_chat_llama_dir):
     assert result.steps == -(-resolved["train_packed_rows"] // 4)
     assert result.samples_per_second * result.train_runtime_s == pytest.approx(resolved["num_train"], rel=1e-6)
     assert resolved["train_padding_fraction"] < 0.15
+    assert result.summary_metrics()["train_packed_rows"] == resolved["train_packed_rows"]  # logged with the run
     assert {"eval_loss", "eval_exact_match"} <= set(result.metrics) and all(m["train_loss"] > 0 for m in logs if "train_loss" in m)
