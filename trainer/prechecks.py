@@ -40,12 +40,12 @@ def _raw_data(data_json: str, task_type: str) -> RawData:
 def _sft_stats(model_json: str, data_json: str, task_json: str, max_len: int) -> dict[str, float]:
     """Render and tokenize every conversation once: a template that cannot locate the assistant
     turns, a tokenizer without a template, or data that never fits fails here, before any trial."""
-    from trainer.encoding import encode
+    from trainer.encode_cache import cached_encode
     from trainer.model import load_tokenizer
 
     data, task = json.loads(data_json), json.loads(task_json)
-    tok = load_tokenizer(json.loads(model_json), task)
-    return encode(_raw_data(data_json, "sft"), tok, data, task, max_len).stats
+    tok = load_tokenizer(json.loads(model_json), task)  # stored on disk: the sweep's workers read it, not re-encode
+    return cached_encode(_raw_data(data_json, "sft"), tok, data, task, max_len).stats
 
 
 @lru_cache(maxsize=8)

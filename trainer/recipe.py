@@ -22,7 +22,8 @@ from trainer.checkpoint import Checkpointer, checkpoint_step, config_digest
 from trainer.config import get
 from trainer.data import load_raw, load_test
 from trainer.devices import device_name, resolve_compute_dtype, resolve_device
-from trainer.encoding import encode, make_collator
+from trainer.encode_cache import cached_encode
+from trainer.encoding import make_collator
 from trainer.evaluation import evaluate, evaluate_rows
 from trainer.loop import LoopPlan, autocast_for, train_loop
 from trainer.model import (apply_lora, is_pristine, load_base_model, load_tokenizer, mutates_base, reset_head,
@@ -112,8 +113,8 @@ def run_trial(cfg: DictConfig, reporter: Reporter | None = None, cache: WarmCach
 
     t0 = time.perf_counter()
     tok = cache.get("tokenizer", tokenizer_key(cfg), lambda: load_tokenizer(model_cfg, task))
-    data = cache.get("data", data_key(cfg), lambda: encode(load_raw(data_cfg, task_type), tok, data_cfg, task,
-                                                          train.max_seq_length))
+    data = cache.get("data", data_key(cfg), lambda: cached_encode(load_raw(data_cfg, task_type), tok, data_cfg, task,
+                                                                 train.max_seq_length))
     timing["tokenize_s"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
@@ -175,7 +176,7 @@ def run_trial(cfg: DictConfig, reporter: Reporter | None = None, cache: WarmCach
             reporter.log_metrics(final, scored_step)
 
         if evaluate_test and data_cfg.get("test_split"):
-            held_out = cache.get("data", data_key(cfg) + " test", lambda: encode(
+            held_out = cache.get("data", data_key(cfg) + " test", lambda: cached_encode(
                 load_test(data_cfg, task_type), tok, data_cfg, task, train.max_seq_length))
             scores = evaluate(peft_model, held_out, collate, task_type, train.batch_size, device, autocast,
                               task.get("label_scoring", "mean"))
