@@ -228,3 +228,24 @@ def test_packed_trial_runs_end_to_end_on_demo_chat(tiny_chat_llama_dir):
     assert resolved["train_padding_fraction"] < 0.15
     assert result.summary_metrics()["train_packed_rows"] == resolved["train_packed_rows"]  # logged with the run
     assert {"eval_loss", "eval_exact_match"} <= set(result.metrics) and all(m["train_loss"] > 0 for m in logs if "train_loss" in m)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_packed_sweep_runs_end_to_end(tmp_path, tiny_chat_llama_dir):
+    """`python sweep.py -m ... train.packing=true`: pre-flight, a 2-trial QLoRA sweep on demo_chat,
+    every child run logging its packed rows and a low padding fraction."""
+    from optuna.trial import TrialState
+    from sweep_helpers import only_study, run_sweep, runs
+
+    run_sweep(tmp_path, f"model.name_or_path={tiny_chat_llama_dir}", "task=sft", "data=demo_chat",
+              "data.demo_train_size=64", "data.demo_eval_size=8", "search_space=llm", "quant=4bit", "train.max_steps=4",
+              "train.eval_every_steps=2", "train.batch_size=2", f"train.max_seq_length={MAX_LEN}", "train.packing=true",
+              "task.max_new_tokens=4", "task.num_logged_samples=2", "hydra.sweeper.n_trials=2",
+              "hydra.sweeper.pruner=none", "hydra.sweeper.reproduce.top_k=0")
+    assert len(only_study(tmp_path).get_trials(states=(TrialState.COMPLETE,))) == 2
+    _, _, children = runs(tmp_path)
+    assert len(children) == 2
+    for child in children:
+        assert 0 < child.data.metrics["train_packed_rows"] < 64 and child.data.metrics["train_padding_fraction"] < 0.2
+        assert child.data.params["train.packing"] == "True"

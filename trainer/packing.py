@@ -111,8 +111,9 @@ def check_block_attention(model: Any, device: Any, flatten: bool, probe_len: int
 
     Two forward passes on one packed row [A, B] of random tokens, A redrawn in the second: B's
     logits must not move (nothing of A reaches B) and must match B run alone (its positions
-    restart). Same shapes in the first comparison, so any leak shows far above rounding; the
-    second catches models that ignore position ids. A local generator: no global RNG draw."""
+    restart). Same shapes in the first comparison, so any leak shows far above rounding (a masked
+    key contributes exactly 0); the second catches absolute position embeddings fed the row's
+    offsets. A local generator: no global RNG draw."""
     import torch
 
     vocab = int(model.get_input_embeddings().weight.shape[0])
@@ -136,7 +137,7 @@ def check_block_attention(model: Any, device: Any, flatten: bool, probe_len: int
     scale = float(first.abs().max()) or 1.0
     leak = float((first - second).abs().max()) / scale
     shift = float((first - alone).abs().max()) / scale
-    if leak > 1e-3 or shift > 5e-2:
+    if leak > 1e-3 or shift > 0.25:  # shift: loose, as half-precision kernels differ by shape; a missed restart is far off
         raise ConfigError("train.packing", True, "false for this model and model.attn_implementation",
                           f"packed examples are not kept apart (B's logits move by {leak:.1%} of their scale when "
                           f"the example before it changes, and differ by {shift:.1%} from B alone): the attention in "
