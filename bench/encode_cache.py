@@ -89,11 +89,11 @@ def start_up(model: Path, data: Path, workers: int, folder: str) -> float:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--quick", action="store_true", help="1,000 conversations, one run per start-up cell")
-    p.add_argument("--conversations", type=int, default=None, help="training conversations (quick 1000, else 10000)")
+    p.add_argument("--quick", action="store_true", help="10,000 conversations, one run per start-up cell")
+    p.add_argument("--conversations", type=int, default=None, help="training conversations (quick 10000, else 50000)")
     p.add_argument("--repeats", type=int, default=None, help="runs per start-up cell (quick 1, else 2)")
     args = p.parse_args(argv)
-    n = args.conversations or (1000 if args.quick else 10000)
+    n = args.conversations or (10000 if args.quick else 50000)
     repeats = args.repeats or (1 if args.quick else 2)
 
     import torch

@@ -269,7 +269,7 @@ class TrainSettings(_FromMapping):
                 f"false for task={task_type}", "packing is for token-loss tasks (sft, causal_lm); a classifier "
                 "scores one label per row")
         device_spec = at("device", "auto")
-        _checked_attn_implementation(get(cfg, "model.attn_implementation", "auto"), device_spec)
+        _checked_attn_implementation(get(cfg, "model.attn_implementation") or "auto", device_spec)  # null: auto
         precision = _checked_precision(at("precision"), device_spec, quant)
         optim = _checked_optim(at("optim", "adamw_torch"), device_spec)  # default: configs saved before the key
         return cls(learning_rate=lr, lr_scheduler_type=scheduler, scheduler_kwargs=kwargs, warmup_ratio=ratio,
