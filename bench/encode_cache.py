@@ -21,6 +21,7 @@ cold (the workers find no entry: one encodes, the others wait on its lock and re
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import statistics
 import subprocess
@@ -35,7 +36,7 @@ sys.path.insert(0, str(REPO / "bench"))
 
 MAX_LEN = 1024
 WORKER = """
-import sys, time
+import sys
 sys.path.insert(0, {repo!r})
 from bench.encode_cache import worker_data
 worker_data({model!r}, {data!r}, {folder!r})
@@ -62,29 +63,36 @@ def inputs(model: Path, data: Path):
 
 
 def worker_data(model: str, data: str, folder: str) -> None:
-    """A sweep worker's data start-up (runs in a child process; folder "off": no cache)."""
+    """A sweep worker's data start-up (runs in a child process; folder "off": no cache); prints
+    the process CPU seconds of the whole start-up and of the encode step alone, as JSON."""
     from trainer.encode_cache import cached_encode
     from trainer.encoding import encode
 
     raw, tok, data_cfg, task = inputs(Path(model), Path(data))
+    cpu0 = time.process_time()
     if folder == "off":
         encode(raw, tok, data_cfg, task, MAX_LEN)
     else:
         cached_encode(raw, tok, data_cfg, task, MAX_LEN, Path(folder))
+    print(json.dumps({"cpu_s": time.process_time(), "encode_cpu_s": time.process_time() - cpu0}))
 
 
-def start_up(model: Path, data: Path, workers: int, folder: str) -> float:
-    """Seconds from launching `workers` processes at once to the last one holding its data."""
+def start_up(model: Path, data: Path, workers: int, folder: str) -> dict[str, float]:
+    """Seconds from launching `workers` processes at once to the last one holding its data, and
+    the CPU seconds all of them spent (in all, and in the encode step)."""
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
     script = WORKER.format(repo=str(REPO), model=str(model), data=str(data), folder=folder)
     t0 = time.perf_counter()
-    procs = [subprocess.Popen([sys.executable, "-c", script], env=env, stdout=subprocess.DEVNULL,
+    procs = [subprocess.Popen([sys.executable, "-c", script], env=env, stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True) for _ in range(workers)]
+    cpu = {"cpu_s": 0.0, "encode_cpu_s": 0.0}
     for p in procs:
-        _, err = p.communicate()
+        out, err = p.communicate()
         if p.returncode:
             raise RuntimeError(err[-3000:])
-    return time.perf_counter() - t0
+        for key, value in json.loads(out.strip().splitlines()[-1]).items():
+            cpu[key] += value
+    return {"wall_s": time.perf_counter() - t0, **cpu}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -122,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
         entry_mb = sum(f.stat().st_size for f in cache.glob("*.pkl")) / 2**20
         tokens = [len(f["input_ids"]) for f in encoded.train.features]
 
-        cells: dict[tuple[str, int], list[float]] = {}
+        cells: dict[tuple[str, int], list[dict[str, float]]] = {}
         for _ in range(repeats):
             for workers in (1, 4):
                 for arm in ("off", "cold", "warm"):
@@ -140,12 +148,19 @@ def main(argv: list[str] | None = None) -> int:
     print(f"| cache key (hash rows, tokenizer files, source) | {key_s * per_10k:.2f} |")
     print(f"| read the stored entry (key included) | {read_s * per_10k:.2f} |")
     print(f"\nentry size {entry_mb * per_10k:.0f} MB per 10,000 conversations\n")
-    print(f"| data start-up, s ({repeats} run(s), mean) | 1 worker | 4 workers |")
-    print("|---|---|---|")
+    print(f"| data start-up ({repeats} run(s), mean) | 1 worker: wall s | CPU s (encode step) | 4 workers: wall s "
+          "| CPU s, all workers (encode step) |")
+    print("|---|---|---|---|---|")
     names = {"off": "cache off (each worker encodes)", "cold": "cache cold (one encodes, the rest read)",
              "warm": "cache warm (pre-flight wrote it)"}
+
+    def cell(arm: str, workers: int) -> str:
+        runs = cells[(arm, workers)]
+        mean = {k: statistics.mean(r[k] for r in runs) for k in runs[0]}
+        return f"{mean['wall_s']:.1f} | {mean['cpu_s']:.1f} ({mean['encode_cpu_s']:.1f})"
+
     for arm in ("off", "cold", "warm"):
-        print(f"| {names[arm]} | {statistics.mean(cells[(arm, 1)]):.1f} | {statistics.mean(cells[(arm, 4)]):.1f} |")
+        print(f"| {names[arm]} | {cell(arm, 1)} | {cell(arm, 4)} |")
     return 0
 
 

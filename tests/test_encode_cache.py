@@ -49,6 +49,9 @@ def test_key_follows_rows_tokenizer_template_task_and_length(tiny_chat_llama_dir
     raw, tok, data, task = chat_inputs(tiny_chat_llama_dir)
     key = encode_key(raw, tok, data, task, 128)
     assert encode_key(*chat_inputs(tiny_chat_llama_dir), 128) == key  # loaded again: same key
+    encode(raw, tok, data, task, 128)
+    tok("two words", truncation=True, max_length=8, padding="max_length")  # per-call state transformers keeps
+    assert encode_key(raw, tok, data, task, 128) == key  # a tokenizer that has encoded: same key
     assert encode_key(raw, tok, data, task, 96) != key
     assert encode_key(raw, tok, data, {**task, "train_on": "last_assistant"}, 128) != key
     changed_rows = raw.train.map(lambda row, i: {"messages": row["messages"] if i else

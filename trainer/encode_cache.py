@@ -58,13 +58,20 @@ def rows_digest(ds: Any) -> str:
 
 def tokenizer_digest(tok: Any) -> str:
     """sha256 of the files `save_pretrained` writes for the tokenizer as it is now (vocabulary,
-    merges, special and added tokens, chat template, padding side)."""
+    merges, special and added tokens, chat template, padding side). Left out: the backend's
+    padding and truncation state in tokenizer.json, which transformers sets on every call (so a
+    tokenizer that has encoded once saves differently from a fresh one, for the same encoding)."""
     h = hashlib.sha256()
     with tempfile.TemporaryDirectory(prefix="lora-sweep-tok-") as folder:
         tok.save_pretrained(folder)
         for path in sorted(Path(folder).rglob("*")):
-            if path.is_file():
-                h.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
+            if not path.is_file():
+                continue
+            content = path.read_bytes()
+            if path.name == "tokenizer.json":
+                backend = {k: v for k, v in json.loads(content).items() if k not in ("padding", "truncation")}
+                content = json.dumps(backend, sort_keys=True).encode()
+            h.update(path.name.encode() + b"\0" + content + b"\0")
     return h.hexdigest()
 
 
