@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import os
 import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
 from omegaconf import DictConfig, OmegaConf
+
+# Encoded data is cached on disk across sweeps (trainer/data/encode_cache.py); the suite keeps its
+# own cache, fresh each run, so no test reads an entry that an earlier run or the user left behind.
+os.environ.setdefault("LORA_SWEEP_ENCODE_CACHE", tempfile.mkdtemp(prefix="lora-sweep-test-encoded-"))
 
 REPO = Path(__file__).resolve().parents[1]
 CONF = REPO / "conf"

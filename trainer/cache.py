@@ -31,7 +31,7 @@ def data_key(cfg: DictConfig) -> str:
 
 def model_key(cfg: DictConfig, num_labels: int | None, device: Any) -> str:
     # task.chat_template: a named template can add tokens, and so embedding rows, to the base
-    return key_of(cfg, *MODEL_KEYS, "quant", "task.type", "task.chat_template", "train.gradient_checkpointing",
+    return key_of(cfg, *MODEL_KEYS, "model.attn_implementation", "quant", "task.type", "task.chat_template", "train.gradient_checkpointing",
                   num_labels=num_labels, device=str(device))
 
 

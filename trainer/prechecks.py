@@ -54,10 +54,12 @@ def _tokenizer(model_json: str, task_json: str) -> Any:
 def _sft_stats(model_json: str, data_json: str, task_json: str, max_len: int) -> dict[str, float]:
     """Render and tokenize every conversation once: a template that cannot locate the assistant
     turns, a tokenizer without a template, or data that never fits fails here, before any trial."""
-    from trainer.data.encoding import encode
+    from trainer.data.encode_cache import cached_encode
+    from trainer.models.loading import load_tokenizer
 
     data, task = json.loads(data_json), json.loads(task_json)
-    return encode(_raw_data(data_json, "sft"), _tokenizer(model_json, task_json), data, task, max_len).stats
+    tok = load_tokenizer(json.loads(model_json), task)  # stored on disk: the sweep's workers read it, not re-encode
+    return cached_encode(_raw_data(data_json, "sft"), tok, data, task, max_len).stats
 
 
 @lru_cache(maxsize=8)

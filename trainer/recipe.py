@@ -22,12 +22,14 @@ from trainer.training.checkpoint import Checkpointer, checkpoint_step, config_di
 from trainer.config import get
 from trainer.data.splits import load_raw, load_test
 from trainer.devices import device_name, resolve_compute_dtype, resolve_device
-from trainer.data.encoding import encode, make_collator
+from trainer.data.encode_cache import cached_encode
+from trainer.data.encoding import make_collator
 from trainer.evaluation.scoring import evaluate, evaluate_rows
 from trainer.llm_defaults import with_llm_defaults
 from trainer.training.loop import LoopPlan, autocast_for, train_loop
 from trainer.models.loading import (apply_lora, is_pristine, load_base_model, load_tokenizer, mutates_base, reset_head,
                            restore_base)
+from trainer.data.packing import check_block_attention, pack_features, packed_collator
 from trainer.reporting import RecordingReporter, Reporter
 from trainer.result import TrialResult
 from trainer.seeding import seed_everything
@@ -114,8 +116,8 @@ def run_trial(cfg: DictConfig, reporter: Reporter | None = None, cache: WarmCach
 
     t0 = time.perf_counter()
     tok = cache.get("tokenizer", tokenizer_key(cfg), lambda: load_tokenizer(model_cfg, task))
-    data = cache.get("data", data_key(cfg), lambda: encode(load_raw(data_cfg, task_type), tok, data_cfg, task,
-                                                          train.max_seq_length))
+    data = cache.get("data", data_key(cfg), lambda: cached_encode(load_raw(data_cfg, task_type), tok, data_cfg, task,
+                                                                 train.max_seq_length))
     timing["tokenize_s"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
@@ -128,6 +130,10 @@ def run_trial(cfg: DictConfig, reporter: Reporter | None = None, cache: WarmCach
                                                             train.precision, tokenizer=tok))
     timing["model_load_s"] = time.perf_counter() - t0
     targets = resolve_target_modules(base, lora.target_modules)
+    rows, flatten = data.train.features, model_cfg.get("attn_implementation") == "flash_attention_2"
+    if train.packing:  # before seeding: the check and the packing draw from local generators only
+        check_block_attention(base, device, flatten)
+        rows = pack_features(rows, train.max_seq_length, get(cfg, "data_seed"))
 
     peft_model = None
     try:
@@ -136,8 +142,9 @@ def run_trial(cfg: DictConfig, reporter: Reporter | None = None, cache: WarmCach
         peft_model = apply_lora(base, lora, targets, task_type, train.precision)
 
         collate = make_collator(tok, task_type)
+        train_collate = packed_collator(tok.pad_token_id, flatten) if train.packing else collate
         autocast = autocast_for(device, train.precision)
-        plan = LoopPlan.build(train, len(data.train.features))
+        plan = LoopPlan.build(train, len(rows))
         answers = _AnswerEval(peft_model, data, tok, task, train.batch_size, device, autocast)
 
         row_sink = getattr(reporter, "eval_rows", None)
@@ -159,7 +166,7 @@ def run_trial(cfg: DictConfig, reporter: Reporter | None = None, cache: WarmCach
         checkpoint = Checkpointer(checkpoint_dir, train.checkpoint_every_steps,
                                   config_digest(OmegaConf.to_container(cfg, resolve=True)), resume=resume)
         resumed_from = checkpoint_step(checkpoint_dir) if resume else None
-        outcome = train_loop(peft_model, data.train.features, collate, run_eval, train, plan, device,
+        outcome = train_loop(peft_model, rows, train_collate, run_eval, train, plan, device,
                              get(cfg, "data_seed"), reporter, causal=task_type != "classification",
                              selection=selection, checkpoint=checkpoint)
         scored_step = outcome.steps
@@ -172,7 +179,7 @@ def run_trial(cfg: DictConfig, reporter: Reporter | None = None, cache: WarmCach
             reporter.log_metrics(final, scored_step)
 
         if evaluate_test and data_cfg.get("test_split"):
-            held_out = cache.get("data", data_key(cfg) + " test", lambda: encode(
+            held_out = cache.get("data", data_key(cfg) + " test", lambda: cached_encode(
                 load_test(data_cfg, task_type), tok, data_cfg, task, train.max_seq_length))
             scores = evaluate(peft_model, held_out, collate, task_type, train.batch_size, device, autocast,
                               task.get("label_scoring", "mean"))
@@ -221,6 +228,8 @@ def run_trial(cfg: DictConfig, reporter: Reporter | None = None, cache: WarmCach
             "optim": train.optim,
             "group_by_length": bool(train.group_by_length),
             "train_padding_fraction": outcome.padding_fraction,
+            "packing": bool(train.packing),
+            "train_packed_rows": len(rows) if train.packing else None,
             "objective_at": objective_at,
             "best_step": selection.best_step,
             "stopped_early_at": outcome.stopped_early_at,

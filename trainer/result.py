@@ -32,6 +32,8 @@ class TrialResult:
                 "peak_memory_mb": self.peak_memory_mb}
         if self.resolved.get("train_padding_fraction") is not None:
             cost["train_padding_fraction"] = self.resolved["train_padding_fraction"]
+        if self.resolved.get("train_packed_rows") is not None:  # train.packing: rows the examples were packed into
+            cost["train_packed_rows"] = self.resolved["train_packed_rows"]
         for key in ("train_rows_truncated", "train_rows_dropped", "eval_rows_truncated", "eval_rows_dropped"):
             if key in self.resolved:  # SFT: conversations cut or skipped to fit train.max_seq_length
                 cost[key] = self.resolved[key]

@@ -34,6 +34,8 @@ SCHEDULER_NEEDS: dict[str, tuple[str, ...]] = {
 # init_lora_weights values that need nothing beyond the model and lora.* (eva/corda need extra configs)
 LORA_INITS = ("true", "false", "gaussian", "orthogonal", "pissa", "pissa_niter_<n>", "olora", "loftq")
 LOFTQ_BITS = (4, 8)  # what peft's loftq_init quantises to
+ATTN_IMPLEMENTATIONS = ("auto", "sdpa", "eager", "flash_attention_2")  # model.attn_implementation; auto: transformers'
+PACKABLE_TASKS = ("sft", "causal_lm")  # train.packing: tasks with a token loss (trainer.data.packing)
 
 
 def is_int(v: Any) -> bool:
@@ -209,6 +211,7 @@ class TrainSettings(_FromMapping):
     batch_size: int = 16
     gradient_accumulation_steps: int = 1
     group_by_length: bool = False
+    packing: bool = False  # several examples per row, kept apart by restarting position ids (trainer.data.packing)
     optim: str = "adamw_torch"
     weight_decay: float = 0.0
     max_grad_norm: float = 0.0  # 0 = no clipping
@@ -266,11 +269,17 @@ class TrainSettings(_FromMapping):
         require(every == "auto" or (is_int(every) and every >= 0), "train.checkpoint_every_steps", every,
                 "an integer >= 0 (0: only when the trial is asked to stop) or auto (long trials only)")
         flags = {name: at(name, default) for name, default in
-                 (("gradient_checkpointing", False), ("save_adapter", True), ("group_by_length", False))}
+                 (("gradient_checkpointing", False), ("save_adapter", True), ("group_by_length", False),
+                  ("packing", False))}
         for name, value in flags.items():
             require(isinstance(value, bool) or (name == "gradient_checkpointing" and value == AUTO), f"train.{name}",
                     value, "true, false or auto (on CUDA)" if name == "gradient_checkpointing" else "true or false")
+        task_type = get(cfg, "task.type")
+        require(not flags["packing"] or task_type in PACKABLE_TASKS, "train.packing", True,
+                f"false for task={task_type}", "packing is for token-loss tasks (sft, causal_lm); a classifier "
+                "scores one label per row")
         device_spec = at("device", "auto")
+        _checked_attn_implementation(get(cfg, "model.attn_implementation") or "auto", device_spec)  # null: auto
         precision = at("precision")
         if precision != AUTO:
             precision = _checked_precision(precision, device_spec, quant)
@@ -297,6 +306,22 @@ def _checked_precision(precision: Any, device_spec: Any, quant: QuantSettings) -
         raise ConfigError("quant.compute_dtype", quant.compute_dtype, "bfloat16 or auto with train.precision=pure_bf16",
                           "pure_bf16 computes everything in bf16, the 4-bit matmuls included")
     return precision
+
+
+def _checked_attn_implementation(attn: Any, device_spec: Any) -> str:
+    """model.attn_implementation: a known one; flash_attention_2 only with flash-attn installed and a CUDA device."""
+    from trainer.devices import resolve_device
+
+    one_of("model.attn_implementation", attn, ATTN_IMPLEMENTATIONS)
+    if attn == "flash_attention_2":
+        device = resolve_device(device_spec)
+        if device.type != "cuda":
+            raise ConfigError("model.attn_implementation", attn, f"auto, sdpa or eager on device {device}",
+                              "flash-attention runs on CUDA GPUs only")
+        if importlib.util.find_spec("flash_attn") is None:
+            raise ConfigError("model.attn_implementation", attn, "auto, sdpa or eager (flash-attn is not installed)",
+                              "pip install flash-attn --no-build-isolation, or use sdpa")
+    return attn
 
 
 def _checked_optim(optim: Any, device_spec: Any) -> str:

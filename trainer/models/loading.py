@@ -91,6 +91,8 @@ def load_base_model(model: dict[str, Any], quant: QuantSettings | dict[str, Any]
         "revision": model.get("revision"),
         "trust_remote_code": bool(model.get("trust_remote_code")),
     }
+    if model.get("attn_implementation", "auto") not in (None, "auto"):  # auto: transformers picks (sdpa where it can)
+        kwargs["attn_implementation"] = model["attn_implementation"]
     qconfig = quantization_config(quant, task_type)
     if quant.mode == "8bit":  # bnb casts fp32/bf16 activations to fp16 for int8 matmuls and says so on every call
         warnings.filterwarnings("ignore", message="MatMul8bitLt: inputs will be cast", category=UserWarning)

@@ -57,7 +57,7 @@ class LoopPlan:
 @dataclass
 class LoopOutcome:
     steps: int
-    samples: int
+    samples: int  # training examples seen (with train.packing, the examples inside the packed rows)
     final_metrics: dict[str, float]
     history: list[dict[str, Any]] = field(default_factory=list)
     train_s: float = 0.0
@@ -205,16 +205,16 @@ def train_loop(model: Any, features: list[dict[str, Any]], collate: Callable, ev
         if callable(should_stop) and should_stop():
             raise TrialPreempted(out.steps, save())
         group = next(groups)
-        batches = [collate([features[i] for i in idx]) for idx in group]
+        micro = [[features[i] for i in idx] for idx in group]
+        batches = [collate(rows) for rows in micro]
         units = [loss_units(b, causal) for b in batches]
         total = sum(units)
         step_loss = 0.0
-        for batch, n in zip(batches, units):
-            ids = batch["input_ids"]
-            mask = batch.get("attention_mask")
-            all_slots += ids.numel()
-            pad_slots += ids.numel() - int(mask.sum()) if mask is not None else 0
-            out.samples += len(ids)
+        for rows, batch, n in zip(micro, batches, units):
+            slots = batch["input_ids"].numel()
+            all_slots += slots
+            pad_slots += slots - sum(len(r["input_ids"]) for r in rows)
+            out.samples += sum(r.get("num_examples", 1) for r in rows)  # a packed row (trainer.data.packing) holds several
             if n == 0:  # nothing to learn from (every label masked): contributes 0 to the step's loss
                 continue
             batch = {k: v.to(device) for k, v in batch.items()}
