@@ -14,6 +14,7 @@ from conftest import REPO, compose_cfg
 
 from trainer.config import get
 from trainer.data.splits import load_raw
+from trainer.data.conversations import as_split, conversations_of
 from trainer.data.encode_cache import ENV, cached_encode, encode_key
 from trainer.data.encoding import encode
 from trainer.models.loading import load_tokenizer
@@ -54,9 +55,9 @@ def test_key_follows_rows_tokenizer_template_task_and_length(tiny_chat_llama_dir
     assert encode_key(raw, tok, data, task, 128) == key  # a tokenizer that has encoded: same key
     assert encode_key(raw, tok, data, task, 96) != key
     assert encode_key(raw, tok, data, {**task, "train_on": "last_assistant"}, 128) != key
-    changed_rows = raw.train.map(lambda row, i: {"messages": row["messages"] if i else
-                                                 [{**m, "content": m["content"] + "!"} for m in row["messages"]]},
-                                 with_indices=True)
+    pairs = conversations_of(raw.train)
+    first, tools = pairs[0]
+    changed_rows = as_split([([{**m, "content": m["content"] + "!"} for m in first], tools), *pairs[1:]])
     assert encode_key(type(raw)(changed_rows, raw.eval, None, None), tok, data, task, 128) != key
     tok.chat_template = tok.chat_template.replace("<|im_end|>", "<|im_end|>\n\n")
     assert encode_key(raw, tok, data, task, 128) != key
