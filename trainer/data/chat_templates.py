@@ -285,7 +285,7 @@ def end_of_turn_id(tok: Any) -> int | None:
 _THINK = re.compile(r"^\s*<think>(.*?)</think>\s*", re.S)
 
 
-def split_reasoning(message: dict[str, Any]) -> tuple[str | None, str]:
+def turn_reasoning(message: dict[str, Any]) -> tuple[str | None, str]:
     """(reasoning, answer) of an assistant turn: `reasoning_content`, or a leading inline
     `<think>...</think>` block of its content."""
     content = message.get("content") or ""
@@ -298,7 +298,7 @@ def split_reasoning(message: dict[str, Any]) -> tuple[str | None, str]:
 
 
 def _with_reasoning(message: dict[str, Any], mode: str | None, profile: TemplateProfile) -> dict[str, Any]:
-    reasoning, answer = split_reasoning(message)
+    reasoning, answer = turn_reasoning(message)
     out = {k: v for k, v in message.items() if k != "reasoning_content"}
     if mode is None:
         if profile.reads_reasoning and reasoning is not None:  # the template would split it out itself

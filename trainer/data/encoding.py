@@ -169,7 +169,7 @@ def _fit_conversation(tok: Any, messages: list[dict[str, Any]], tools: Any, trai
 
 def _encode_sft(conversations: list[tuple[list[dict[str, Any]], Any]], tok: Any, train_on: str, max_len: int,
                 truncation: str, reasoning: str | None, split: str, stats: dict[str, float]) -> EncodedSplit:
-    from trainer.data.chat_templates import TemplateSplitError, split_reasoning
+    from trainer.data.chat_templates import TemplateSplitError, turn_reasoning
 
     features, prompts, references = [], [], []
     truncated = dropped = 0
@@ -188,7 +188,7 @@ def _encode_sft(conversations: list[tuple[list[dict[str, Any]], Any]], tok: Any,
         features.append({"input_ids": enc.input_ids, "attention_mask": [1] * len(enc.input_ids),
                          "labels": enc.labels})
         prompts.append(enc.input_ids[: enc.turn_starts[-1]] if enc.turn_starts else list(enc.input_ids))
-        references.append(split_reasoning(messages[-1])[1].strip())
+        references.append(turn_reasoning(messages[-1])[1].strip())
     stats[f"{split}_rows_truncated"], stats[f"{split}_rows_dropped"] = truncated, dropped
     if not features:
         raise ConfigError("train.max_seq_length", max_len, "long enough for at least one conversation",
