@@ -28,6 +28,7 @@ from pathlib import Path
 
 import pytest
 
+from browser_helpers import BROWSER_MARKS, fresh_chromium
 from sweeps.tracking.runbook import MLFLOW_UI
 
 REPO = Path(__file__).resolve().parents[1]
@@ -38,30 +39,15 @@ N_TRIALS = 3
 WAIT_S = 60  # for any one element of a rendered page
 
 
-def _exe(name: str) -> str | None:
-    return shutil.which(name) or (f"/usr/bin/{name}" if os.access(f"/usr/bin/{name}", os.X_OK) else None)
-
-
-CHROMIUM = _exe("chromium")
-CHROMEDRIVER = _exe("chromedriver")
 try:
-    from selenium import webdriver
     from selenium.common.exceptions import TimeoutException, WebDriverException
-    from selenium.webdriver.chrome.service import Service
     from selenium.webdriver.common.by import By
     from selenium.webdriver.common.keys import Keys
     from selenium.webdriver.support.ui import WebDriverWait
-except ImportError:  # the skip below says why
-    webdriver = None
+except ImportError:  # BROWSER_MARKS skip these tests and say why
+    pass
 
-_INSTALL = "install with: bash .ci/browser-deps.sh"
-pytestmark = [
-    pytest.mark.browser,
-    pytest.mark.skipif(CHROMIUM is None, reason=f"Debian chromium not found (/usr/bin/chromium); {_INSTALL}"),
-    pytest.mark.skipif(CHROMEDRIVER is None, reason=f"chromedriver not found (Debian chromium-driver); {_INSTALL}"),
-    pytest.mark.skipif(webdriver is None, reason=f"selenium is not importable; {_INSTALL}"),
-    pytest.mark.timeout(1200),
-]
+pytestmark = [*BROWSER_MARKS, pytest.mark.timeout(1200)]
 
 
 def _env() -> dict[str, str]:
@@ -241,20 +227,8 @@ class Server:
 
 @pytest.fixture(scope="module")
 def browser():
-    profile = tempfile.mkdtemp(prefix="chromium-profile-")
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for arg in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                "--disable-dev-shm-usage", "--window-size=1600,1000", f"--user-data-dir={profile}"):
-        options.add_argument(arg)
-    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
-    driver.set_page_load_timeout(WAIT_S)
-    try:
+    with fresh_chromium(WAIT_S) as driver:
         yield driver
-    finally:
-        driver.quit()
-        shutil.rmtree(profile, ignore_errors=True)
 
 
 def _diagnostics(driver, what: str, log: Path | None = None) -> str:

@@ -10,12 +10,10 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 import urllib.request
@@ -25,6 +23,7 @@ import optuna
 import psutil
 import pytest
 
+from browser_helpers import BROWSER_MARKS, fresh_chromium
 from sweep_helpers import TINY, env, run_sweep, runs
 
 pytestmark = pytest.mark.timeout(900)
@@ -34,27 +33,16 @@ READY_S = 240  # the servers start in seconds; a busy 2-core machine makes it a 
 WAIT_S = 60    # for any one element of a rendered page
 
 
-def _exe(name: str) -> str | None:
-    return shutil.which(name) or (f"/usr/bin/{name}" if os.access(f"/usr/bin/{name}", os.X_OK) else None)
-
-
-CHROMIUM, CHROMEDRIVER = _exe("chromium"), _exe("chromedriver")
 try:
-    from selenium import webdriver
     from selenium.common.exceptions import TimeoutException, WebDriverException
-    from selenium.webdriver.chrome.service import Service
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
-except ImportError:  # the skip below says why
-    webdriver = None
-INSTALL = "install with: bash .ci/browser-deps.sh"
+except ImportError:  # BROWSER_MARKS skip the browser tests and say why
+    pass
 
 
 def needs_browser(test):
-    for mark in (pytest.mark.browser,
-                 pytest.mark.skipif(CHROMIUM is None, reason=f"Debian chromium not found (/usr/bin/chromium); {INSTALL}"),
-                 pytest.mark.skipif(CHROMEDRIVER is None, reason=f"chromedriver not found (Debian chromium-driver); {INSTALL}"),
-                 pytest.mark.skipif(webdriver is None, reason=f"selenium is not importable; {INSTALL}")):
+    for mark in BROWSER_MARKS:
         test = mark(test)
     return test
 
@@ -143,20 +131,8 @@ def sweep_dir(tmp_path_factory: pytest.TempPathFactory, tiny_bert_dir: Path) -> 
 
 @pytest.fixture
 def browser():
-    profile = tempfile.mkdtemp(prefix="chromium-profile-")  # fresh: no view settings kept from earlier visits
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for arg in ("--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
-                "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage", "--window-size=1600,1000",
-                f"--user-data-dir={profile}"):
-        options.add_argument(arg)
-    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
-    driver.set_page_load_timeout(WAIT_S)
-    try:
+    with fresh_chromium(WAIT_S) as driver:  # fresh: no view settings kept from earlier visits
         yield driver
-    finally:
-        driver.quit()
-        shutil.rmtree(profile, ignore_errors=True)
 
 
 def wait_for(driver, condition, what: str):
