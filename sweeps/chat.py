@@ -110,15 +110,17 @@ class Session:
 
         return end_of_turn(self.models.tok) if self.task_type == "sft" else ""
 
-    def prompt_ids(self, turns: list[dict[str, str]]) -> list[int]:
-        """The chat so far rendered with the trial's chat template and its generation prompt (as
-        the trial's eval prompts were: the text, tokenized without extra special tokens), else the
-        last user turn in the trial's prompt template."""
+    def prompt_ids(self, turns: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None) -> list[int]:
+        """The chat so far rendered with the trial's chat template, its tools and its generation
+        prompt (as the trial's eval prompts were: the text, tokenized without extra special tokens;
+        no thinking where the trial stripped reasoning), else the last user turn in the trial's
+        prompt template."""
         from trainer.config import get
 
         tok, task = self.models.tok, get(self.cfg, "task")
         if self.task_type == "sft":
-            text = tok.apply_chat_template(turns, add_generation_prompt=True, tokenize=False)
+            thinking = {"enable_thinking": False} if task.get("reasoning") == "strip" else {}
+            text = tok.apply_chat_template(turns, tools=tools, add_generation_prompt=True, tokenize=False, **thinking)
             return tok(text, add_special_tokens=False)["input_ids"]
         template = task.get("prompt_template") or "{text}"
         return tok(template.format(text=turns[-1]["content"]), add_special_tokens=True)["input_ids"]
@@ -294,10 +296,9 @@ def chat_row(session: Session, row: int, record: Any, path: Path) -> ChatRow:
     """The row encoded as the trial's eval encodes a conversation (its prompt, reference and loss
     features) when it ends with an assistant turn and fits; otherwise the conversation so far as a
     prompt with the generation prompt, its front cut to train.max_seq_length."""
-    import datasets
 
     from trainer.config import get
-    from trainer.data.conversations import resolve_format, to_messages
+    from trainer.data.conversations import as_split, resolve_format, to_conversations
     from trainer.data.splits import RawData
     from trainer.data.encoding import encode
     from trainer.errors import ConfigError
@@ -309,12 +310,12 @@ def chat_row(session: Session, row: int, record: Any, path: Path) -> ChatRow:
     data_cfg, task, max_len = get(session.cfg, "data"), get(session.cfg, "task"), int(get(session.cfg, "train.max_seq_length"))
     fmt = resolve_format(data_cfg, "sft")
     record, asks = with_answer_slot(record, data_cfg, fmt)
-    messages = to_messages([{**record, "__row__": row}], data_cfg, fmt, str(path))[0]
+    messages, tools = to_conversations([{**record, "__row__": row}], data_cfg, fmt, str(path))[0]
     reference = None
     if asks:  # a question to answer: the data reader's checks passed, the placeholder goes
         messages = messages[:-1]
     elif messages and messages[-1]["role"] == "assistant":
-        one = datasets.Dataset.from_dict({"messages": [messages]})
+        one = as_split([(messages, tools)])
         try:
             enc = encode(RawData(one, one, None, None), session.models.tok, data_cfg, task, max_len)
             split = enc.eval
@@ -322,8 +323,8 @@ def chat_row(session: Session, row: int, record: Any, path: Path) -> ChatRow:
                            bool(enc.stats.get("eval_rows_truncated")))
         except ConfigError:  # longer than the trial's limit even after its truncation: answer it anyway
             pass
-        reference, messages = messages[-1]["content"].strip(), messages[:-1]
-    ids = session.prompt_ids(messages)
+        reference, messages = (messages[-1]["content"] or "").strip(), messages[:-1]
+    ids = session.prompt_ids(messages, tools)
     if len(ids) <= max_len:
         return ChatRow(row, ids, reference)
     bos = session.models.tok.bos_token_id
