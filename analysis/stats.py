@@ -216,6 +216,19 @@ def pareto_front(points: Sequence[Sequence[float]] | np.ndarray, directions: Seq
 SEED_SOURCES = ("init seed", "data order", "interaction + residual")
 
 
+def grid_mean_squares(grids: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """ANOVA mean squares of each (..., I, J) crossed grid, one run per cell: rows (init seeds),
+    columns (data-order seeds) and the residual; vectorised."""
+    g = np.asarray(grids, dtype=float)
+    i, j = g.shape[-2], g.shape[-1]
+    rows, cols = g.mean(axis=-1), g.mean(axis=-2)
+    grand = g.mean(axis=(-2, -1))
+    ms_rows = j * ((rows - grand[..., None]) ** 2).sum(axis=-1) / (i - 1)
+    ms_cols = i * ((cols - grand[..., None]) ** 2).sum(axis=-1) / (j - 1)
+    resid = g - rows[..., :, None] - cols[..., None, :] + grand[..., None, None]
+    return ms_rows, ms_cols, (resid**2).sum(axis=(-2, -1)) / ((i - 1) * (j - 1))
+
+
 def crossed_components(grids: np.ndarray) -> np.ndarray:
     """Two-way random-effects variance components of crossed grids, one run per cell.
 
@@ -228,12 +241,7 @@ def crossed_components(grids: np.ndarray) -> np.ndarray:
     i, j = g.shape[-2], g.shape[-1]
     if i < 2 or j < 2:
         raise ValueError(f"a crossed grid needs at least 2 init and 2 data seeds, got {i} x {j}")
-    rows, cols = g.mean(axis=-1), g.mean(axis=-2)
-    grand = g.mean(axis=(-2, -1))
-    ms_rows = j * ((rows - grand[..., None]) ** 2).sum(axis=-1) / (i - 1)
-    ms_cols = i * ((cols - grand[..., None]) ** 2).sum(axis=-1) / (j - 1)
-    resid = g - rows[..., :, None] - cols[..., None, :] + grand[..., None, None]
-    ms_e = (resid**2).sum(axis=(-2, -1)) / ((i - 1) * (j - 1))
+    ms_rows, ms_cols, ms_e = grid_mean_squares(g)
     return np.stack([np.clip((ms_rows - ms_e) / j, 0, None), np.clip((ms_cols - ms_e) / i, 0, None), ms_e], axis=-1)
 
 
@@ -243,12 +251,7 @@ def crossed_se_df(grids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     Intervals of a mean use it; the lead test uses `crossed_lead_se_df`."""
     g = np.asarray(grids, dtype=float)
     i, j = g.shape[-2], g.shape[-1]
-    rows, cols = g.mean(axis=-1), g.mean(axis=-2)
-    mean = g.mean(axis=(-2, -1))
-    ms_r = j * ((rows - mean[..., None]) ** 2).sum(axis=-1) / (i - 1)
-    ms_c = i * ((cols - mean[..., None]) ** 2).sum(axis=-1) / (j - 1)
-    resid = g - rows[..., :, None] - cols[..., None, :] + mean[..., None, None]
-    ms_e = (resid**2).sum(axis=(-2, -1)) / ((i - 1) * (j - 1))
+    ms_r, ms_c, ms_e = grid_mean_squares(g)
     a, b = (ms_r > ms_e).astype(float), (ms_c > ms_e).astype(float)  # components estimated above 0
     v = a * ms_r + b * ms_c + (1 - a - b) * ms_e  # = J·σ̂²_init + I·σ̂²_data + σ̂²_e
     denom = a * ms_r**2 / (i - 1) + b * ms_c**2 / (j - 1) + (1 - a - b) ** 2 * ms_e**2 / ((i - 1) * (j - 1))
@@ -270,10 +273,7 @@ def crossed_lead_se_df(grids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     conservative for any mix (Satterthwaite reached 6% there)."""
     g = np.asarray(grids, dtype=float)
     i, j = g.shape[-2], g.shape[-1]
-    rows, cols = g.mean(axis=-1), g.mean(axis=-2)
-    mean = g.mean(axis=(-2, -1))
-    ms_r = j * ((rows - mean[..., None]) ** 2).sum(axis=-1) / (i - 1)
-    ms_c = i * ((cols - mean[..., None]) ** 2).sum(axis=-1) / (j - 1)
+    ms_r, ms_c, _ = grid_mean_squares(g)
     v = ms_r + ms_c
     denom = ms_r**2 / (i - 1) + ms_c**2 / (j - 1)
     with np.errstate(divide="ignore", invalid="ignore"):
