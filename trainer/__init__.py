@@ -14,8 +14,9 @@ from typing import TYPE_CHECKING, Any
 if sys.argv[:1] == ["-m"] and any(a == "trainer" or a.startswith("trainer.") for a in sys.orig_argv[1:]):
     # `python -m trainer[.<module>]` (runpy imports this package first): the trainer is a library
     # with no command, and a module run this way would import and exit 0 without a word.
-    sys.exit("python -m trainer: not a command (the trainer is a library); use `python sweep.py -m [overrides]` "
-             "(a sweep), `python sweep.py [overrides]` (one run) or `lora-sweep --help` (the tools around a sweep)")
+    sys.stderr.write("python -m trainer: not a command (the trainer is a library); use `python sweep.py -m [overrides]` "
+                     "(a sweep), `python sweep.py [overrides]` (one run) or `lora-sweep --help` (the tools around a sweep)\n")
+    raise SystemExit(2)
 
 from trainer.errors import ConfigError, NonFiniteLossError, TrialPreempted  # noqa: E402
 from trainer.resolvers import register_resolvers  # noqa: E402
