@@ -1,0 +1,424 @@
+"""Search strategies replayed against learning-curve tables: compute to a near-best config, per arm, as a distribution.
+
+    python bench/replay.py [--tables demo sst2] [--sweeps 200] [--trials 40] [--out bench/results/replay.md]
+    python bench/replay.py --smoke           # a tiny table recorded on the spot, a few sweeps per arm (the test suite)
+
+Each arm is a search strategy built from the product's own parts: its search space parsed by
+`sweeps.search.space` from the YAML a user would name, its sampler from `make_sampler`, its pruner
+from `make_pruner` (the guard included), the base trial enqueued as the sweeper does. One replayed
+sweep drives an in-memory Optuna study as a one-worker sweep does: ask, suggest each key of the
+space, report each eval of the trial's curve, stop when the pruner says so, tell. A trial's curve
+comes from the table (bench/curves.py): **the nearest tabulated config** in the space's
+normalised coordinates (rank and alpha in log2, dropout linear, learning rate in log over the
+table's range, a mismatched target preset / scheduler counting one unit, a mismatched seed a
+tenth), so the replay never invents a value a real trial did not produce. Keys a table does not
+vary (e.g. warmup_ratio in the LLM space) take no part in the lookup: the replay cannot see them.
+
+Compute is trial-seconds as measured in the table (single-threaded, the wall seconds up to the
+eval where the trial stopped) plus the per-trial cost of the arm's process model: our warm worker
+pays the warm-cache lookup the table measured on warm rows; Hugging Face's `hyperparameter_search`
+re-loads (and re-quantises) the base model in `model_init` every trial, so its trials pay the
+table's cold model load. Per arm, over `--sweeps` sweeps each with its own sampler seed: the
+compute until the sweep holds a config within 1 and within 0.5 points of the table's best (median
+and 90% band across sweeps, with a bootstrap interval on the median; a sweep that never gets there
+within `--trials` counts as not reached), the test accuracy of the config the sweep selects after
+10 and after `--trials` trials, and how often a pruned trial would have beaten the config the
+sweep kept (false kill).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import gzip
+import json
+import math
+import statistics
+import sys
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+BENCH = Path(__file__).resolve().parent
+REPO = BENCH.parent
+sys.path.insert(0, str(REPO))
+TABLES = BENCH / "tables"
+NEAR_TARGETS = (0.01, 0.005)  # within 1 and 0.5 points of the table's best
+
+
+# -- tables -------------------------------------------------------------------------------------------
+@dataclass
+class Table:
+    """One learning-curve table: rows (config, curve, test score) and their lookup coordinates."""
+
+    name: str
+    metric: str
+    header: dict[str, Any]
+    rows: list[dict[str, Any]]
+    coords: np.ndarray = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.rows = [r for r in self.rows if r.get("evals") and not r.get("error")]
+        self.coords = np.array([self.coordinates(r["params"]) for r in self.rows])
+        self.maximize = not self.metric.endswith("loss")
+
+    @classmethod
+    def load(cls, name: str) -> "Table":
+        path = TABLES / f"{name}.jsonl.gz"
+        lines = gzip.open(path, "rt").read().splitlines() if path.exists() else [
+            line for shard in sorted(TABLES.glob(f"{name}.shard*.jsonl")) for line in shard.read_text().splitlines()]
+        rows = [json.loads(line) for line in lines if line.strip()]
+        header = rows.pop(0)["header"] if rows and "header" in rows[0] else {}
+        from curves import PROTOCOLS
+
+        return cls(name, header.get("metric") or PROTOCOLS[name]["metric"], header, rows)
+
+    def coordinates(self, params: dict[str, Any]) -> list[float]:
+        """A config as lookup coordinates, each spanning about one unit over the table space."""
+        from curves import PROTOCOLS, RANKS
+
+        lo, hi = PROTOCOLS[self.name]["lr"]
+        r = float(params.get("lora.r", 8))
+        alpha = params.get("lora.lora_alpha")
+        if alpha is None:
+            alpha = r * float(params.get("lora.alpha_ratio") or 2)
+        lr = float(params.get("train.learning_rate", math.sqrt(lo * hi)))
+        return [math.log2(r) / math.log2(RANKS[-1] / RANKS[0]), math.log2(float(alpha)) / 4.0,
+                float(params.get("lora.lora_dropout", 0.05)) / 0.2, math.log(lr) / math.log(hi / lo)]
+
+    def nearest(self, params: dict[str, Any]) -> dict[str, Any]:
+        d = np.abs(self.coords - np.array(self.coordinates(params))).sum(axis=1)
+        for key, weight in (("lora.target_modules", 1.0), ("train.lr_scheduler_type", 1.0), ("seed", 0.1)):
+            if key in params:
+                d = d + weight * np.array([r["params"].get(key) != params[key] for r in self.rows])
+        return self.rows[int(np.argmin(d))]
+
+    def objective(self, row: dict[str, Any], at: str, upto: int | None = None) -> float:
+        values = [e[self.metric] for e in row["evals"][:upto]]
+        if at == "last":
+            return values[-1]
+        return max(values) if self.maximize else min(values)
+
+    def best(self, at: str) -> float:
+        values = [self.objective(r, at) for r in self.rows]
+        return max(values) if self.maximize else min(values)
+
+    def cost(self, row: dict[str, Any], upto: int) -> float:
+        """Seconds of training and evals up to eval `upto` (1-based), without this row's own
+        model load / tokenize (the arm's process model adds its own)."""
+        overhead = sum((row.get("overhead_s") or {}).values())
+        return max(0.0, row["evals"][upto - 1]["wall_s"] - overhead)
+
+    def overheads(self) -> dict[str, float]:
+        """Per-trial costs measured in the table: warm-cache lookups and the cold model load."""
+        warm = [sum(r["overhead_s"].values()) for r in self.rows if r.get("warm_model") and r.get("overhead_s")]
+        cold = [sum(r["overhead_s"].values()) for r in self.rows if r.get("warm_model") is False and r.get("overhead_s")]
+        return {"warm_s": statistics.median(warm) if warm else 0.0, "cold_s": statistics.median(cold) if cold else 0.0}
+
+
+def trial_overheads(table: Table) -> dict[str, float]:
+    """Seconds each trial costs beside its steps and evals, per process model. Ours: the warm-cache
+    lookups the table measured plus the runtime's own per-trial work (benchmark 1's product-minus-
+    bare-loop wall on the same trial, bench/results.json). HF: its `model_init` per trial (the
+    throughput benchmark's measured re-load and re-quantisation), else the table's cold load."""
+    measured = json.loads((BENCH / "results.json").read_text()) if (BENCH / "results.json").exists() else {}
+    runtime = (statistics.median(measured["overhead_wall_ours_s"]) - statistics.median(measured["overhead_wall_bare_s"])
+               if measured.get("overhead_wall_ours_s") and measured.get("overhead_wall_bare_s") else 0.0)
+    hf_init = measured.get("hf_model_init_s")
+    own = table.overheads()
+    return {"ours": own["warm_s"] + max(0.0, runtime), "hf": statistics.median(hf_init) if hf_init else own["cold_s"]}
+
+
+# -- arms ---------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Arm:
+    label: str
+    space: str                        # conf/search_space/<space>.yaml
+    sampler: str = "tpe"
+    sampler_kwargs: tuple = ()
+    pruner: str = "median"
+    pruner_kwargs: tuple = ()
+    prune_after: float = 0.5
+    prune_min_trials: int = 4
+    include_base: bool = True
+    objective_at: str = "best"
+    startup: str = "random"
+    hf: bool = False                  # Hugging Face's hyperparameter_search: Optuna's own defaults, cold trials
+    drop: tuple = ()                  # keys left out of the space (the seed, when the race spends that budget)
+
+
+def default_arms() -> list[Arm]:
+    """HF's search, random search, today's product default, and each lever alone and together
+    where the product has it (a lever missing from this checkout is left out, with a note)."""
+    arms = [Arm("HF hyperparameter_search (TPE, median pruner, Optuna defaults)", "default_v1" if space_exists(
+                "default_v1") else "default", pruner="median_optuna", include_base=False, objective_at="last", hf=True),
+            Arm("random, no pruner", old_space(), sampler="random", pruner="none", include_base=False),
+            Arm("product default today (TPE, median from 50%, base first)", old_space())]
+    if pruner_exists("conformal"):
+        arms.append(Arm("+ conformal pruner (false kill 5%)", old_space(), pruner="conformal",
+                        pruner_kwargs=(("prune_false_kill", 0.05),), prune_after=0.3))
+    if space_exists("default_v1"):
+        arms.append(Arm("+ prior-centred space", "default"))
+    if startup_exists():
+        arms.append(Arm("+ informed start-up", old_space(), startup="informed"))
+    arms.append(Arm("+ seed out of the space", old_space(), drop=("seed",)))
+    if space_exists("default_v1") and startup_exists() and pruner_exists("conformal"):
+        arms.append(Arm("all levers", "default", pruner="conformal", pruner_kwargs=(("prune_false_kill", 0.05),),
+                        prune_after=0.3, startup="informed", drop=("seed",)))
+    return arms
+
+
+def space_exists(name: str) -> bool:
+    return (REPO / "conf" / "search_space" / f"{name}.yaml").exists()
+
+
+def old_space() -> str:
+    return "default_v1" if space_exists("default_v1") else "default"
+
+
+def pruner_exists(name: str) -> bool:
+    from sweeps.search import samplers
+
+    return name in getattr(samplers, "PRUNERS", ())
+
+
+def startup_exists() -> bool:
+    try:
+        from sweeps.search import startup  # noqa: F401
+    except ImportError:
+        return False
+    return hasattr(startup, "informed_startup")
+
+
+def load_space(name: str, model_hidden: int | None = None):
+    """The search space a user gets from `search_space=<name>` (the YAML through the product's parser)."""
+    import yaml
+
+    from sweeps.search.space import parse_search_space
+
+    params = yaml.safe_load((REPO / "conf" / "search_space" / f"{name}.yaml").read_text()) or {}
+    return parse_search_space(params)
+
+
+BASE_PARAMS = {"lora.r": 8, "lora.lora_alpha": 16, "lora.lora_dropout": 0.05, "lora.target_modules": "qv",
+               "train.learning_rate": 3e-3, "train.lr_scheduler_type": "linear", "seed": 0}
+
+
+def make_study(arm: Arm, table: Table, space, seed: int, total_steps: int):
+    import optuna
+
+    from sweeps.search.pruning import PruneGuard
+    from sweeps.search.samplers import make_pruner, make_sampler
+
+    if arm.hf:  # what transformers' hyperparameter_search does with backend="optuna": create_study's defaults
+        sampler, pruner = optuna.samplers.TPESampler(seed=seed), optuna.pruners.MedianPruner()
+    else:
+        sampler = make_sampler(arm.sampler, seed, space, 1, dict(arm.sampler_kwargs))
+        pruner = make_pruner(arm.pruner, dict(arm.pruner_kwargs),
+                             PruneGuard(prune_after=arm.prune_after, min_trials=arm.prune_min_trials), total_steps)
+    study = optuna.create_study(direction="maximize" if table.maximize else "minimize", sampler=sampler, pruner=pruner)
+    if arm.include_base:
+        study.enqueue_trial({k: v for k, v in BASE_PARAMS.items() if k in space.distributions})
+    if arm.startup == "informed":
+        from sweeps.search.startup import informed_startup
+
+        for params in informed_startup(space, 10):
+            study.enqueue_trial(params)
+    return study
+
+
+def replay_sweep(arm: Arm, table: Table, space, seed: int, n_trials: int, overhead_s: float) -> list[dict[str, Any]]:
+    """One sweep of `n_trials`: per trial, the row it got, whether it was pruned, its observed value
+    and the compute spent so far."""
+    import optuna
+
+    from sweeps.search.space import suggest
+
+    total_steps = table.rows[0]["total_steps"] or table.rows[0]["evals"][-1]["step"]
+    study = make_study(arm, table, space, seed, total_steps)
+    spent, out = 0.0, []
+    for _ in range(n_trials):
+        trial = study.ask()
+        params = {k: suggest(trial, k, d) for k, d in space.distributions.items() if k not in arm.drop}
+        row = table.nearest(params)
+        trial.set_user_attr("total_steps", total_steps)
+        n_evals, pruned = len(row["evals"]), False
+        for i, ev in enumerate(row["evals"], 1):
+            trial.report(ev[table.metric], ev["step"])
+            if i < len(row["evals"]) and trial.should_prune():
+                n_evals, pruned = i, True
+                break
+        spent += table.cost(row, n_evals) + overhead_s
+        value = table.objective(row, arm.objective_at, n_evals)
+        if pruned:
+            study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+        else:
+            study.tell(trial, value)
+        out.append({"row": row, "pruned": pruned, "n_evals": n_evals, "value": value, "spent": spent})
+    return out
+
+
+def sweep_outcome(trials: list[dict[str, Any]], table: Table, at: str, checkpoints: tuple[int, ...]) -> dict[str, Any]:
+    best = table.best(at)
+    sign = 1 if table.maximize else -1
+    reach = {}
+    for tol in NEAR_TARGETS:
+        hit = next((t["spent"] for i, t in enumerate(trials) if not t["pruned"]
+                    and sign * (t["value"] - best) >= -tol), math.inf)
+        reach[tol] = hit
+    selected = {}
+    for n in checkpoints:
+        kept = [t for t in trials[:n] if not t["pruned"]]
+        if kept:
+            pick = max(kept, key=lambda t: sign * t["value"])
+            selected[n] = pick["row"].get("test", {}).get("test_accuracy", math.nan)
+    kept_all = [t for t in trials if not t["pruned"]]
+    kept_best = max((sign * table.objective(t["row"], at) for t in kept_all), default=-math.inf)
+    false_kill = any(sign * table.objective(t["row"], at) > kept_best for t in trials if t["pruned"])
+    full = sum(table.cost(t["row"], len(t["row"]["evals"])) for t in trials)
+    ran = sum(table.cost(t["row"], t["n_evals"]) for t in trials)
+    return {"reach": reach, "selected": selected, "false_kill": false_kill, "spent": trials[-1]["spent"],
+            "saved": 1 - ran / full if full else 0.0}
+
+
+def band(values: list[float], rng: np.random.Generator) -> dict[str, Any]:
+    """Median, 90% band (5th-95th percentile across sweeps) and a bootstrap 95% interval on the median."""
+    arr = np.array(values, dtype=float)
+    finite = np.isfinite(arr)
+    out = {"reached": float(finite.mean()), "n": len(arr)}
+    if finite.mean() < 0.5:
+        return {**out, "median": math.inf, "band": [math.nan, math.nan], "median_ci": [math.nan, math.nan]}
+    boots = np.quantile(rng.choice(arr, size=(2000, len(arr))), 0.5, axis=1, method="inverted_cdf")
+    q = lambda a, p: float(np.quantile(a, p, method="inverted_cdf"))  # noqa: E731 - no interpolation: inf stays inf
+    return {**out, "median": q(arr, 0.5), "band": [q(arr, 0.05), q(arr, 0.95)],
+            "median_ci": [q(boots, 0.025), q(boots, 0.975)]}
+
+
+def run_arm(arm: Arm, table: Table, n_sweeps: int, n_trials: int) -> dict[str, Any]:
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    space = load_space(arm.space)
+    overhead = trial_overheads(table)["hf" if arm.hf else "ours"]
+    outcomes = [sweep_outcome(replay_sweep(arm, table, space, seed, n_trials, overhead), table, arm.objective_at,
+                              (min(10, n_trials), n_trials)) for seed in range(n_sweeps)]
+    rng = np.random.default_rng(0)
+    return {"arm": arm.label, "space": arm.space,
+            "to_1pt": band([o["reach"][0.01] for o in outcomes], rng),
+            "to_half_pt": band([o["reach"][0.005] for o in outcomes], rng),
+            "test_at_10": float(np.nanmean([o["selected"].get(min(10, n_trials), math.nan) for o in outcomes])),
+            f"test_at_{n_trials}": float(np.nanmean([o["selected"].get(n_trials, math.nan) for o in outcomes])),
+            "false_kill_rate": float(np.mean([o["false_kill"] for o in outcomes])),
+            "compute_saved": float(np.mean([o["saved"] for o in outcomes])),
+            "_reach_1pt": [o["reach"][0.01] for o in outcomes]}
+
+
+def ratio(ours: list[float], theirs: list[float], rng: np.random.Generator) -> dict[str, Any]:
+    """median(ours) / median(theirs) with a bootstrap 95% interval (sweeps resampled in each arm)."""
+    a, b = np.array(ours, dtype=float), np.array(theirs, dtype=float)
+    med = lambda x, axis=None: np.quantile(x, 0.5, axis=axis, method="inverted_cdf")  # noqa: E731
+    if not (np.isfinite(med(a)) and np.isfinite(med(b))):
+        return {"ratio": math.nan, "ci": [math.nan, math.nan]}
+    with np.errstate(invalid="ignore", divide="ignore"):
+        boots = med(rng.choice(a, size=(2000, len(a))), 1) / med(rng.choice(b, size=(2000, len(b))), 1)
+    boots = np.where(np.isnan(boots), np.inf, boots)  # inf / inf: neither reached, counted as no gain
+    return {"ratio": float(med(a) / med(b)),
+            "ci": [float(np.quantile(boots, 0.025, method="inverted_cdf")),
+                   float(np.quantile(boots, 0.975, method="inverted_cdf"))]}
+
+
+def fmt_band(b: dict[str, Any]) -> str:
+    if not math.isfinite(b["median"]):
+        return f"not reached in {1 - b['reached']:.0%} of sweeps"
+    late = f"; {1 - b['reached']:.0%} not reached" if b["reached"] < 1 else ""
+    return (f"{b['median']:.0f} s [{b['median_ci'][0]:.0f}, {b['median_ci'][1]:.0f}] "
+            f"(90% of sweeps {b['band'][0]:.0f}-{b['band'][1]:.0f}{late})")
+
+
+def markdown(results: dict[str, list[dict[str, Any]]], args: argparse.Namespace, tables: dict[str, Table],
+             elapsed: float) -> str:
+    lines = ["# Search strategies replayed on learning-curve tables", "",
+             f"`python bench/replay.py --tables {' '.join(results)} --sweeps {args.sweeps} --trials {args.trials}` "
+             f"({elapsed:.0f} s). Compute is trial-seconds (single-threaded), the median with a bootstrap 95% "
+             "interval and the 5th-95th percentile of the sweeps; the lookup is the nearest tabulated config.", ""]
+    for name, arms in results.items():
+        t = tables[name]
+        lines += [f"## {name}: {len(t.rows)} tabulated configs, best {t.metric} {t.best('best'):.4f} (best eval), "
+                  f"{t.best('last'):.4f} (last eval); per-trial cost beside the steps: ours "
+                  f"{trial_overheads(t)['ours']:.2f} s, HF {trial_overheads(t)['hf']:.2f} s", "",
+                  f"| arm | space | compute to 1 pt | compute to 0.5 pt | test acc. of the pick at 10 trials | "
+                  f"at {args.trials} | pruner false kills | compute saved by pruning |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for a in arms:
+            lines.append(f"| {a['arm']} | {a['space']} | {fmt_band(a['to_1pt'])} | {fmt_band(a['to_half_pt'])} | "
+                         f"{a['test_at_10']:.4f} | {a[f'test_at_{args.trials}']:.4f} | {a['false_kill_rate']:.1%} | "
+                         f"{a['compute_saved']:.1%} |")
+        hf = next((a for a in arms if a["arm"].startswith("HF")), None)
+        if hf:
+            rng = np.random.default_rng(1)
+            lines += ["", "Ratio of median compute to 1 point, arm / HF (below 1: sooner than HF; 95% bootstrap interval):", ""]
+            for a in arms:
+                if a is not hf:
+                    r = ratio(a["_reach_1pt"], hf["_reach_1pt"], rng)
+                    lines.append(f"- {a['arm']}: {r['ratio']:.2f} [{r['ci'][0]:.2f}, {r['ci'][1]:.2f}]")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def smoke_table(tmp: Path) -> None:
+    """A tiny demo table recorded on the spot through the real trainer (the suite's check that the
+    recorder and the replay still fit the product)."""
+    import subprocess
+
+    env_cmd = [sys.executable, str(BENCH / "curves.py"), "record", "--table", "demo", "--configs", "4", "--smoke",
+               "--out", str(tmp / "demo.shard0of1.jsonl")]
+    subprocess.run(env_cmd, check=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    global TABLES
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--tables", nargs="+", default=["demo", "sst2"])
+    parser.add_argument("--sweeps", type=int, default=200)
+    parser.add_argument("--trials", type=int, default=40)
+    parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--json", type=Path, default=None, help="also write the per-arm results as JSON")
+    parser.add_argument("--smoke", action="store_true")
+    args = parser.parse_args(argv)
+    sys.path.insert(0, str(BENCH))
+    if args.smoke:
+        import tempfile
+
+        TABLES = Path(tempfile.mkdtemp(prefix="replay-smoke-"))
+        smoke_table(TABLES)
+        args.tables, args.sweeps, args.trials = ["demo"], 3, 6
+    t0 = time.perf_counter()
+    tables = {name: Table.load(name) for name in args.tables}
+    results: dict[str, list[dict[str, Any]]] = {}
+    for name, table in tables.items():
+        if not table.rows:
+            print(f"{name}: no table rows under {TABLES}; record them with bench/curves.py", file=sys.stderr)
+            continue
+        results[name] = []
+        for arm in default_arms():
+            t_arm = time.perf_counter()
+            results[name].append(run_arm(arm, table, args.sweeps, args.trials))
+            print(f"{name} | {arm.label} | {fmt_band(results[name][-1]['to_1pt'])} | {time.perf_counter() - t_arm:.0f} s",
+                  flush=True)
+    text = markdown(results, args, tables, time.perf_counter() - t0)
+    print(text)
+    if args.out:
+        args.out.write_text(text + "\n")
+    if args.json:
+        args.json.write_text(json.dumps({k: [{kk: vv for kk, vv in a.items() if not kk.startswith("_")} for a in v]
+                                         for k, v in results.items()}, indent=1, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
