@@ -281,8 +281,10 @@ def sweep_outcome(trials: list[dict[str, Any]], table: Table, at: str, checkpoin
     false_kill = any(sign * table.objective(t["row"], at) > kept_best for t in trials if t["pruned"])
     full = sum(table.cost(t["row"], len(t["row"]["evals"])) for t in trials)
     ran = sum(table.cost(t["row"], t["n_evals"]) for t in trials)
+    best_at = {n: max((sign * t["value"] for t in trials[:n] if not t["pruned"]), default=math.nan) * sign
+               for n in checkpoints}
     return {"reach": reach, "selected": selected, "false_kill": false_kill, "spent": trials[-1]["spent"],
-            "saved": 1 - ran / full if full else 0.0}
+            "saved": 1 - ran / full if full else 0.0, "best_at": best_at}
 
 
 def band(values: list[float], rng: np.random.Generator) -> dict[str, Any]:
@@ -315,7 +317,67 @@ def run_arm(arm: Arm, table: Table, n_sweeps: int, n_trials: int) -> dict[str, A
             f"test_at_{n_trials}": float(np.nanmean([o["selected"].get(n_trials, math.nan) for o in outcomes])),
             "false_kill_rate": float(np.mean([o["false_kill"] for o in outcomes])),
             "compute_saved": float(np.mean([o["saved"] for o in outcomes])),
+            "best_at_10_band": [float(np.nanquantile([o["best_at"][min(10, n_trials)] for o in outcomes], q))
+                                for q in (0.05, 0.5, 0.95)],
             "_reach_1pt": [o["reach"][0.01] for o in outcomes]}
+
+
+# -- the replay against reality -----------------------------------------------------------------------
+def real_best_after(arm: Arm, table: Table, seed: int, n_trials: int, workdir: Path) -> float:
+    """One real sweep of the arm on the table's protocol (the demo default trial), `n_trials` trials on
+    one worker; its best objective as the sweep scored it (HF: bench/hf_search.py, its own search)."""
+    import subprocess
+
+    import optuna
+
+    from curves import PROTOCOLS
+
+    env = {**__import__("os").environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "OMP_NUM_THREADS": "1",
+           "OMP_WAIT_POLICY": "PASSIVE"}
+    workdir.mkdir(parents=True, exist_ok=True)
+    if arm.hf:
+        if table.name != "demo":
+            raise ValueError("the HF arm's real sweep is wired for the demo protocol only")
+        out = subprocess.run([sys.executable, str(BENCH / "hf_search.py"), "--n-trials", str(n_trials), "--sampler-seed",
+                              str(seed), "--pruner", "median", "--max-train", "600", "--max-eval", "300",
+                              "--max-steps", "76", "--eval-every", "19", "--output-dir", str(workdir / "hf_out")],
+                             capture_output=True, text=True, env=env, cwd=workdir, check=True).stdout
+        result = json.loads(next(line for line in out.splitlines() if line.startswith("HF_RESULT "))[len("HF_RESULT "):])
+        return max(t["value"] for t in result["trials"] if t["state"] == "COMPLETE")
+    overrides = [*PROTOCOLS[table.name]["overrides"], f"search_space={arm.space}", f"hydra.sweeper.n_trials={n_trials}",
+                 f"hydra.sweeper.sampler={arm.sampler}", f"hydra.sweeper.sampler_seed={seed}", "hydra.sweeper.n_jobs=1",
+                 f"hydra.sweeper.pruner={arm.pruner}", f"hydra.sweeper.prune_after={arm.prune_after}",
+                 f"hydra.sweeper.prune_min_trials={arm.prune_min_trials}",
+                 f"hydra.sweeper.include_base={str(arm.include_base).lower()}",
+                 f"hydra.sweeper.objective_at={arm.objective_at}", f"hydra.sweep.dir={workdir / 'multirun'}",
+                 f"mlflow.tracking_uri=sqlite:///{workdir / 'mlflow.db'}"]
+    overrides += [f"hydra.sweeper.{k}={v}" for k, v in arm.pruner_kwargs]
+    if arm.startup != "random":
+        overrides.append(f"hydra.sweeper.startup={arm.startup}")
+    subprocess.run([sys.executable, str(REPO / "sweep.py"), "-m", *overrides], capture_output=True, text=True,
+                   env=env, cwd=workdir, check=True)
+    storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(
+        str(workdir / "optuna-journal.log")))
+    study = optuna.load_study(study_name=optuna.get_all_study_names(storage)[0], storage=storage)
+    values = [t.value for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    return max(values) if table.maximize else min(values)
+
+
+def validate(arms: list[Arm], table: Table, results: list[dict[str, Any]], n_real: int, n_trials: int,
+             root: Path) -> list[str]:
+    lines = [f"### The replay against real sweeps ({table.name}, {n_trials} trials, one worker, sampler seeds "
+             f"1000-{999 + n_real})", "",
+             "| arm | replay: best after 10 trials, 5% / median / 95% | real sweeps | inside the 90% band |",
+             "|---|---|---|---|"]
+    for arm, res in zip(arms, results):
+        lo, mid, hi = res["best_at_10_band"]
+        reals = [real_best_after(arm, table, 1000 + k, n_trials, root / f"{abs(hash(arm.label)) % 10**8}-{k}")
+                 for k in range(n_real)]
+        inside = sum(lo <= v <= hi for v in reals)
+        lines.append(f"| {arm.label} | {lo:.4f} / {mid:.4f} / {hi:.4f} | {', '.join(f'{v:.4f}' for v in reals)} | "
+                     f"{inside} of {n_real} |")
+        print(lines[-1], flush=True)
+    return lines
 
 
 def ratio(ours: list[float], theirs: list[float], rng: np.random.Generator) -> dict[str, Any]:
@@ -389,6 +451,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--json", type=Path, default=None, help="also write the per-arm results as JSON")
     parser.add_argument("--smoke", action="store_true")
+    parser.add_argument("--validate", type=int, default=0, metavar="K",
+                        help="also run K real sweeps per arm (demo table) and check they land in the replay's 90%% band")
+    parser.add_argument("--validate-arms", default="HF,random,product default today",
+                        help="comma-separated prefixes of the arms to validate")
     args = parser.parse_args(argv)
     sys.path.insert(0, str(BENCH))
     if args.smoke:
@@ -411,6 +477,13 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{name} | {arm.label} | {fmt_band(results[name][-1]['to_1pt'])} | {time.perf_counter() - t_arm:.0f} s",
                   flush=True)
     text = markdown(results, args, tables, time.perf_counter() - t0)
+    if args.validate and "demo" in results:
+        import tempfile
+
+        wanted = [p.strip() for p in args.validate_arms.split(",")]
+        pairs = [(a, r) for a, r in zip(default_arms(), results["demo"]) if any(a.label.startswith(w) for w in wanted)]
+        text += "\n" + "\n".join(validate([a for a, _ in pairs], tables["demo"], [r for _, r in pairs], args.validate,
+                                           10, Path(tempfile.mkdtemp(prefix="replay-real-")))) + "\n"
     print(text)
     if args.out:
         args.out.write_text(text + "\n")
