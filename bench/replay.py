@@ -432,6 +432,38 @@ def markdown(results: dict[str, list[dict[str, Any]]], args: argparse.Namespace,
     return "\n".join(lines)
 
 
+def merge_results(path: Path, results: dict[str, list[dict[str, Any]]]) -> None:
+    """The replay's keys in bench/results.json: per table and arm, compute to 1 / 0.5 point (median,
+    its 95% interval, the 90% band of sweeps, share reached), the ratio to HF's arm at 1 point, and
+    the pruners' false kills and compute saved."""
+    data = json.loads(path.read_text()) if path.exists() else {}
+    keep = ("median", "median_ci", "band", "reached")
+    rng = np.random.default_rng(1)
+    for key in ("replay_compute_to_1pt", "replay_compute_to_half_pt", "replay_ratio_vs_hf_1pt",
+                "pruner_false_kill_rate", "pruner_compute_saved"):
+        data[key] = {}
+    for name, arms in results.items():
+        hf = next((a for a in arms if a["arm"].startswith("HF")), None)
+        for a in arms:
+            label = f"{name}: {a['arm']}"
+            data["replay_compute_to_1pt"][label] = {k: a["to_1pt"][k] for k in keep}
+            data["replay_compute_to_half_pt"][label] = {k: a["to_half_pt"][k] for k in keep}
+            data["pruner_false_kill_rate"][label] = a["false_kill_rate"]
+            data["pruner_compute_saved"][label] = a["compute_saved"]
+            if hf is not None and a is not hf:
+                data["replay_ratio_vs_hf_1pt"][label] = ratio(a["_reach_1pt"], hf["_reach_1pt"], rng)
+    path.write_text(json.dumps(finite(data), indent=1) + "\n")
+
+
+def finite(x: Any) -> Any:
+    """The value with every non-finite float as null (not reached), so the file stays strict JSON."""
+    if isinstance(x, dict):
+        return {k: finite(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [finite(v) for v in x]
+    return None if isinstance(x, float) and not math.isfinite(x) else x
+
+
 def smoke_table(tmp: Path) -> None:
     """A tiny demo table recorded on the spot through the real trainer (the suite's check that the
     recorder and the replay still fit the product)."""
@@ -450,6 +482,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--trials", type=int, default=40)
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--json", type=Path, default=None, help="also write the per-arm results as JSON")
+    parser.add_argument("--results", type=Path, default=None,
+                        help="merge the replay's keys into this results file (bench/results.json)")
     parser.add_argument("--smoke", action="store_true")
     parser.add_argument("--validate", type=int, default=0, metavar="K",
                         help="also run K real sweeps per arm (demo table) and check they land in the replay's 90%% band")
@@ -487,6 +521,8 @@ def main(argv: list[str] | None = None) -> int:
     print(text)
     if args.out:
         args.out.write_text(text + "\n")
+    if args.results:
+        merge_results(args.results, results)
     if args.json:
         args.json.write_text(json.dumps({k: [{kk: vv for kk, vv in a.items() if not kk.startswith("_")} for a in v]
                                          for k, v in results.items()}, indent=1, default=str))
