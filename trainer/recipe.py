@@ -168,7 +168,7 @@ def run_trial(cfg: DictConfig, reporter: Reporter | None = None, cache: WarmCach
         resumed_from = checkpoint_step(checkpoint_dir) if resume else None
         outcome = train_loop(peft_model, rows, train_collate, run_eval, train, plan, device,
                              get(cfg, "data_seed"), reporter, causal=task_type != "classification",
-                             selection=selection, checkpoint=checkpoint)
+                             selection=selection, checkpoint=checkpoint, loraplus_lr_ratio=lora.loraplus_lr_ratio)
         scored_step = outcome.steps
         if selection.restore(peft_model):  # the adapter of the best evaluation, scored by its metrics
             outcome.final_metrics, scored_step = dict(selection.best_metrics), selection.best_step
@@ -226,6 +226,7 @@ def run_trial(cfg: DictConfig, reporter: Reporter | None = None, cache: WarmCach
                                                           else "float32"),
             "precision": train.precision,
             "optim": train.optim,
+            "loraplus_lr_ratio": lora.loraplus_lr_ratio,
             "group_by_length": bool(train.group_by_length),
             "train_padding_fraction": outcome.padding_fraction,
             "packing": bool(train.packing),

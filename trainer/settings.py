@@ -9,6 +9,7 @@ not know are ignored, as they always were.
 from __future__ import annotations
 
 import importlib.util
+import math
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
@@ -109,6 +110,7 @@ class LoraSettings(_FromMapping):
     loftq_bits: int = 4
     loftq_iter: int = 1
     modules_to_save: list[str] | None = None
+    loraplus_lr_ratio: float | None = None  # LoRA+: B's learning rate / A's; None (or 1): one rate for both
 
     @property
     def alpha(self) -> float:
@@ -161,9 +163,13 @@ class LoraSettings(_FromMapping):
         saved = at("modules_to_save")
         require(saved is None or (isinstance(saved, list) and all(isinstance(m, str) and m for m in saved)),
                 "lora.modules_to_save", saved, "null or a list of module names (e.g. [lm_head] or [embed_tokens])")
+        plus = at("loraplus_lr_ratio")  # absent in configs saved before the key: off
+        require(plus is None or (is_num(plus) and math.isfinite(plus) and plus > 0), "lora.loraplus_lr_ratio", plus,
+                "null (off) or a number > 0: B's learning rate as a multiple of A's (LoRA+, about 16; 1 = off)")
         return cls(r=r, lora_alpha=alpha, alpha_ratio=ratio, scaling=scaling, lora_dropout=dropout,
                    target_modules=targets, bias=bias, use_rslora=use_rslora, use_dora=use_dora,
-                   init_lora_weights=init, loftq_bits=bits, loftq_iter=iters, modules_to_save=saved)
+                   init_lora_weights=init, loftq_bits=bits, loftq_iter=iters, modules_to_save=saved,
+                   loraplus_lr_ratio=plus)
 
 
 @dataclass(frozen=True)

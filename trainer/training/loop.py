@@ -130,19 +130,60 @@ def accepts_loss_kwargs(model: Any) -> bool:
     return any(p.kind == inspect.Parameter.VAR_KEYWORD for p in inspect.signature(inner.forward).parameters.values())
 
 
-def make_optimizer(train: TrainSettings | dict[str, Any], params: list[Any]) -> Any:
+def make_optimizer(train: TrainSettings | dict[str, Any], params: list[Any], model: Any = None,
+                   loraplus_lr_ratio: float | None = None) -> Any:
     """train.optim: torch AdamW or a bitsandbytes AdamW (8-bit state and/or paged state), all
-    with the configured learning rate and decoupled weight decay."""
+    with the configured learning rate and decoupled weight decay. With `loraplus_lr_ratio` (not
+    None or 1) the trainable parameters of the peft `model` are grouped by LoRA+ instead
+    (loraplus_optimizer); `params` are then those same parameters."""
     import torch
 
     train = TrainSettings.of(train)
     name = BNB_OPTIMIZERS[train.optim]
-    kwargs = {"lr": train.learning_rate, "weight_decay": train.weight_decay}
     if name is None:
-        return torch.optim.AdamW(params, **kwargs)
-    import bitsandbytes.optim
+        optimizer_cls = torch.optim.AdamW
+    else:
+        import bitsandbytes.optim
 
-    return getattr(bitsandbytes.optim, name)(params, **kwargs)
+        optimizer_cls = getattr(bitsandbytes.optim, name)
+    if loraplus_lr_ratio is not None and loraplus_lr_ratio != 1:
+        return loraplus_optimizer(model, optimizer_cls, train.learning_rate, train.weight_decay, loraplus_lr_ratio)
+    return optimizer_cls(params, lr=train.learning_rate, weight_decay=train.weight_decay)
+
+
+def loraplus_optimizer(model: Any, optimizer_cls: type, lr: float, weight_decay: float, ratio: float) -> Any:
+    """LoRA+ (Hayou et al. 2024): every LoRA B matrix learns at `ratio` x `lr`, A at `lr`.
+
+    peft's create_loraplus_optimizer sorts the parameters of the LoRA layers: A; B and the layers'
+    1-D parameters (DoRA magnitudes, LoRA biases) at ratio x lr; LoRA on embeddings at
+    loraplus_lr_embedding, given `lr` here (peft's 1e-6 default would all but freeze an embedding
+    adapter the user asked for). Three things are set apart from peft's choices, so that the
+    ratio is the only difference from a plain run:
+    - parameters outside the LoRA layers (the classification head and lora.modules_to_save, the
+      trainable rows of added tokens, base biases of lora.bias) are not low-rank factors: they
+      keep `lr` in a group of their own (peft would put a head's bias at ratio x lr);
+    - every group keeps `weight_decay`, as the plain optimizer does (peft exempts 1-D parameters);
+    - the optimizer is built through a factory: peft registers 32-bit state for every nn.Embedding
+      in bitsandbytes' process-wide manager when the class is one of its 8-bit ones, a registration
+      that outlives the trial (it keeps the modules, and its (group, index) keys reach later
+      optimizers in a warm worker); the plain 8-bit optimizers register none.
+    Empty groups are dropped; the first group (A's) learns at `lr`: the rate the loop logs."""
+    from peft.optimizers import create_loraplus_optimizer
+    from peft.tuners.lora.layer import LoraLayer
+
+    in_lora_layers = {id(p) for m in model.modules() if isinstance(m, LoraLayer)
+                      for attr in m.adapter_layer_names for p in getattr(m, attr).parameters()}
+    others = [p for p in model.parameters() if p.requires_grad and id(p) not in in_lora_layers]
+
+    def build(groups: list[dict[str, Any]], **kwargs: Any) -> Any:
+        for group in groups:
+            group["params"] = [p for p in group["params"] if id(p) in in_lora_layers]
+            group["weight_decay"] = weight_decay
+        groups.append({"params": others, "lr": lr, "weight_decay": weight_decay})
+        return optimizer_cls([g for g in groups if g["params"]], **kwargs)
+
+    return create_loraplus_optimizer(model, build, lr=lr, loraplus_lr_ratio=float(ratio), loraplus_lr_embedding=lr,
+                                     loraplus_weight_decay=weight_decay, weight_decay=weight_decay)
 
 
 def _make_scheduler(train: TrainSettings, optimizer: Any, plan: LoopPlan) -> Any:
@@ -155,10 +196,13 @@ def _make_scheduler(train: TrainSettings, optimizer: Any, plan: LoopPlan) -> Any
 @traced("trainer.train")
 def train_loop(model: Any, features: list[dict[str, Any]], collate: Callable, evaluate: Callable[[], dict[str, float]],
                train: TrainSettings, plan: LoopPlan, device: Any, data_seed: int, reporter: Reporter,
-               causal: bool = False, selection: Any = None, checkpoint: Checkpointer | None = None) -> LoopOutcome:
+               causal: bool = False, selection: Any = None, checkpoint: Checkpointer | None = None,
+               loraplus_lr_ratio: float | None = None) -> LoopOutcome:
     """Train for plan.total_steps, evaluating every eval_every_steps and at the end; `causal`:
     the loss is over label tokens (causal LM) rather than examples (classification);
-    `selection` (trainer.training.selection.EvalSelection) sees every eval and may stop the trial early.
+    `selection` (trainer.training.selection.EvalSelection) sees every eval and may stop the trial early;
+    `loraplus_lr_ratio` (lora.loraplus_lr_ratio): LoRA+ learning rates (make_optimizer), which
+    the scheduler and warm-up scale group by group.
 
     `checkpoint` (trainer.training.checkpoint): continue from its checkpoint when `resume`, write one
     periodically, and when the reporter's optional `should_stop()` says so at a step boundary,
@@ -166,7 +210,7 @@ def train_loop(model: Any, features: list[dict[str, Any]], collate: Callable, ev
     import torch
 
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = make_optimizer(train, params)
+    optimizer = make_optimizer(train, params, model, loraplus_lr_ratio)
     scheduler = _make_scheduler(train, optimizer, plan)
     plateau = train.lr_scheduler_type in METRIC_SCHEDULERS
     autocast = autocast_for(device, train.precision)
