@@ -98,22 +98,35 @@ def test_nothing_is_pruned_before_prune_after_nor_before_the_calibration_trials(
     assert not any(_bad_trial(study))
 
 
+def test_calibration_trials_that_were_never_checked_do_not_license_pruning():
+    """Calibration trials evaluated only at their end had no check, so they say nothing about a
+    forecast's error: a trial with checks is not pruned on their account."""
+    study = optuna.create_study(direction="maximize", pruner=make_pruner("conformal", guard=PruneGuard(prune_after=0.3)))
+    for _ in range(19):
+        study.add_trial(optuna.trial.create_trial(value=0.9, intermediate_values={TOTAL: 0.9},
+                                                  user_attrs={"total_steps": TOTAL}))
+    assert not any(_bad_trial(study))
+
+
 def test_the_calibration_is_frozen_at_the_first_completed_trials():
-    """Survivors of the pruner's own kills never join the calibration (they would shrink it)."""
+    """Survivors of the pruner's own kills never join the calibration (they would shrink it), and
+    another worker's pruner on the same study forms the same calibration."""
     rng = np.random.default_rng(3)
-    pruner = make_pruner("conformal", guard=PruneGuard(prune_after=0.3, false_kill=0.1))
+    guard = PruneGuard(prune_after=0.3, false_kill=0.1)
+    pruner = make_pruner("conformal", guard=guard)
     study = _calibrated_study(pruner, rng, 9)
     _bad_trial(study)
     calibration = pruner.inner.calibration
-    _calibrated_study_more = [random_curve(rng) for _ in range(5)]
-    for curve in _calibrated_study_more:
+    for curve in [random_curve(rng) for _ in range(5)]:
         trial = study.ask()
         for step, value in curve.items():
             trial.report(value, step)
             trial.should_prune()
         study.tell(trial, max(curve.values()))
-    assert pruner.inner.calibration is calibration and calibration.n == 9
-    assert calibration.trials == tuple(range(9))
+    assert pruner.inner.calibration is calibration and calibration.trials == tuple(range(9))
+    assert len(study.get_trials(states=(TrialState.COMPLETE,))) > 9
+    other_worker = make_pruner("conformal", guard=guard).inner.calibrate(study)
+    assert (other_worker.trials, other_worker.margin) == (calibration.trials, calibration.margin)
 
 
 def test_conformal_rank_and_the_minimum_calibration():

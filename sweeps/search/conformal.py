@@ -194,8 +194,8 @@ class ConformalPruner(optuna.pruners.BasePruner):
         if step is None or step <= 0:
             return None
         calibration = self.calibrate(study)
-        if calibration is None or trial.number in calibration.trials:
-            return None
+        if calibration is None or trial.number in calibration.trials or not math.isfinite(calibration.margin):
+            return None  # (a margin of -inf: most calibration trials had no check, unlike this one)
         curve = Curve.of(trial, _sign(study), self._total_steps(trial))
         if len(curve.steps) == 0 or curve.steps[-1] != step or not self.prune_after <= curve.fractions[-1] < 1.0:
             return None

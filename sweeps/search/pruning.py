@@ -9,7 +9,8 @@ about; counts of optimizer steps mean something different in every config.
 
 `RowWilcoxonPruner` tests instead of ranking: it pairs a trial's score on every eval row with
 the best trial's on the same rows and prunes only when Optuna's Wilcoxon signed-rank test says
-the trial is worse.
+the trial is worse. `ConformalPruner` (sweeps.search.conformal) forecasts the trial's final value
+and prunes when a calibrated upper bound on it is below the best trial, at a stated false-kill rate.
 """
 
 from __future__ import annotations
