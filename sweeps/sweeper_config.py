@@ -43,9 +43,10 @@ class LoraOptunaSweeperConf:
     sampler: Any = "tpe"                # tpe | random | grid | cmaes | gp | nsgaii | qmc, or {_target_: optuna.samplers.TPESampler, seed: .., ...}
     sampler_seed: Optional[int] = 0
     sampler_kwargs: Any = None          # extra sampler arguments, e.g. {n_startup_trials: 5}
-    pruner: Any = "median"              # median | hyperband | successive_halving | percentile | threshold | wilcoxon | none, or {_target_: optuna.pruners.MedianPruner, ...}
+    pruner: Any = "median"              # median | hyperband | successive_halving | percentile | threshold | wilcoxon | conformal | none, or {_target_: optuna.pruners.MedianPruner, ...}
     prune_after: float = 0.5            # no trial is pruned before this fraction of its optimizer steps
     prune_min_trials: int = 4           # ... nor before this many trials completed
+    prune_false_kill: float = 0.05      # pruner=conformal: target rate of pruned trials that would have beaten the incumbent
     prune_patience: Optional[int] = None  # also require this many evals without improvement (Optuna's PatientPruner)
     pruner_kwargs: Any = None           # extra pruner arguments, e.g. {min_resource: 2, reduction_factor: 3}
     include_base: bool = True           # the composed config (defaults + your overrides) runs as the first trial

@@ -9,7 +9,8 @@ about; counts of optimizer steps mean something different in every config.
 
 `RowWilcoxonPruner` tests instead of ranking: it pairs a trial's score on every eval row with
 the best trial's on the same rows and prunes only when Optuna's Wilcoxon signed-rank test says
-the trial is worse.
+the trial is worse. `ConformalPruner` (sweeps.search.conformal) forecasts the trial's final value
+and prunes when a calibrated upper bound on it is below the best trial, at a stated false-kill rate.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ class PruneGuard:
     prune_after: float = 0.5   # fraction of the trial's optimizer steps before it may be pruned
     min_trials: int = 4        # completed trials before any trial is pruned
     patience: int | None = None  # Optuna's PatientPruner: also require this many evals without improvement
+    false_kill: float = 0.05   # the conformal pruner's target false-kill rate (sweeps.search.conformal)
 
     def check(self) -> None:
         if not 0.0 <= self.prune_after < 1.0:
@@ -42,6 +44,8 @@ class PruneGuard:
             raise ValueError(f"hydra.sweeper.prune_min_trials: must be >= 0, got {self.min_trials}")
         if self.patience is not None and self.patience < 1:
             raise ValueError(f"hydra.sweeper.prune_patience: must be >= 1 or null, got {self.patience}")
+        if not 0.0 < self.false_kill <= 0.5:
+            raise ValueError(f"hydra.sweeper.prune_false_kill: must be a rate in (0, 0.5], got {self.false_kill}")
 
     def first_step(self, total_steps: int) -> int:
         """The first optimizer step at which a trial of `total_steps` may be pruned."""
@@ -74,7 +78,8 @@ def prune_guard(conf) -> PruneGuard:
     """The guard from the hydra.sweeper node (its keys may be absent in configs saved before them)."""
     patience = conf.get("prune_patience")
     return PruneGuard(prune_after=float(conf.get("prune_after", 0.5)), min_trials=int(conf.get("prune_min_trials", 4)),
-                      patience=int(patience) if patience is not None else None)
+                      patience=int(patience) if patience is not None else None,
+                      false_kill=float(conf.get("prune_false_kill", 0.05)))
 
 
 def row_scores_key(step: int) -> str:

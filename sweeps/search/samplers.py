@@ -8,11 +8,12 @@ from typing import Any, Callable, Mapping
 
 import optuna
 
+from sweeps.search.conformal import ConformalPruner
 from sweeps.search.pruning import GuardedPruner, PruneGuard, RowWilcoxonPruner
 from sweeps.search.space import SearchSpace
 
 SAMPLERS = ("tpe", "random", "grid", "cmaes", "gp", "nsgaii", "qmc")
-PRUNERS = ("median", "hyperband", "successive_halving", "percentile", "threshold", "wilcoxon", "none")
+PRUNERS = ("median", "hyperband", "successive_halving", "percentile", "threshold", "wilcoxon", "conformal", "none")
 
 # hydra-optuna-sweeper's form, `sampler: {_target_: optuna.samplers.TPESampler, seed: 1, ...}`: the
 # Optuna classes we build, by the short name that builds them.
@@ -161,7 +162,9 @@ def make_pruner(name: str, kwargs: Mapping[str, Any] | None = None, guard: Prune
     """The named Optuna pruner behind the guard (sweeps.search.pruning): nothing is pruned before
     `guard.prune_after` of a trial nor before `guard.min_trials` trials finished. Hyperband and
     successive halving take their first rung from the guard (`min_resource`) when `total_steps`,
-    the base config's length, is known and the kwargs do not set it."""
+    the base config's length, is known and the kwargs do not set it. The conformal pruner takes its
+    target rate (`guard.false_kill`), its first check (`guard.prune_after`) and its calibration
+    trials (at least `guard.min_trials`) from the guard."""
     kwargs = dict(kwargs or {})
     guard = guard or PruneGuard()
     try:
@@ -177,6 +180,8 @@ def make_pruner(name: str, kwargs: Mapping[str, Any] | None = None, guard: Prune
         "percentile": lambda: optuna.pruners.PercentilePruner(**{"percentile": 25.0, "n_startup_trials": 0, "n_warmup_steps": 0, **kwargs}),
         "threshold": lambda: optuna.pruners.ThresholdPruner(**kwargs),
         "wilcoxon": lambda: RowWilcoxonPruner(**kwargs),
+        "conformal": lambda: ConformalPruner(**{"false_kill": guard.false_kill, "prune_after": guard.prune_after,
+                                                "calibration_trials": guard.min_trials, **kwargs}),
         "none": lambda: optuna.pruners.NopPruner(),
     }
     if name not in makers:
