@@ -252,5 +252,7 @@ def default_name(job: DictConfig, space: SearchSpace, objectives: list[str], dir
 
     problem = {k: v for k, v in OmegaConf.to_container(job, resolve=False).items() if k != "mlflow"}
     problem["search_space"] = space.grammar
+    if space.custom is not None:  # another function is another problem (absent otherwise: names stay as they were)
+        problem["custom_search_space"] = space.custom.path
     problem["objectives"] = [objectives, directions]
     return default_study_name(str(job.mlflow.experiment_name), json.loads(json.dumps(problem, default=str)))

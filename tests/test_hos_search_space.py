@@ -234,3 +234,18 @@ def test_custom_function_with_a_wrong_key_stops_before_any_trial(tmp_path, tiny_
     assert proc.returncode != 0
     assert "hydra.sweeper.custom_search_space=bad_spaces.configure: the params it suggested (lora.rank)" in text
     assert not (tmp_path / "optuna-journal.log").exists() and not (tmp_path / "mlflow.db").exists()
+
+
+@pytest.mark.timeout(300)
+def test_dry_run_samples_show_the_functions_params(tmp_path, tiny_bert_dir):
+    (tmp_path / "cond_spaces.py").write_text(
+        "def configure(cfg, trial):\n"
+        "    if trial.params['lora.r'] == 16:\n"
+        "        trial.suggest_float('lora.lora_dropout', 0.0, 0.3)\n")
+    out = run_sweep(tmp_path, f"model.name_or_path={tiny_bert_dir}", "search_space=none", "lora.r=4,16",
+                    "hydra.sweeper.custom_search_space=cond_spaces.configure", *DRY).stdout
+    table = out[out.index("first 5 sampled configs"):out.index("trainable parameters")]
+    rows = [[c.strip() for c in line.split("│")[1:-1]] for line in table.splitlines() if line.startswith("│")]
+    assert "lora.lora_dropout" in table and len(rows) == 5
+    for _, r, dropout in rows:  # the conditional key is sampled exactly where its condition holds
+        assert (dropout == "-") == (r == "4")

@@ -331,7 +331,8 @@ class SweepSession:
                 study.set_user_attr(key, value)
 
     def _parent_params(self) -> dict[str, Any]:
-        return {f"search_space.{k}": v for k, v in self.space.grammar.items()} | {
+        custom = {"custom_search_space": self.space.custom.path} if self.space.custom is not None else {}
+        return {f"search_space.{k}": v for k, v in self.space.grammar.items()} | custom | {
             "study_name": self.study_name, "objectives": ",".join(self.objectives),
             "directions": ",".join(self.directions)}
 
