@@ -104,7 +104,7 @@ class Sweep:
                 "params (override grammar), or give only search_space")
             return space
         group = str(self.config.hydra.runtime.choices.get("search_space", "none"))
-        replaced = [k for k in (OmegaConf.to_container(conf.params, resolve=False) or {})]
+        replaced = list(OmegaConf.to_container(conf.params, resolve=False) or {})
         if replaced:
             console.print(f"search space: hydra.sweeper.search_space (hydra-optuna-sweeper's dict form) in place of "
                           f"the search_space={group} group's keys ({', '.join(replaced)})")
@@ -192,6 +192,9 @@ class Sweep:
         return str(path if path.is_absolute() else Path(os.getcwd()) / path)
 
 
+PROBES = 8  # draws of the custom_search_space function checked before the first trial
+
+
 def check_custom_search_space(conf: DictConfig, space: SearchSpace, composer) -> None:
     """Before any trial: the custom_search_space function runs on a probe trial (an in-memory
     study) and the config it yields composes, so a wrong key or a function that raises is named
@@ -202,14 +205,25 @@ def check_custom_search_space(conf: DictConfig, space: SearchSpace, composer) ->
     if str(conf.sampler) == "grid":
         raise SweeperConfigError(f"{OPTION}={path}: sampler=grid needs every value listed beforehand; a function's "
                                  "params cannot be gridded (use tpe, random, qmc, ...)")
-    params, _ = probe(space.custom, space.distributions, dict(space.fixed))
-    added = [k for k in params if k not in space.distributions]
-    try:
-        composer({**space.fixed, **params})
-    except Exception as exc:  # noqa: BLE001 - Hydra's composition error names the key
-        raise SweeperConfigError(f"{OPTION}={path}: the params it suggested ({', '.join(added) or 'none'}) do not "
-                                 f"apply to the config: {exc}. A key the config lacks needs a leading + "
-                                 "(trial.suggest_float('+my.key', ...))") from None
+    import trainer
+
+    seen: set[frozenset[str]] = set()
+    for seed in range(PROBES):  # several draws, so that more of a conditional space's branches are tried
+        params, _ = probe(space.custom, space.distributions, dict(space.fixed), seed=seed)
+        added = frozenset(k for k in params if k not in space.distributions)
+        if added in seen:
+            continue
+        seen.add(added)
+        where = f"{OPTION}={path}: the params it suggested ({', '.join(sorted(added)) or 'none'})"
+        try:
+            variant = composer({**space.fixed, **params})
+        except Exception as exc:  # noqa: BLE001 - Hydra's composition error names the key
+            raise SweeperConfigError(f"{where} do not apply to the config: {exc}. A key the config lacks needs a "
+                                     "leading + (trial.suggest_float('+my.key', ...))") from None
+        try:
+            trainer.validate_config(variant)
+        except trainer.ConfigError as exc:
+            raise SweeperConfigError(f"{where} make an invalid config: {exc}") from None
 
 
 def warm_up_workers(conf: DictConfig) -> None:

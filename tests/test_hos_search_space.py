@@ -234,6 +234,18 @@ def test_custom_function_with_a_wrong_key_stops_before_any_trial(tmp_path, tiny_
     assert proc.returncode != 0
     assert "hydra.sweeper.custom_search_space=bad_spaces.configure: the params it suggested (lora.rank)" in text
     assert not (tmp_path / "optuna-journal.log").exists() and not (tmp_path / "mlflow.db").exists()
+    # a branch the first draw misses is still checked; a value the trainer refuses is named too
+    (tmp_path / "bad_values.py").write_text(
+        "def configure(cfg, trial):\n"
+        "    if trial.params['lora.r'] == 16:\n"
+        "        trial.suggest_float('lora.lora_dropout', 1.5, 2.0)\n")
+    proc = run_sweep(tmp_path, f"model.name_or_path={tiny_bert_dir}", "quant=none", "hydra.sweeper.n_trials=1",
+                     "search_space=none", "lora.r=4,8,16", "hydra.sweeper.custom_search_space=bad_values.configure",
+                     check=False)
+    text = proc.stdout + proc.stderr
+    assert proc.returncode != 0 and "lora_dropout" in text
+    assert "custom_search_space=bad_values.configure: the params it suggested (lora.lora_dropout) make an invalid config" in text
+    assert not (tmp_path / "optuna-journal.log").exists()
 
 
 @pytest.mark.timeout(300)
