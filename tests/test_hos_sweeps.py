@@ -150,3 +150,10 @@ def test_race_keeps_the_seed_out_of_the_search(tmp_path, tiny_bert_dir):
     assert trials[0].user_attrs.get("base")  # the base guard: the starting config is still trial 0
     race = only_study(tmp_path, suffix="--race").get_trials(states=(TrialState.COMPLETE,))
     assert len(race) == 4 and all(t.user_attrs["replicate_seed"] != 0 for t in race)
+
+    from analysis.report import build_report
+    from sweeps.search.storage import open_storage
+
+    storage = open_storage(str(tmp_path / "optuna-journal.log"))
+    md = (build_report(storage, study.study_name, tmp_path / "report", log_to_mlflow=False) / "report.md").read_text()
+    assert "seed was tuned" not in md and "seed is part of the search space" not in md
