@@ -31,8 +31,10 @@ def main(cfg: DictConfig) -> float:
 
 
 if __name__ == "__main__":
+    from hydra_plugins.lora_optuna_sweeper.lora_optuna_sweeper import accept_optuna_sweeper_target
     from sweeps.runtime.fast_exit import exit_now
 
+    accept_optuna_sweeper_target()
     try:
         main()
     except SystemExit as exc:  # Hydra exits 1 after printing a config error

@@ -37,7 +37,10 @@ def sample_configs(conf: DictConfig, space: SearchSpace, directions: list[str], 
     samples = []
     for _ in range(n):
         trial = study.ask()
-        samples.append({key: suggest(trial, key, dist) for key, dist in space.distributions.items()})
+        sample = {key: suggest(trial, key, dist) for key, dist in space.distributions.items()}
+        if space.custom is not None:  # hydra.sweeper.custom_search_space: its params join the sample
+            sample.update(space.custom.apply(trial, dict(space.fixed)))
+        samples.append(sample)
         study.tell(trial, state=optuna.trial.TrialState.FAIL)  # no value: keep proposing startup samples
     return samples
 
@@ -61,11 +64,12 @@ def print_dry_run(conf: DictConfig, job: DictConfig, space: SearchSpace, compose
 
     samples = sample_configs(conf, space, directions, study_name)
     table = Table(title=f"first {len(samples)} sampled configs")
-    keys = list(space.distributions)
+    keys = list(dict.fromkeys(k for sample in samples for k in sample))  # a custom space's keys may vary
     for key in ["#", *keys]:
         table.add_column(key)
     for i, sample in enumerate(samples):
-        table.add_row(str(i), *[f"{sample[k]:.4g}" if isinstance(sample[k], float) else str(sample[k]) for k in keys])
+        table.add_row(str(i), *[("-" if k not in sample else f"{sample[k]:.4g}" if isinstance(sample[k], float)
+                                 else str(sample[k])) for k in keys])
     console.print(table)
 
     report = trainer.preflight(job)

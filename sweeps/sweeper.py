@@ -15,11 +15,13 @@ import os
 from pathlib import Path
 from typing import Any
 
+from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from sweeps.runtime.compose import ComposeSpec
 from sweeps.search.samplers import SweeperConfigError, normalize_sampler_config
-from sweeps.search.space import SearchSpace, parse_search_space, split_overrides
+from sweeps.search.space import (SearchSpace, dict_search_space, merged, parse_search_space, pin_plain_overrides,
+                                 split_overrides)
 from sweeps.search.storage import mask_url, storage_url
 from trainer.trace import traced
 
@@ -43,11 +45,13 @@ class Sweep:
         self.conf = conf = normalize_sampler_config(self.conf)
         sweep_overrides, plain = split_overrides(list(arguments))
         job = self.job_config()
-        space = parse_search_space(OmegaConf.to_container(conf.params, resolve=False) or {}, sweep_overrides)
+        space = self.search_space(conf, sweep_overrides, plain, job)
         objectives, directions = resolve_objectives(conf, job)
         compose = ComposeSpec(self.config_dir(), str(self.config.hydra.job.config_name), tuple(plain))
         if not conf.dry_run:
             warm_up_workers(conf)
+        if space.custom is not None:
+            check_custom_search_space(conf, space, self.compose_variant(plain))
         largest_mb, job, compose = preflight_sweep(conf, job, space, compose, objectives, self.compose_variant(plain))
         url = storage_url(conf.storage)
         study_name = conf.study_name or default_name(self.job_config(resolve=False), space, objectives, directions)
@@ -65,6 +69,69 @@ class Sweep:
         SweepSession(conf, job, space, compose, url=url, study_name=study_name, objectives=objectives,
                      directions=directions, tracking_uri=self.tracking_uri(job), trial_root=self.trial_root(),
                      largest_mb=largest_mb, after_search=(race_step, reproduce_step)).run()
+
+    # -- the search space ---------------------------------------------------------------------------
+    def search_space(self, conf: DictConfig, sweep_overrides: list[str], plain: list[str], job: DictConfig) -> SearchSpace:
+        """hydra.sweeper.params (or hydra-optuna-sweeper's dict form `search_space`) with the
+        command line's sweeps on top; a plain command-line value of a searched key fixes it; the
+        custom_search_space function; the seeds leave the space when the race replicates them."""
+        from sweeps.runtime.race import seeds_as_replicates
+
+        space = parse_search_space(OmegaConf.to_container(conf.params, resolve=False) or {}, sweep_overrides)
+        if conf.get("search_space") is not None:
+            space = self.dict_form_space(conf, space, sweep_overrides, plain)
+        space = pin_plain_overrides(space, plain)
+        if conf.get("custom_search_space"):
+            from sweeps.search.custom_space import CustomSearchSpace, load_function
+
+            load_function(str(conf.custom_search_space))  # a wrong path stops the sweep here, not in a worker
+            space.custom = CustomSearchSpace(str(conf.custom_search_space), self.search_config())
+        return seeds_as_replicates(conf, space, job)
+
+    def dict_form_space(self, conf: DictConfig, space: SearchSpace, sweep_overrides: list[str],
+                        plain: list[str]) -> SearchSpace:
+        """hydra.sweeper.search_space, with hydra-optuna-sweeper's meaning: it defines the space
+        when params are not given (the command line's sweeps still add to it and win per key), and
+        is ignored with a warning when they are. Params that only the `search_space` config group
+        gives are this project's default space, not yours: the dict form replaces them."""
+        from sweeps.progress import console
+
+        own = self.params_outside_group(plain)
+        if own:
+            console.print(
+                f"[yellow]hydra.sweeper.search_space is ignored: hydra.sweeper.params is set too ({', '.join(own)}); "
+                "as in hydra-optuna-sweeper, params define the search space. Move the search_space entries into "
+                "params (override grammar), or give only search_space")
+            return space
+        group = str(self.config.hydra.runtime.choices.get("search_space", "none"))
+        replaced = list(OmegaConf.to_container(conf.params, resolve=False) or {})
+        if replaced:
+            console.print(f"search space: hydra.sweeper.search_space (hydra-optuna-sweeper's dict form) in place of "
+                          f"the search_space={group} group's keys ({', '.join(replaced)})")
+        return merged(dict_search_space(OmegaConf.to_container(conf.search_space, resolve=True)),
+                      parse_search_space({}, sweep_overrides))
+
+    def params_outside_group(self, plain: list[str]) -> list[str]:
+        """The keys of hydra.sweeper.params that your configs give (composed without the
+        `search_space` group: an experiment file's params, a `hydra.sweeper.params.*` override)."""
+        choices = self.config.hydra.runtime.choices
+        params = self.config.hydra.sweeper.get("params") or {}
+        if str(choices.get("search_space", "none")) in ("none", "None") or not params:
+            return list(params)
+        parser = OverridesParser.create()
+        kept = [text for text, o in zip(plain, parser.parse_overrides(plain)) if o.key_or_group != "search_space"]
+        cfg = self.config_loader.load_sweep_config(self.config, kept + ["search_space=none"])
+        return list(cfg.hydra.sweeper.get("params") or {})
+
+    def search_config(self) -> dict[str, Any]:
+        """The config hydra-optuna-sweeper hands its custom_search_space function: the sweep's
+        composed config, `hydra` node included, resolved here (workers have no Hydra context)."""
+        cfg = copy.deepcopy(self.config)
+        try:
+            OmegaConf.resolve(cfg)
+        except Exception:  # noqa: BLE001 - an interpolation that needs a trial's context stays as written
+            pass
+        return OmegaConf.to_container(cfg, resolve=False, enum_to_str=True)
 
     # -- helpers --------------------------------------------------------------------------------
     def job_config(self, resolve: bool = True) -> DictConfig:
@@ -125,6 +192,40 @@ class Sweep:
         return str(path if path.is_absolute() else Path(os.getcwd()) / path)
 
 
+PROBES = 8  # draws of the custom_search_space function checked before the first trial
+
+
+def check_custom_search_space(conf: DictConfig, space: SearchSpace, composer) -> None:
+    """Before any trial: the custom_search_space function runs on a probe trial (an in-memory
+    study) and the config it yields composes, so a wrong key or a function that raises is named
+    here instead of failing every trial."""
+    from sweeps.search.custom_space import OPTION, probe
+
+    path = space.custom.path
+    if str(conf.sampler) == "grid":
+        raise SweeperConfigError(f"{OPTION}={path}: sampler=grid needs every value listed beforehand; a function's "
+                                 "params cannot be gridded (use tpe, random, qmc, ...)")
+    import trainer
+
+    seen: set[frozenset[str]] = set()
+    for seed in range(PROBES):  # several draws, so that more of a conditional space's branches are tried
+        params, _ = probe(space.custom, space.distributions, dict(space.fixed), seed=seed)
+        added = frozenset(k for k in params if k not in space.distributions)
+        if added in seen:
+            continue
+        seen.add(added)
+        where = f"{OPTION}={path}: the params it suggested ({', '.join(sorted(added)) or 'none'})"
+        try:
+            variant = composer({**space.fixed, **params})
+        except Exception as exc:  # noqa: BLE001 - Hydra's composition error names the key
+            raise SweeperConfigError(f"{where} do not apply to the config: {exc}. A key the config lacks needs a "
+                                     "leading + (trial.suggest_float('+my.key', ...))") from None
+        try:
+            trainer.validate_config(variant)
+        except trainer.ConfigError as exc:
+            raise SweeperConfigError(f"{where} make an invalid config: {exc}") from None
+
+
 def warm_up_workers(conf: DictConfig) -> None:
     """CPU sweeps: start the workers' fork server now, so its imports overlap the pre-flight."""
     from sweeps.runtime.worker_plan import DeviceError, plan_for, start_fork_server
@@ -165,5 +266,7 @@ def default_name(job: DictConfig, space: SearchSpace, objectives: list[str], dir
 
     problem = {k: v for k, v in OmegaConf.to_container(job, resolve=False).items() if k != "mlflow"}
     problem["search_space"] = space.grammar
+    if space.custom is not None:  # another function is another problem (absent otherwise: names stay as they were)
+        problem["custom_search_space"] = space.custom.path
     problem["objectives"] = [objectives, directions]
     return default_study_name(str(job.mlflow.experiment_name), json.loads(json.dumps(problem, default=str)))

@@ -23,6 +23,8 @@ class RaceConf:
     top_k: int = 3               # configs that enter the race
     max_runs: int = 24           # race runs at most (rounds = max_runs // top_k, one seed pair each)
     alpha: float = 0.05          # race-wide chance of dropping the best config (each of several tied for best)
+    search_seeds: bool = False   # false: seed / data_seed leave the search space while the race is on (every
+                                 # trial runs at the base config's seeds; the race's fresh seeds are the replicates)
 
 
 @dataclass
@@ -61,6 +63,11 @@ class LoraOptunaSweeperConf:
     reproduce: ReproduceConf = field(default_factory=ReproduceConf)
     race: RaceConf = field(default_factory=RaceConf)
     params: Dict[str, Any] = field(default_factory=dict)  # the search space (Hydra override grammar)
+    # hydra-optuna-sweeper's dict form, {key: {type: int|float|categorical, low, high, step, log, choices}}: the
+    # space when your configs give no params (it then replaces the search_space group's keys); ignored, with a
+    # warning, when they do (as there)
+    search_space: Optional[Dict[str, Any]] = None
+    custom_search_space: Optional[str] = None  # module.function(cfg, trial) suggesting more params (conditional spaces)
 
 
 ConfigStore.instance().store(group="hydra/sweeper", name="lora_optuna", node=LoraOptunaSweeperConf, provider="lora_sweep")

@@ -108,6 +108,27 @@ class SeedRace:
         return max(self.alive, key=lambda c: sign * summarize(list(scores.get(c, {}).values()))["mean"])
 
 
+SEED_KEYS = ("seed", "data_seed")
+
+
+def seeds_as_replicates(conf: Any, space: SearchSpace, job: Any) -> SearchSpace:
+    """With the race on, a searched seed is budget spent on luck: a config's lead on one seed is
+    partly that seed, and the race re-runs the best configs on fresh seeds anyway. So `seed` and
+    `data_seed` leave the search space (every trial runs at the base config's seeds) and the race's
+    fresh seed pairs are the replicates; `race.search_seeds=true` keeps them searched."""
+    race = conf.get("race")
+    if race is None or not race.enabled or race.get("search_seeds", False):
+        return space
+    seeds = [k for k in SEED_KEYS if k in space.distributions]
+    if not seeds:
+        return space
+    at = ", ".join(f"{k}={job.get(k)}" for k in SEED_KEYS if job.get(k) is not None)
+    console.print(f"race on: {' and '.join(seeds)} left the search space; every trial runs at the base config's "
+                  f"{at}, and the race's fresh seed pairs replicate the best configs "
+                  "(hydra.sweeper.race.search_seeds=true keeps the seeds searched)")
+    return space.without(set(seeds))
+
+
 def race_step(study: optuna.Study, storage: Any, session: Any, runbook: Any) -> None:
     """The session's step after the search: the race, where `hydra.sweeper.race.enabled`."""
     if session.conf.get("race") is not None and session.conf.race.enabled:

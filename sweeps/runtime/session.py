@@ -172,6 +172,12 @@ class SweepSession:
             console.print("base config: not enqueued with sampler=grid (the grid decides every trial)")
             return
         params, outside = base_params(self.job, self.space)
+        if not outside and self.space.custom is not None:  # the function's keys at their base values too
+            from sweeps.search.custom_space import base_values
+
+            extra, outside = base_values(self.space.custom, self.job, self.space.distributions,
+                                         dict(self.space.fixed), params)
+            params.update(extra)
         if outside:
             console.print(f"[yellow]base config: not a trial, it lies outside the search space ({'; '.join(outside)})")
             return
@@ -312,6 +318,7 @@ class SweepSession:
             "objective_metric": self.objectives[0], "objectives": self.objectives, "directions": self.directions,
             "search_space": self.space.grammar, "fixed_params": dict(self.space.fixed),
             "seed_tuned": any(k in self.space.distributions for k in ("seed", "data_seed")),
+            "custom_search_space": self.space.custom.path if self.space.custom is not None else None,
             "sampler": str(self.conf.sampler), "sampler_kwargs": kwargs_of(self.conf.sampler_kwargs),
             "mlflow_tracking_uri": mask_url(self.tracking_uri), "mlflow_experiment_name": str(self.job.mlflow.experiment_name),
             "compose": {"config_dir": self.compose.config_dir, "config_name": self.compose.config_name,
@@ -324,7 +331,8 @@ class SweepSession:
                 study.set_user_attr(key, value)
 
     def _parent_params(self) -> dict[str, Any]:
-        return {f"search_space.{k}": v for k, v in self.space.grammar.items()} | {
+        custom = {"custom_search_space": self.space.custom.path} if self.space.custom is not None else {}
+        return {f"search_space.{k}": v for k, v in self.space.grammar.items()} | custom | {
             "study_name": self.study_name, "objectives": ",".join(self.objectives),
             "directions": ",".join(self.directions)}
 

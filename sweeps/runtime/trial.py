@@ -128,12 +128,15 @@ class TrialRun:
 
     @trace.traced("worker.sample_params")
     def params(self) -> dict[str, Any]:
-        """The sampler's choice for every searched key, then the trial's fixed overrides
-        (reproduce: a fixed config with new seeds), over the space's fixed values."""
+        """The sampler's choice for every searched key, then what hydra.sweeper.custom_search_space
+        suggests on top, then the trial's fixed overrides (reproduce: a fixed config with new
+        seeds), over the space's fixed values."""
         from sweeps.search.space import suggest
 
         space = self.spec.space
         params = {key: suggest(self.trial, key, dist) for key, dist in space.distributions.items()}
+        if space.custom is not None and not self.spec.replay_only:
+            params.update(space.custom.apply(self.trial, dict(space.fixed)))
         params.update(self.trial.user_attrs.get("overrides", {}))
         return {**space.fixed, **params}
 

@@ -6,6 +6,9 @@
     interval(lo, hi)                   → FloatDistribution; int(interval(lo, hi)) → IntDistribution
     tag(log, interval(lo, hi))         → the same on a log scale
     key=value (no sweep)               → a fixed value applied to every trial
+
+hydra-optuna-sweeper's older dict form (`hydra.sweeper.search_space`, see `dict_search_space`) is
+read with that plugin's meaning too.
 """
 
 from __future__ import annotations
@@ -31,9 +34,15 @@ class SearchSpace:
     distributions: dict[str, BaseDistribution] = field(default_factory=dict)
     fixed: dict[str, Scalar] = field(default_factory=dict)
     grammar: dict[str, str] = field(default_factory=dict)  # key -> the text the user wrote
+    custom: Any = None  # sweeps.search.custom_space.CustomSearchSpace: hydra.sweeper.custom_search_space
 
     def __bool__(self) -> bool:
-        return bool(self.distributions)
+        return bool(self.distributions) or self.custom is not None
+
+    def without(self, keys: set[str]) -> "SearchSpace":
+        """A copy with `keys` no longer searched (their config values apply)."""
+        return SearchSpace({k: d for k, d in self.distributions.items() if k not in keys}, dict(self.fixed),
+                           {k: g for k, g in self.grammar.items() if k not in keys or k in self.fixed}, self.custom)
 
     def grid(self) -> dict[str, list[Any]]:
         """Every value of each key, for the grid sampler (intervals cannot be gridded)."""
@@ -130,6 +139,99 @@ def parse_search_space(params: Mapping[str, Any] | None, cli_overrides: list[str
     return space
 
 
+DICT_TYPES = ("int", "float", "categorical")
+DICT_FIELDS = ("type", "choices", "low", "high", "log", "step")
+
+
+def _dict_distribution(key: str, entry: Any) -> BaseDistribution:
+    """One `hydra.sweeper.search_space` entry → its distribution, as hydra-optuna-sweeper 1.1-1.3
+    built it (`create_optuna_distribution_from_config`): int bounds are cast to int and step
+    defaults to 1; with `log: true` the step is not used (Optuna cannot step a log scale)."""
+    where = f"hydra.sweeper.search_space.{key}"
+    if not isinstance(entry, Mapping):
+        raise SearchSpaceError(f"{where}: expected a mapping such as {{type: float, low: 1e-4, high: 1e-2, log: true}}, "
+                               f"got {entry!r}")
+    unknown = sorted(set(entry) - set(DICT_FIELDS))
+    if unknown:
+        raise SearchSpaceError(f"{where}: unknown field(s) {', '.join(map(str, unknown))}; allowed: {', '.join(DICT_FIELDS)}")
+    kind = entry.get("type")
+    if kind not in DICT_TYPES:
+        raise SearchSpaceError(f"{where}.type: {kind!r} is not allowed; allowed: {', '.join(DICT_TYPES)}")
+    if kind == "categorical":
+        choices = entry.get("choices")
+        if not choices or isinstance(choices, (str, Mapping)):
+            raise SearchSpaceError(f"{where}.choices: a categorical entry needs a non-empty list, got {choices!r}")
+        for choice in choices:
+            if not isinstance(choice, (str, int, float, bool, type(None))):
+                raise SearchSpaceError(f"{where}.choices: scalars only, got {choice!r}")
+        return CategoricalDistribution(list(choices))
+    low, high, log, step = entry.get("low"), entry.get("high"), bool(entry.get("log") or False), entry.get("step")
+    for name, value in (("low", low), ("high", high), ("step", step)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
+            raise SearchSpaceError(f"{where}.{name}: must be a number, got {value!r}")
+    if low is None or high is None:
+        raise SearchSpaceError(f"{where}: a {kind} entry needs low and high")
+    if low > high:
+        raise SearchSpaceError(f"{where}: needs low <= high, got low={low}, high={high}")
+    if log and low <= 0:
+        raise SearchSpaceError(f"{where}: log: true needs low > 0, got low={low}")
+    if step is not None and not log and step <= 0:
+        raise SearchSpaceError(f"{where}.step: must be > 0, got {step}")
+    if kind == "int":
+        if log:
+            return IntDistribution(int(low), int(high), log=True)
+        return IntDistribution(int(low), int(high), step=int(step) if step is not None else 1)
+    if log:
+        return FloatDistribution(float(low), float(high), log=True)
+    return FloatDistribution(float(low), float(high), step=None if step is None else float(step))
+
+
+def dict_search_space(entries: Mapping[str, Any] | None) -> SearchSpace:
+    """`hydra.sweeper.search_space` (hydra-optuna-sweeper's dict form, `{key: {type, low, high,
+    step, log, choices}}`) → a space; each key's grammar is the entry as written."""
+    space = SearchSpace()
+    for key, entry in (entries or {}).items():
+        space.distributions[str(key)] = _dict_distribution(str(key), entry)
+        fields = ", ".join(f"{k}: {v}" for k, v in entry.items())
+        space.grammar[str(key)] = "{" + fields + "}"
+    return space
+
+
+def merged(base: SearchSpace, top: SearchSpace) -> SearchSpace:
+    """`base` with `top`'s keys added; a key in both takes `top`'s entry."""
+    out = SearchSpace(dict(base.distributions), dict(base.fixed), dict(base.grammar), base.custom or top.custom)
+    for key in top.grammar:
+        out.distributions.pop(key, None)
+        out.fixed.pop(key, None)
+        out.grammar[key] = top.grammar[key]
+        if key in top.distributions:
+            out.distributions[key] = top.distributions[key]
+        elif key in top.fixed:
+            out.fixed[key] = top.fixed[key]
+    return out
+
+
+def pin_plain_overrides(space: SearchSpace, plain: list[str]) -> SearchSpace:
+    """A plain command-line value of a searched key fixes it (`python sweep.py -m lora.r=8`): the
+    key leaves the space and that value applies to every trial, as in hydra-optuna-sweeper."""
+    if not plain:
+        return space
+    pinned = {}
+    for override in OverridesParser.create().parse_overrides(list(plain)):
+        if override.is_delete() or override.is_sweep_override():
+            continue
+        key = override.get_key_element()
+        if key in space.distributions:
+            pinned[key] = override.value()
+    if not pinned:
+        return space
+    out = space.without(set(pinned))
+    for key, value in pinned.items():
+        out.fixed[key] = value
+        out.grammar[key] = str(value)
+    return out
+
+
 def split_overrides(arguments: list[str]) -> tuple[list[str], list[str]]:
     """Command-line arguments → (sweep overrides, plain overrides)."""
     parser = OverridesParser.create()
@@ -161,7 +263,8 @@ def suggest(trial, key: str, dist: BaseDistribution) -> Any:
     return trial.suggest_float(key, dist.low, dist.high, step=dist.step, log=dist.log)
 
 
-def _inside(dist: BaseDistribution, value: Any) -> bool:
+def inside(dist: BaseDistribution, value: Any) -> bool:
+    """Whether `dist` can hold the config value `value` (a bool is no number here)."""
     if isinstance(dist, CategoricalDistribution):
         return any(value == c and isinstance(value, bool) == isinstance(c, bool) for c in dist.choices)
     if isinstance(value, bool) or not isinstance(value, (int, float)):
@@ -187,7 +290,7 @@ def base_params(job: Any, space: SearchSpace) -> tuple[dict[str, Any], list[str]
         value = OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
         if isinstance(dist, IntDistribution) and isinstance(value, float) and value.is_integer():
             value = int(value)
-        if _inside(dist, value):
+        if inside(dist, value):
             params[key] = value
         else:
             outside.append(f"{key}={value!r} not in {space.grammar.get(key, type(dist).__name__)}")
