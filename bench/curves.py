@@ -100,7 +100,22 @@ class CurveRecorder:
             self.evals.append(row)
 
 
-def record(table: str, n_configs: int, shard: tuple[int, int], out: Path, smoke: bool) -> None:
+def base_params(cfg: Any) -> dict[str, Any]:
+    """The table-space keys of a composed job config, `auto` values resolved as a trial resolves them."""
+    from omegaconf import OmegaConf
+
+    from trainer.llm_defaults import with_llm_defaults
+
+    cfg = with_llm_defaults(cfg)
+    keys = ("lora.r", "lora.lora_alpha", "lora.lora_dropout", "lora.target_modules", "train.learning_rate",
+            "train.lr_scheduler_type", "seed")
+    out = {k: OmegaConf.select(cfg, k) for k in keys}
+    if OmegaConf.select(cfg, "lora.alpha_ratio") is not None:
+        out["lora.lora_alpha"] = float(OmegaConf.select(cfg, "lora.alpha_ratio")) * out["lora.r"]
+    return {k: (OmegaConf.to_container(v) if OmegaConf.is_config(v) else v) for k, v in out.items()}
+
+
+def record(table: str, n_configs: int, shard: tuple[int, int], out: Path, smoke: bool, base_only: bool = False) -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     sys.path.insert(0, str(REPO))
@@ -118,9 +133,11 @@ def record(table: str, n_configs: int, shard: tuple[int, int], out: Path, smoke:
                       "train.max_steps=4", "train.eval_every_steps=2"]
     done = {json.loads(line)["index"] for line in out.read_text().splitlines()} if out.exists() else set()
     cache = WarmCache()
-    configs = draw_configs(table, n_configs)
-    for index, params in enumerate(configs):
-        if index % shard[1] != shard[0] or index in done:
+    todo = [(i, p) for i, p in enumerate(draw_configs(table, n_configs)) if i % shard[1] == shard[0]]
+    if shard[0] == 0:  # the base config (what a sweep enqueues as trial #0) is row -1, recorded first
+        todo.insert(0, (-1, base_params(compose_job(ComposeSpec(str(REPO / "conf"), "sweep", tuple(overrides)), {}))))
+    for index, params in todo[:1] if base_only else todo:
+        if index in done:
             continue
         job = overrides + [f"{k}={v}" for k, v in params.items()] + ["train.save_adapter=false"]
         cfg = compose_job(ComposeSpec(str(REPO / "conf"), "sweep", tuple(job)), {})
@@ -175,6 +192,7 @@ def main(argv: list[str] | None = None) -> int:
     rec.add_argument("--shard", default="0/1")
     rec.add_argument("--out", type=Path, default=None)
     rec.add_argument("--smoke", action="store_true")
+    rec.add_argument("--base-only", action="store_true", help="record only the base config (row -1; shard 0)")
     mer = sub.add_parser("merge")
     mer.add_argument("--table", choices=sorted(PROTOCOLS), required=True)
     args = parser.parse_args(argv)
@@ -184,7 +202,7 @@ def main(argv: list[str] | None = None) -> int:
     i, n = (int(x) for x in args.shard.split("/"))
     TABLES.mkdir(exist_ok=True)
     out = args.out or TABLES / f"{args.table}.shard{i}of{n}.jsonl"
-    record(args.table, args.configs, (i, n), out, args.smoke)
+    record(args.table, args.configs, (i, n), out, args.smoke, args.base_only)
     return 0
 
 

@@ -144,6 +144,7 @@ class Arm:
     pruner_kwargs: tuple = ()
     prune_after: float = 0.5
     prune_min_trials: int = 4
+    false_kill: float = 0.05          # the conformal pruner's target rate (hydra.sweeper.prune_false_kill)
     include_base: bool = True
     objective_at: str = "best"
     startup: str = "random"
@@ -159,16 +160,17 @@ def default_arms() -> list[Arm]:
             Arm("random, no pruner", old_space(), sampler="random", pruner="none", include_base=False),
             Arm("product default today (TPE, median from 50%, base first)", old_space())]
     if pruner_exists("conformal"):
-        arms.append(Arm("+ conformal pruner (false kill 5%)", old_space(), pruner="conformal",
-                        pruner_kwargs=(("prune_false_kill", 0.05),), prune_after=0.3))
+        for rate in (0.05, 0.2):
+            arms.append(Arm(f"+ conformal pruner (prune_false_kill {rate}, from 30%)", old_space(), pruner="conformal",
+                            false_kill=rate, prune_after=0.3))
     if space_exists("default_v1"):
         arms.append(Arm("+ prior-centred space", "default"))
     if startup_exists():
         arms.append(Arm("+ informed start-up", old_space(), startup="informed"))
     arms.append(Arm("+ seed out of the space", old_space(), drop=("seed",)))
     if space_exists("default_v1") and startup_exists() and pruner_exists("conformal"):
-        arms.append(Arm("all levers", "default", pruner="conformal", pruner_kwargs=(("prune_false_kill", 0.05),),
-                        prune_after=0.3, startup="informed", drop=("seed",)))
+        arms.append(Arm("all levers", "default", pruner="conformal", false_kill=0.2, prune_after=0.3,
+                        startup="informed", drop=("seed",)))
     return arms
 
 
@@ -219,7 +221,8 @@ def make_study(arm: Arm, table: Table, space, seed: int, total_steps: int):
     else:
         sampler = make_sampler(arm.sampler, seed, space, 1, dict(arm.sampler_kwargs))
         pruner = make_pruner(arm.pruner, dict(arm.pruner_kwargs),
-                             PruneGuard(prune_after=arm.prune_after, min_trials=arm.prune_min_trials), total_steps)
+                             PruneGuard(prune_after=arm.prune_after, min_trials=arm.prune_min_trials,
+                                        false_kill=arm.false_kill), total_steps)
     study = optuna.create_study(direction="maximize" if table.maximize else "minimize", sampler=sampler, pruner=pruner)
     if arm.include_base:
         study.enqueue_trial({k: v for k, v in BASE_PARAMS.items() if k in space.distributions})
@@ -348,6 +351,7 @@ def real_best_after(arm: Arm, table: Table, seed: int, n_trials: int, workdir: P
                  f"hydra.sweeper.sampler={arm.sampler}", f"hydra.sweeper.sampler_seed={seed}", "hydra.sweeper.n_jobs=1",
                  f"hydra.sweeper.pruner={arm.pruner}", f"hydra.sweeper.prune_after={arm.prune_after}",
                  f"hydra.sweeper.prune_min_trials={arm.prune_min_trials}",
+                 f"hydra.sweeper.prune_false_kill={arm.false_kill}",
                  f"hydra.sweeper.include_base={str(arm.include_base).lower()}",
                  f"hydra.sweeper.objective_at={arm.objective_at}", f"hydra.sweep.dir={workdir / 'multirun'}",
                  f"mlflow.tracking_uri=sqlite:///{workdir / 'mlflow.db'}"]
