@@ -14,8 +14,8 @@ table's range, a mismatched target preset / scheduler counting one unit, a misma
 tenth), so the replay never invents a value a real trial did not produce. Keys a table does not
 vary (e.g. warmup_ratio in the LLM space) take no part in the lookup: the replay cannot see them.
 
-Compute is trial-seconds as measured in the table (single-threaded, the wall seconds up to the
-eval where the trial stopped) plus the per-trial cost of the arm's process model: our warm worker
+Compute is trial-seconds as measured in the table (the CPU-seconds of the single-threaded trial
+up to the eval where it stopped: its compute, whatever else ran on the machine) plus the per-trial cost of the arm's process model: our warm worker
 pays the warm-cache lookup the table measured on warm rows; Hugging Face's `hyperparameter_search`
 re-loads (and re-quantises) the base model in `model_init` every trial, so its trials pay the
 table's cold model load. Per arm, over `--sweeps` sweeps each with its own sampler seed: the
@@ -108,10 +108,12 @@ class Table:
         return max(values) if self.maximize else min(values)
 
     def cost(self, row: dict[str, Any], upto: int) -> float:
-        """Seconds of training and evals up to eval `upto` (1-based), without this row's own
-        model load / tokenize (the arm's process model adds its own)."""
+        """CPU-seconds of training and evals up to eval `upto` (1-based) in the single-threaded
+        recording process, without this row's own model load / tokenize (the arm's process model
+        adds its own). CPU-seconds, not wall: the tables were recorded beside other jobs, and a
+        single-threaded trial's CPU time is its compute whatever else ran."""
         overhead = sum((row.get("overhead_s") or {}).values())
-        return max(0.0, row["evals"][upto - 1]["wall_s"] - overhead)
+        return max(0.0, row["evals"][upto - 1]["cpu_s"] - overhead)
 
     def overheads(self) -> dict[str, float]:
         """Per-trial costs measured in the table: warm-cache lookups and the cold model load."""
@@ -410,7 +412,7 @@ def markdown(results: dict[str, list[dict[str, Any]]], args: argparse.Namespace,
              elapsed: float) -> str:
     lines = ["# Search strategies replayed on learning-curve tables", "",
              f"`python bench/replay.py --tables {' '.join(results)} --sweeps {args.sweeps} --trials {args.trials}` "
-             f"({elapsed:.0f} s). Compute is trial-seconds (single-threaded), the median with a bootstrap 95% "
+             f"({elapsed:.0f} s). Compute is trial-seconds (CPU-seconds of single-threaded trials), the median with a bootstrap 95% "
              "interval and the 5th-95th percentile of the sweeps; the lookup is the nearest tabulated config.", ""]
     for name, arms in results.items():
         t = tables[name]
