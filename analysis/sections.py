@@ -317,7 +317,7 @@ def _power_line(sig: Mapping[str, object]) -> str:
     size = int(sig["design_size"])
     side = math.ceil(math.sqrt(size))  # the n_seeds of a paired run: S² pairs
     design = {"crossed": f"this {size} × {size} crossed grid",
-              "paired": f"these n = {size} fresh seed pairs per config (paired design)",
+              "paired": f"the paired design's n = {size} fresh seed pairs per config",
               }.get(str(sig["test"]), f"{size} independent replicates per config")
     text = (f"Power of {design} (one-sided test at 5%, simulated at this study's variances; SD = one run's spread, "
             f"{fmt(sig['run_sd'])}): a true lead of 1 SD is found {fmt(100 * sig['power_1sd'], 2)}% of the time, "

@@ -170,7 +170,7 @@ def test_report_under_the_paired_design(tmp_path):
                                       1: list(0.84 + luck + rng.normal(0, 0.005, 9))}, 3)
     assert "paired on the 9 fresh seed pairs both ran (n = 9 pairs" in md
     assert "One-sided paired t-test of the winner's lead" in md
-    assert "Power of these n = 9 fresh seed pairs per config (paired design)" in md
+    assert "Power of the paired design's n = 9 fresh seed pairs per config (one-sided test at 5%" in md
     assert re.search(r"a true lead of 1 SD is found [0-9.]+% of the time, of 2 SD [0-9.]+%", md)
     assert "Not estimable under the paired design" in md and "`--design crossed`" in md
     section = md[md.find(sections.REPRODUCIBILITY):]
@@ -193,11 +193,13 @@ def test_crossed_report_with_low_power_points_to_the_paired_design(tmp_path):
 def test_real_paired_reproduction_reports_intervals_with_n_and_the_power_line(tmp_path, tiny_bert_dir):
     """A tiny search on data=demo, then `lora-sweep reproduce --design paired` on it: both configs
     run on the same 4 fresh seed pairs, and the report tests the lead on them with n beside every
-    interval and the design's power line."""
+    interval and the design's power line. The objective is the eval loss: the tiny model's accuracy
+    on a few demo rows is one constant value, which would leave nothing to test."""
     from sweep_helpers import REPO, TINY, env, mlflow_client, only_study, run_sweep
 
     run_sweep(tmp_path, *TINY, f"model.name_or_path={tiny_bert_dir}", "data=demo", "hydra.sweeper.n_trials=2",
-              "hydra.sweeper.pruner=none", "train.learning_rate=choice(0.002, 0.02)")
+              "hydra.sweeper.pruner=none", "train.learning_rate=choice(0.002, 0.02)",
+              "hydra.sweeper.objectives=[eval_loss]", "hydra.sweeper.direction=minimize")
     run_env = {**env(), "PYTHONPATH": str(REPO)}
     proc = subprocess.run([sys.executable, "-m", "sweeps.reproduce", "--top-k", "2", "--n-seeds", "2", "--design",
                            "paired", "--no-determinism-check"], cwd=tmp_path, env=run_env, capture_output=True,
@@ -220,11 +222,20 @@ def test_real_paired_reproduction_reports_intervals_with_n_and_the_power_line(tm
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     md = (out / "report.md").read_text()
-    assert "paired on the 4 fresh seed pairs both ran (n = 4 pairs" in md or "not testable" in md
-    assert ("Power of these n = 4 fresh seed pairs per config (paired design)" in md
-            or "Power of this design: not estimable" in md)
+    assert "paired on the 4 fresh seed pairs both ran (n = 4 pairs" in md and "not testable" not in md
+    assert re.search(r"Power of the paired design's n = 4 fresh seed pairs per config \(.*a true lead of 1 SD is "
+                     r"found [0-9.]+% of the time, of 2 SD [0-9.]+%", md)
     assert "Not estimable under the paired design" in md and "Held-out test (data.test_split)" in md
-    assert re.search(r"\(95% CI [0-9.]+ to [0-9.]+, n = 4\)|no variation seen in 4 runs", md)
+    assert re.search(r"\(95% CI [0-9.]+ to [0-9.]+, n = 4\)", md)
     for sentence in re.findall(r"95% CI -?[0-9.]+ to [^)]*\)", md):
         assert "n = " in sentence, sentence
     assert not re.search(r"CI (-?[0-9.]+) to \1\b", md)  # never a zero-width interval
+
+
+def test_paired_report_with_low_power_asks_for_more_pairs(tmp_path):
+    rng = np.random.default_rng(5)
+    md = _report(tmp_path, "paired", {0: list(0.85 + rng.normal(0, 0.01, 4)),
+                                      1: list(0.845 + rng.normal(0, 0.01, 4))}, 2)
+    line = next(p for p in md.split("\n\n") if p.startswith("Power of the paired design's n = 4 fresh seed pairs"))
+    assert "cannot reliably detect leads under about 3 SD: run `--n-seeds 3` (9 pairs)." in line
+    assert "--design paired" not in line
