@@ -1,4 +1,4 @@
-"""The crossed lead test's size and power against Welch on independent runs, by seeded simulation.
+"""The crossed and the paired lead tests' size and power against Welch on independent runs, by seeded simulation.
 
     python bench/lead_power.py [--sims 20000] [--report-studies 1000] [--seed 0] [--out bench/results/lead_power.md]
 
@@ -184,7 +184,8 @@ def main() -> None:
             + md_table(["grid", "worst size", "at mix (init / data / residual)", f"that mix again, {5 * args.sims} fresh studies"], sizes) + "\n")
     print(text)
     if args.out:
-        args.out.write_text("# The crossed lead test's size and power\n\n`python bench/lead_power.py --out "
+        args.out.write_text("# The lead test's size and power: the crossed grid, the paired design, Welch\n\n"
+                            "`python bench/lead_power.py --out "
                             f"{args.out}`\n\n" + text)
 
 

@@ -58,7 +58,7 @@ def _paired_study(rng, n_seeds: int, means: dict[int, float], rho: float = RHO, 
 def test_paired_lead_test_on_3x3_pairs_beats_welch_on_as_many_runs_and_keeps_its_level():
     """2-SD lead, 9 pairs per config (18 runs) at rho = 0.25: the report's paired test finds it at
     least as often as Welch on 18 independent runs, and with no lead rejects at most alpha.
-    bench/results/lead_power.md: paired 99.8%, Welch 99.2%, the crossed 3 x 3 grid 78.5%.
+    bench/results/lead_power.md: paired 99.7%, Welch 99.1%, the crossed 3 x 3 grid 78.6%.
 
     Both tests near 100% differ by a few studies in a thousand, so the head-to-head runs 20,000
     studies through `lead_power` (the report's power simulation); that its paired branch is the
