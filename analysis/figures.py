@@ -28,8 +28,8 @@ from analysis.frames import complete, param_columns  # noqa: E402
 from analysis.stats import expected_max, expected_max_std, pareto_front  # noqa: E402
 
 PRESET_ORDER = ("qv", "attn", "attn_mlp", "all_linear")
-KIND_COLORS = {"crossed": "tab:purple", "seed": "tab:blue", "data_seed": "tab:orange", "both": "tab:green",
-               "determinism": "tab:gray"}
+KIND_COLORS = {"crossed": "tab:purple", "paired": "tab:brown", "seed": "tab:blue", "data_seed": "tab:orange",
+               "both": "tab:green", "determinism": "tab:gray"}
 DPI = 110
 
 

@@ -12,7 +12,7 @@ import pandas as pd
 
 from analysis.frames import complete
 from analysis.stats import (bootstrap_diff, crossed_components, crossed_lead_test, crossed_mean, lead_power,
-                            probability_of_outperforming, summarize, welch_test)
+                            paired_lead_test, probability_of_outperforming, summarize, welch_test)
 
 SUMMARY_COLUMNS = ["config", "sweep_value", "n", "mean", "std", "ci_low", "ci_high", "df", "min", "max", "cv",
                    "optimism", "n_diverged", "no_variation"]
@@ -61,7 +61,7 @@ def fresh(reps: pd.DataFrame, tuned_seeds: frozenset[str] | set[str] = frozenset
     (which keeps its init seed) never count, nor does any replicate, whatever its kind, that ran
     with the trial's own seed or data_seed (where the search recorded them). Determinism re-runs
     never count. `tuned_seeds` is kept for callers; the rule no longer depends on it."""
-    keep = reps["seed_kind"].isin({"crossed", "both"})
+    keep = reps["seed_kind"].isin({"crossed", "paired", "both"})
     for key in ("seed", "data_seed"):
         own = f"sweep_{key}"
         if own in reps.columns and key in reps.columns:
@@ -74,7 +74,8 @@ def per_config_summary(reps: pd.DataFrame, maximize: bool, tuned_seeds: frozense
                        ) -> pd.DataFrame:
     """Mean, std, 95% CI (with its df), min/max, CV per config, and `optimism` = how much better
     the sweep score looked. A config replicated on a crossed seed grid gets the design's interval
-    (`crossed_mean`: its cells share seeds, so they are not independent); others a t-interval.
+    (`crossed_mean`: its cells share seeds, so they are not independent); others a t-interval on
+    n − 1 df (`paired` replicates too: each ran on its own fresh seed pair, so they are independent).
 
     optimism > 0 is the winner's curse: the sweep picked a config partly for a lucky seed.
     """
@@ -108,7 +109,9 @@ def lead_significance(reps: pd.DataFrame, winner: int, runner_up: int, maximize:
 
     `test` says which: "crossed" when both configs ran on the same seed grid: the per-cell
     differences form a crossed grid of their own (shared seeds cancel), tested with
-    `crossed_lead_test`; else "welch" (independent replicates) with a BCa bootstrap CI beside it."""
+    `crossed_lead_test`; "paired" when both ran on the same fresh seed pairs (the paired design):
+    a paired t-test on the per-pair differences (`paired_lead_test`); else "welch" (independent
+    replicates) with a BCa bootstrap CI beside it. `n_cells`: the cells or pairs both ran."""
     data = fresh(reps, tuned_seeds)
     a = data.loc[data["config"] == winner, "value"].to_numpy(dtype=float)
     b = data.loc[data["config"] == runner_up, "value"].to_numpy(dtype=float)
@@ -122,12 +125,21 @@ def lead_significance(reps: pd.DataFrame, winner: int, runner_up: int, maximize:
             out.update(test="crossed", n_cells=c["n"], diff=c["mean"], t=c["t"], df=c["df"], p_value=c["p_value"],
                        p_a_better=c["p_better"], ci_low=c["ci_low"], ci_high=c["ci_high"],
                        boot_ci_low=float("nan"), boot_ci_high=float("nan"))
-    out.update(_design_power(a, b, gw, gr, out))
+    pairs = paired_differences(data, winner, runner_up) if out["test"] == "welch" else np.empty(0)
+    if pairs.size >= 2:
+        c = paired_lead_test(pairs, maximize=maximize)
+        out.update(test="paired", n_cells=c["n"], diff=c["mean"], t=c["t"], df=c["df"], p_value=c["p_value"],
+                   p_a_better=c["p_better"], ci_low=c["ci_low"], ci_high=c["ci_high"],
+                   boot_ci_low=float("nan"), boot_ci_high=float("nan"))
+    out.update(_design_power(a, b, gw, gr, out, pairs))
     gain = out["diff"] if maximize else -out["diff"]
     out["leader"] = "winner" if gain > 0 else "runner-up" if gain < 0 else "tie"
     if out["test"] == "welch":  # resampling cells as if independent would be wrong on a crossed grid
         boot = bootstrap_diff(a, b, n_boot=n_boot, seed=seed, maximize=maximize)
         out.update(boot_ci_low=boot["ci_low"], boot_ci_high=boot["ci_high"])
+    if out["test"] == "paired":  # independent runs within a config: d and g mean what they say
+        d = pairs * (1 if maximize else -1)
+        return {**out, "p_outperform": float(np.mean((d > 0) + 0.5 * (d == 0))), "p_outperform_pairing": "same seeds"}
     if out["test"] == "crossed":  # the same seed pair for both: the share of cells the winner wins
         d = (gw.loc[rows, cols].to_numpy() - gr.loc[rows, cols].to_numpy()) * (1 if maximize else -1)
         return {**out, "p_outperform": float(np.mean((d > 0) + 0.5 * (d == 0))), "p_outperform_pairing": "same seeds",
@@ -136,15 +148,32 @@ def lead_significance(reps: pd.DataFrame, winner: int, runner_up: int, maximize:
             "p_outperform_pairing": "independent seeds"}
 
 
+def paired_differences(reps: pd.DataFrame, winner: int, runner_up: int) -> np.ndarray:
+    """The winner's score minus the runner-up's on each `paired` seed pair (seed, data_seed) both
+    ran, in seed order; a pair either one lacks (a failed run) is left out of both."""
+    if not {"seed", "data_seed"} <= set(reps.columns):
+        return np.empty(0)
+    cells = reps[reps["seed_kind"] == "paired"]
+    by_pair = cells.groupby(["config", "seed", "data_seed"])["value"].mean()
+    if by_pair.empty or not {int(winner), int(runner_up)} <= set(by_pair.index.get_level_values(0).astype(int)):
+        return np.empty(0)
+    w, r = by_pair.xs(winner, level="config"), by_pair.xs(runner_up, level="config")
+    both = w.index.intersection(r.index).sort_values()
+    return (w.loc[both] - r.loc[both]).to_numpy(dtype=float)
+
+
 def _design_power(a: np.ndarray, b: np.ndarray, gw: pd.DataFrame | None, gr: pd.DataFrame | None,
-                  test: dict) -> dict[str, float]:
+                  test: dict, pairs: np.ndarray) -> dict[str, float]:
     """The power of the design that was run for a lead of 1 and 2 SD (SD: one run's spread, the
     two configs' replicate variances averaged), simulated with the report's own test at the
-    variances this study estimated: what the data could have shown, printed beside the verdict."""
+    variances this study estimated: what the data could have shown, printed beside the verdict.
+    `design_size`: the grid's side (crossed), the seed pairs (paired) or the runs per config.
+    A crossed grid also gets `paired_power_*`: the paired design on as many runs (S² fresh seed
+    pairs), at the variance one pair's difference would have under the grid's components."""
     nan = float("nan")
     var = np.nanmean([np.var(x, ddof=1) if x.size > 1 else nan for x in (a, b)]) if a.size > 1 or b.size > 1 else nan
     out = {"run_sd": float(np.sqrt(var)) if np.isfinite(var) else nan, "power_1sd": nan, "power_2sd": nan,
-           "design_size": 0}
+           "design_size": 0, "paired_power_1sd": nan, "paired_power_2sd": nan}
     if not np.isfinite(var) or var <= 0:
         return out
     sd = float(np.sqrt(var))
@@ -153,6 +182,13 @@ def _design_power(a: np.ndarray, b: np.ndarray, gw: pd.DataFrame | None, gr: pd.
         comps = crossed_components(gw.loc[rows, cols].to_numpy() - gr.loc[rows, cols].to_numpy())
         size = min(len(rows), len(cols))
         power = lead_power("crossed", size, comps, [sd, 2 * sd])
+        out["paired_power_1sd"], out["paired_power_2sd"] = lead_power("paired", size * size, [float(comps.sum())],
+                                                                      [sd, 2 * sd])
+    elif test["test"] == "paired":
+        size, var_diff = int(pairs.size), float(np.var(pairs, ddof=1))
+        if not var_diff > 0:  # identical differences: the test itself has no standard error
+            return {**out, "design_size": size}
+        power = lead_power("paired", size, [var_diff], [sd, 2 * sd])
     else:
         size = int(min(a.size, b.size))
         power = lead_power("welch", size, [var], [sd, 2 * sd])
@@ -251,7 +287,8 @@ def held_out(repro: pd.DataFrame | None, reps: pd.DataFrame, metric: str,
     and 95% interval of the same metric on data.test_split (`test_<name>`), so the optimism of
     selecting on validation shows. A config replicated on a crossed seed grid gets the design's
     interval (`crossed_mean`: cells that share a seed are not independent runs, and treating them
-    as such covered 77-79%); others the t-interval of `summarize`. `n` beside every interval.
+    as such covered 77-79%); others, `paired` replicates included (each on its own fresh seed
+    pair, so independent runs), the t-interval of `summarize` on n − 1 df. `n` beside every interval.
     Empty when no replicate was scored on a test split."""
     column = "metric.test_" + metric.removeprefix("eval_")
     cols = ["config", "n", "validation_mean", "test_mean", "test_ci_low", "test_ci_high", "test_df", "no_variation"]

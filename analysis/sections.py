@@ -287,6 +287,11 @@ def _significance(d: ReportData, rs: Mapping[str, object]) -> list[Block]:
                   f"[{fmt(sig['ci_low'])}, {fmt(sig['ci_high'])}] with the crossed design's standard error "
                   "(cells sharing a seed are not independent; Satterthwaite df). One-sided paired test of the "
                   "winner's lead")
+    elif sig["test"] == "paired":
+        method = (f"paired on the {sig['n_cells']} fresh seed pairs both ran (n = {sig['n_cells']} pairs; each pair "
+                  "a fresh init seed and data order, shared by the two configs, none shared between pairs): 95% "
+                  f"t-interval [{fmt(sig['ci_low'])}, {fmt(sig['ci_high'])}] on n − 1 df. One-sided paired t-test "
+                  "of the winner's lead")
     else:
         method = (f"95% Welch t-interval [{fmt(sig['ci_low'])}, {fmt(sig['ci_high'])}] (n = {sig['n_a']} + "
                   f"{sig['n_b']}; BCa bootstrap [{fmt(sig['boot_ci_low'])}, {fmt(sig['boot_ci_high'])}], too "
@@ -310,14 +315,23 @@ def _power_line(sig: Mapping[str, object]) -> str:
     if not math.isfinite(float(sig.get("power_1sd", float("nan")))):
         return "Power of this design: not estimable (no spread among the replicates)."
     size = int(sig["design_size"])
-    design = (f"this {size} × {size} crossed grid" if sig["test"] == "crossed"
-              else f"{size} independent replicates per config")
+    side = math.ceil(math.sqrt(size))  # the n_seeds of a paired run: S² pairs
+    design = {"crossed": f"this {size} × {size} crossed grid",
+              "paired": f"the paired design's n = {size} fresh seed pairs per config",
+              }.get(str(sig["test"]), f"{size} independent replicates per config")
     text = (f"Power of {design} (one-sided test at 5%, simulated at this study's variances; SD = one run's spread, "
             f"{fmt(sig['run_sd'])}): a true lead of 1 SD is found {fmt(100 * sig['power_1sd'], 2)}% of the time, "
             f"of 2 SD {fmt(100 * sig['power_2sd'], 2)}%.")
     if sig["power_2sd"] < 0.8:
-        more = f"`--n-seeds {size + 1}`" if sig["test"] == "crossed" else "more seeds"
+        more = {"crossed": f"`--n-seeds {size + 1}`",
+                "paired": f"`--n-seeds {side + 1}` ({(side + 1) ** 2} pairs)"}.get(str(sig["test"]), "more seeds")
         text += f" So {design} cannot reliably detect leads under about 3 SD: run {more}."
+        paired = float(sig.get("paired_power_2sd", float("nan")))
+        if sig["test"] == "crossed" and math.isfinite(paired):
+            text += (f" Or run `--design paired`: the same {2 * size * size} runs on {size * size} fresh seed pairs "
+                     f"shared by the two configs, whose paired t-test would find a 2-SD lead {fmt(100 * paired, 2)}% "
+                     "of the time at these variances (its pairs share no seed; it does not split init from "
+                     "data-order variance).")
     elif sig["power_1sd"] < 0.8:
         text += " Leads of about 1 SD can go unseen."
     return text
@@ -356,11 +370,20 @@ def _seed_kinds(d: ReportData) -> list[Block]:
         return blocks + [Table(table, caption), Paragraph(sentence)]
     table = variance_by_seed_kind(d.reps)
     if table.empty:
-        return blocks + [Paragraph("No crossed or seed / data_seed / both replicates.")]
+        return blocks + [Paragraph("No crossed, paired or seed / data_seed / both replicates.")]
     shown = table.rename(columns={"config": "trial"})
-    return blocks + [Table(shown, "Per config and seed kind (std/var with ddof = 1)"), Paragraph(
-        "These replicates vary one seed at a time, which cannot say which source dominates at a handful of runs; "
-        "the crossed design (hydra.sweeper.reproduce.design=crossed, the default) can.")]
+    notes = []
+    if (table["seed_kind"] == "paired").any():
+        notes.append(Paragraph(
+            "Not estimable under the paired design: every paired run draws a fresh init seed and a fresh data order "
+            "together, so init-seed and data-order variance are confounded; the table gives their sum (one run's "
+            "spread) per config, over n runs. To split them, reproduce with `--design crossed` "
+            "(hydra.sweeper.reproduce.design=crossed, the default)."))
+    if table["seed_kind"].isin(["seed", "data_seed", "both"]).any():
+        notes.append(Paragraph(
+            "The seed / data_seed / both replicates vary one seed at a time, which cannot say which source dominates "
+            "at a handful of runs; the crossed design (hydra.sweeper.reproduce.design=crossed, the default) can."))
+    return blocks + [Table(shown, "Per config and seed kind (std/var with ddof = 1)"), *notes]
 
 
 def _determinism(d: ReportData) -> list[Block]:
@@ -421,7 +444,8 @@ def reproducibility(d: ReportData, figure: FigureResult | None) -> list[Block]:
     caption = ("Per reproduced config: replicates that re-drew every seed of the trial (seed and data_seed "
                "replicates left out: each keeps one of the trial's own seeds, tuned or not, which carry the selection's luck)"
                + "; determinism re-runs excluded; the 95% CI is a t-interval over n replicates on df degrees of "
-               "freedom (a crossed seed grid: the two-way random-effects standard error, as its cells share seeds)")
+               "freedom (a crossed seed grid: the two-way random-effects standard error, as its cells share seeds; "
+               "paired seed pairs: independent runs, n − 1 df)")
     test = held_out(d.repro, d.reps, d.metric, d.tuned_seeds)
     if not test.empty:
         blocks.append(Table(test.rename(columns={"config": "trial", "validation_mean": "validation mean",

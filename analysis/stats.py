@@ -18,8 +18,9 @@ from scipy.special import gammaln
 from sweeps.seed_stats import interval_text, summarize  # noqa: F401  (the report's names for them)
 
 # kinds that sample randomness; "determinism" re-runs one seed. crossed: a cell of the
-# init seed × data-order seed grid (both fresh); the others: the one-at-a-time design.
-SEED_KINDS = ("crossed", "seed", "data_seed", "both")
+# init seed × data-order seed grid (both fresh); paired: one of S² fresh (init, data-order) seed
+# pairs shared by the configs; the others: the one-at-a-time design.
+SEED_KINDS = ("crossed", "paired", "seed", "data_seed", "both")
 
 
 def _finite(values: Sequence[float] | np.ndarray) -> np.ndarray:
@@ -313,6 +314,18 @@ def crossed_lead_test(grid: np.ndarray, maximize: bool, confidence: float = 0.95
     return t_summary(g, *crossed_lead_se_df(g), confidence, maximize)
 
 
+def paired_lead_test(differences: Sequence[float], maximize: bool, confidence: float = 0.95) -> dict[str, float]:
+    """Does the first config lead? `differences`: its score minus the other's on each fresh (init
+    seed, data seed) pair both ran, one pair per element. The pairs share no seed with one another,
+    so the differences are independent: a paired t-test (one look) on n − 1 df, with the one-sided
+    p (`p_better`), the two-sided p and a t interval of the mean difference. Shared seed luck cancels
+    in each difference; nothing is assumed about how much of it the configs share."""
+    d = _finite(differences)
+    if d.size < 2:
+        raise ValueError(f"a paired test needs at least 2 seed pairs both configs ran, got {d.size}")
+    return t_summary(d, float(d.std(ddof=1)) / math.sqrt(d.size), float(d.size - 1), confidence, maximize)
+
+
 def lead_power(design: str, size: int, components: Sequence[float], leads: Sequence[float], alpha: float = 0.05,
                sims: int = 2000, seed: int = 0) -> list[float]:
     """How often the report's lead test (one-sided, at alpha) finds a true lead of each size in
@@ -320,6 +333,8 @@ def lead_power(design: str, size: int, components: Sequence[float], leads: Seque
 
     - "crossed": both configs on one size x size seed grid; `components` = (init, data order,
       residual) variances of the winner-minus-runner-up grid; the test is `crossed_lead_test`'s.
+    - "paired": both configs on `size` fresh seed pairs; `components` = (variance of one
+      winner-minus-runner-up difference,); the test is `paired_lead_test`'s.
     - "welch": `size` independent replicates per config; `components` = (variance of one run,);
       the test is Welch's.
 
@@ -335,13 +350,17 @@ def lead_power(design: str, size: int, components: Sequence[float], leads: Seque
             se, df = crossed_lead_se_df(g)
             with np.errstate(divide="ignore", invalid="ignore"):
                 p = st.t.sf(g.mean(axis=(-2, -1)) / se, df)
+        elif design == "paired":
+            d = lead + np.sqrt(max(float(components[0]), 0.0)) * rng.standard_normal((sims, size))
+            with np.errstate(divide="ignore", invalid="ignore"):
+                p = st.t.sf(d.mean(axis=1) / (d.std(axis=1, ddof=1) / np.sqrt(size)), size - 1)
         elif design == "welch":
             sd = np.sqrt(max(float(components[0]), 0.0))
             x = lead + sd * rng.standard_normal((sims, size))
             y = sd * rng.standard_normal((sims, size))
             p = st.ttest_ind(x, y, axis=1, equal_var=False, alternative="greater").pvalue
         else:
-            raise ValueError(f"design: {design!r}; allowed: crossed, welch")
+            raise ValueError(f"design: {design!r}; allowed: crossed, paired, welch")
         out.append(float(np.mean(np.nan_to_num(p, nan=1.0) < alpha)))
     return out
 

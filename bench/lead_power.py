@@ -1,6 +1,6 @@
-"""The crossed lead test's size and power against Welch on independent runs, by seeded simulation.
+"""The crossed and the paired lead tests' size and power against Welch on independent runs, by seeded simulation.
 
-    python bench/lead_power.py [--sims 20000] [--seed 0] [--out bench/results/lead_power.md]
+    python bench/lead_power.py [--sims 20000] [--report-studies 1000] [--seed 0] [--out bench/results/lead_power.md]
 
 Two configs run on one S x S crossed grid (S init seeds x S data-order seeds, the same seed
 values for both: `sweeps.reproduce`). Each run = true mean + init-seed effect + data-order effect
@@ -19,7 +19,11 @@ each variance. Columns, one-sided at alpha = 0.05:
   of a balanced design), so no valid test on a crossed S x S grid can beat it.
 - Welch, 2 x S^2 independent runs: the same number of runs, each with its own fresh seeds.
 - paired, S^2 seed pairs: the same number of runs on S^2 fresh (init, data) pairs shared by both
-  configs (the race's design), a paired t-test.
+  configs (the race's design, and `--design paired`), a paired t-test (scipy).
+- paired, the report: that design through the product end to end: each study's replicates as the
+  report reads them (seed_kind "paired"), tested by `analysis.reproducibility.lead_significance`
+  (`paired_lead_test`), its power for the lead and its size with none, on `--report-studies`
+  studies per cell (about 10 ms a study; fewer than --sims).
 - Welch on the crossed cells: Welch's test on the 2 x S^2 cells as if independent (size only).
 
 rho* is the sharing at which the crossed mean is as precise as the mean of S^2 independent runs:
@@ -34,6 +38,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import scipy.stats as st
 
 REPO = Path(__file__).resolve().parents[1]
@@ -42,6 +47,7 @@ sys.path.insert(0, str(REPO / "bench"))
 
 from common import md_table  # noqa: E402
 
+from analysis.reproducibility import lead_significance  # noqa: E402
 from analysis.stats import crossed_lead_se_df, crossed_se_df  # noqa: E402
 
 ALPHA, LEAD = 0.05, 2.0
@@ -96,7 +102,30 @@ def welch_cells(mix, rho, s, sims, rng) -> float:
     return float(np.mean(p < ALPHA))
 
 
-def row(name, mix, s, rho, sims, rng) -> list:
+def paired_replicates(mix, rho, s, lead, rng) -> pd.DataFrame:
+    """One study of the paired design as the report reads it: two configs on the same S^2 fresh
+    seed pairs, a run = mean + init + data-order + residual, each shared by the configs with
+    correlation rho (fresh in every pair, so the mix only sets one run's variance, 1)."""
+    n = s * s
+    shared = rng.standard_normal((3, n))
+    rows = []
+    for config, mean in ((1, lead), (2, 0.0)):
+        parts = np.sqrt(rho) * shared + np.sqrt(1 - rho) * rng.standard_normal((3, n))
+        values = mean + np.sqrt(np.asarray(mix)) @ parts
+        rows.append(pd.DataFrame({"config": config, "sweep_value": mean, "value": values.ravel(),
+                                  "seed": 10_000 + np.arange(n), "data_seed": 10_000 + n + np.arange(n),
+                                  "seed_kind": "paired", "number": (config - 1) * n + np.arange(n),
+                                  "sweep_seed": 0.0, "sweep_data_seed": 1.0}))
+    return pd.concat(rows, ignore_index=True)
+
+
+def paired_report(mix, rho, s, lead, studies, rng) -> float:
+    """How often the report's lead test (`lead_significance`) calls the winner's lead significant."""
+    return float(np.mean([lead_significance(paired_replicates(mix, rho, s, lead, rng), 1, 2, maximize=True,
+                                            n_boot=10)["p_a_better"] < ALPHA for _ in range(studies)]))
+
+
+def row(name, mix, s, rho, sims, rng, studies) -> list:
     n = s * s
     f_seed = mix[0] + mix[1]
     var_mean = 2 * (1 - rho) * (f_seed / s + mix[2] / n)
@@ -111,7 +140,9 @@ def row(name, mix, s, rho, sims, rng) -> list:
     return [name, f"{s} x {s}", rho, f"{rho_star:.2f}", pct(rejects(null, crossed_lead_se_df)),
             pct(rejects(alt, crossed_lead_se_df)), pct(rejects(alt, crossed_se_df)),
             pct(rejects(alt, untruncated_se_df)), pct(bound),
-            pct(np.mean(welch < ALPHA)), pct(np.mean(paired < ALPHA)), pct(welch_cells(mix, rho, s, sims, rng))]
+            pct(np.mean(welch < ALPHA)), pct(np.mean(paired < ALPHA)),
+            pct(paired_report(mix, rho, s, LEAD, studies, rng)), pct(paired_report(mix, rho, s, 0.0, studies, rng)),
+            pct(welch_cells(mix, rho, s, sims, rng))]
 
 
 def worst_size(shape, sims, rng) -> list:
@@ -130,24 +161,31 @@ def worst_size(shape, sims, rng) -> list:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sims", type=int, default=20_000)
+    parser.add_argument("--report-studies", type=int, default=1000,
+                        help="studies per cell run through the report's own lead test (about 10 ms each)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=None, help="also write the tables here (markdown)")
     args = parser.parse_args()
     rng = np.random.default_rng(args.seed)
-    rows = [row(name, mix, s, rho, args.sims, rng) for name, mix in MIXES.items() for s in (2, 3) for rho in RHOS]
+    rows = [row(name, mix, s, rho, args.sims, rng, args.report_studies)
+            for name, mix in MIXES.items() for s in (2, 3) for rho in RHOS]
     header = ["noise mix (init / data / residual)", "grid", "rho", "rho*", "size, report's test",
               "power 2 SD, report's test", "power, old truncated test",
               "power, untruncated SE (KR)", "bound (known variances)",
-              "Welch, 2 x S^2 independent runs", "paired, S^2 shared seed pairs", "size, Welch on the crossed cells"]
+              "Welch, 2 x S^2 independent runs", "paired, S^2 shared seed pairs",
+              f"paired, the report: power 2 SD ({args.report_studies} studies)",
+              f"paired, the report: size ({args.report_studies} studies)", "size, Welch on the crossed cells"]
     sizes = [worst_size(shape, args.sims, rng) for shape in ((2, 2), (3, 3), (4, 4), (5, 5), (2, 3), (3, 5))]
-    text = (f"{args.sims} simulated studies per cell, seed {args.seed}, alpha {ALPHA}, lead {LEAD} SD of one run.\n\n"
+    text = (f"{args.sims} simulated studies per cell ({args.report_studies} for the two columns through the report's "
+            f"`lead_significance`), seed {args.seed}, alpha {ALPHA}, lead {LEAD} SD of one run.\n\n"
             + md_table(header, rows)
             + "\n\nThe report's test with no lead, its largest rejection rate over 33 noise mixes"
               " (init share 0-1 in tenths, residual 0 / 0.25 / 0.5; non-square grids use df = min(I, J) - 1):\n\n"
             + md_table(["grid", "worst size", "at mix (init / data / residual)", f"that mix again, {5 * args.sims} fresh studies"], sizes) + "\n")
     print(text)
     if args.out:
-        args.out.write_text("# The crossed lead test's size and power\n\n`python bench/lead_power.py --out "
+        args.out.write_text("# The lead test's size and power: the crossed grid, the paired design, Welch\n\n"
+                            "`python bench/lead_power.py --out "
                             f"{args.out}`\n\n" + text)
 
 

@@ -5,8 +5,11 @@ the search sampler nor count against `n_trials`. Each replicate keeps the config
 replicates and draws fresh seeds. The default design is crossed (Dodge et al. 2020): every config
 runs on a grid of S fresh init seeds x S fresh data-order seeds, which separates the variance of
 the two sources (and their interaction) and never reuses a seed the search selected, so the
-reproduced mean carries none of the selection's luck. The older one-at-a-time design changes only
-`seed`, only `data_seed`, or both. The winner is also re-run with its own seeds, twice, to check
+reproduced mean carries none of the selection's luck. The paired design runs every config on the
+same S² fresh (init seed, data seed) pairs, no seed shared between pairs: as many runs as the
+crossed grid, but independent ones, so the lead test (a paired t-test) is more powerful, at the
+price of not splitting init from data-order variance (bench/results/lead_power.md). The older
+one-at-a-time design changes only `seed`, only `data_seed`, or both. The winner is also re-run with its own seeds, twice, to check
 bitwise determinism. Enqueuing is idempotent, so an interrupted reproduction resumes where it stopped.
 
 On an existing study: `lora-sweep reproduce --top-k 2 --n-seeds 3` (= `python -m sweeps.reproduce`,
@@ -32,7 +35,7 @@ from sweeps.search.study import top_trials
 FRESH_SEED_BASE = 10_000  # replicate seeds never collide with seeds a search space would try
 
 
-DESIGNS = ("crossed", "one_at_a_time")
+DESIGNS = ("crossed", "paired", "one_at_a_time")
 
 
 def fresh_seed_values(trials: list[optuna.trial.FrozenTrial], n: int) -> list[int]:
@@ -53,12 +56,15 @@ def plan_replicates(study: optuna.Study, top_k: int, n_seeds: int, seed_kinds: l
     """One entry per replicate run: its overrides and the user attrs the report reads.
 
     crossed: n_seeds fresh init seeds x n_seeds fresh data seeds per config (n_seeds² runs);
+    paired: n_seeds² fresh (init seed, data seed) pairs per config, the same pairs for every config,
+    the init seeds and the data seeds each drawn once (pair k: the k-th of n_seeds² fresh init
+    seeds with the k-th of n_seeds² further fresh data seeds), so no two pairs share a seed;
     one_at_a_time: n_seeds runs per kind in `seed_kinds`."""
     if design not in DESIGNS:
         raise ValueError(f"hydra.sweeper.reproduce.design: {design!r}; allowed: {', '.join(DESIGNS)}")
     plan = []
     top = top_trials(study, top_k)
-    fresh_seeds = fresh_seed_values(top, n_seeds)
+    fresh_seeds = fresh_seed_values(top, 2 * n_seeds**2 if design == "paired" else n_seeds)
     for rank, trial in enumerate(top):
         seed, data_seed = int(trial.user_attrs["seed"]), int(trial.user_attrs["data_seed"])
         base = {k: v for k, v in trial.params.items() if k not in ("seed", "data_seed")}
@@ -67,6 +73,9 @@ def plan_replicates(study: optuna.Study, top_k: int, n_seeds: int, seed_kinds: l
                 for j in range(n_seeds):
                     entry = _entry(trial, rank, "crossed", i * n_seeds + j, base, fresh_seeds[i], fresh_seeds[j])
                     plan.append(entry)
+        if design == "paired":
+            pairs = n_seeds**2
+            plan += [_entry(trial, rank, "paired", k, base, fresh_seeds[k], fresh_seeds[pairs + k]) for k in range(pairs)]
         for kind in (seed_kinds if design == "one_at_a_time" else []):
             for i in range(n_seeds):
                 fresh = fresh_seeds[i]
@@ -114,8 +123,9 @@ def run_reproduction(study: optuna.Study, storage, session, runbook) -> optuna.S
     plan = plan_replicates(study, int(conf.top_k), int(conf.n_seeds), list(conf.seed_kinds), bool(conf.determinism_check),
                            design)
     n = enqueue_plan(repro, plan)
-    grid = (f"{conf.n_seeds} init × {conf.n_seeds} data-order seeds (crossed)" if design == "crossed"
-            else f"{conf.n_seeds} seed(s) × {list(conf.seed_kinds)}")
+    grid = {"crossed": f"{conf.n_seeds} init × {conf.n_seeds} data-order seeds (crossed)",
+            "paired": f"{int(conf.n_seeds) ** 2} fresh (init, data-order) seed pairs shared by the configs (paired)",
+            }.get(design, f"{conf.n_seeds} seed(s) × {list(conf.seed_kinds)}")
     console.print(f"reproduce: top {conf.top_k} config(s) × {grid}"
                   f"{' + determinism check' if conf.determinism_check else ''} = {len(plan)} runs")
     fixed = SearchSpace(fixed=dict(session.space.fixed))
@@ -160,9 +170,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--study", default=None, help="study name (default: the latest)")
     parser.add_argument("--top-k", type=int, required=True, help="how many of the best configs to re-run")
     parser.add_argument("--n-seeds", type=int, required=True,
-                        help="crossed: S init x S data-order seeds per config; one_at_a_time: S per seed kind")
-    parser.add_argument("--design", default="crossed", choices=["crossed", "one_at_a_time"],
-                        help="crossed (default; separates init from data-order variance) or one_at_a_time")
+                        help="crossed: S init x S data-order seeds per config; paired: S^2 fresh seed pairs per "
+                             "config; one_at_a_time: S per seed kind")
+    parser.add_argument("--design", default="crossed", choices=list(DESIGNS),
+                        help="crossed (default; separates init from data-order variance), paired (as many runs on "
+                             "fresh seed pairs shared by the configs: a more powerful lead test, no variance split) "
+                             "or one_at_a_time")
     parser.add_argument("--seed-kinds", default="seed,data_seed,both",
                         help="one_at_a_time only: which seeds vary: seed (init+dropout), data_seed (data order), both")
     parser.add_argument("--no-determinism-check", action="store_true", help="skip re-running the winner twice")
