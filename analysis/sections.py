@@ -378,11 +378,12 @@ def _seed_kinds(d: ReportData) -> list[Block]:
             "Not estimable under the paired design: every paired run draws a fresh init seed and a fresh data order "
             "together, so init-seed and data-order variance are confounded; the table gives their sum (one run's "
             "spread) per config, over n runs. To split them, reproduce with `--design crossed` "
-            "(hydra.sweeper.reproduce.design=crossed, the default)."))
+            "(hydra.sweeper.reproduce.design=crossed: as many runs on an init × data-order seed grid, with a "
+            "weaker lead test)."))
     if table["seed_kind"].isin(["seed", "data_seed", "both"]).any():
         notes.append(Paragraph(
             "The seed / data_seed / both replicates vary one seed at a time, which cannot say which source dominates "
-            "at a handful of runs; the crossed design (hydra.sweeper.reproduce.design=crossed, the default) can."))
+            "at a handful of runs; the crossed design (`--design crossed`, hydra.sweeper.reproduce.design=crossed) can."))
     return blocks + [Table(shown, "Per config and seed kind (std/var with ddof = 1)"), *notes]
 
 

@@ -29,7 +29,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 REPRODUCE = ["hydra.sweeper.reproduce.top_k=1", "hydra.sweeper.reproduce.n_seeds=2",
-             "hydra.sweeper.reproduce.determinism_check=false"]
+             "hydra.sweeper.reproduce.design=crossed", "hydra.sweeper.reproduce.determinism_check=false"]
 OLD = ["hydra.sweeper.include_base=false", "hydra.sweeper.objective_at=last", "hydra.sweeper.prune_after=0",
        "hydra.sweeper.prune_min_trials=0", "hydra.sweeper.pruner_kwargs={n_startup_trials: 2, n_warmup_steps: 1}"]
 

@@ -33,7 +33,7 @@ from common import (BENCH, REPO, SST2_DIR, Context, Proc, Section, TrialRow, ben
 TOLERANCE = 0.005  # 0.5 accuracy points
 WIDER_BANDS = (0.01, 0.02)
 REPRODUCE = ["hydra.sweeper.reproduce.top_k=1", "hydra.sweeper.reproduce.n_seeds=2",
-             "hydra.sweeper.reproduce.determinism_check=false"]
+             "hydra.sweeper.reproduce.design=crossed", "hydra.sweeper.reproduce.determinism_check=false"]
 PRUNING_DEFAULTS = ["hydra.sweeper.pruner=median", "hydra.sweeper.prune_after=0.5", "hydra.sweeper.prune_min_trials=4"]
 ARMS = ("TPE", "random", "TPE + pruning", "TPE + race", "HF hyperparameter_search", "project defaults")
 OURS = "TPE + pruning"  # the product's default search, the one compared with HF's

@@ -94,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     names = {s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False)}
     if name + REPRODUCE_SUFFIX not in names:
         run([sys.executable, "-m", "analysis.reproduce", "--top-k", str(args.top_k), "--n-seeds", str(args.n_seeds),
-             "--no-determinism-check", "--n-jobs", "2"], workdir, "reproduce.log")
+             "--design", "crossed", "--no-determinism-check", "--n-jobs", "2"], workdir, "reproduce.log")
     race_cells = replicates(optuna.load_study(study_name=name + RACE_SUFFIX, storage=storage))
     repro_cells = replicates(optuna.load_study(study_name=name + REPRODUCE_SUFFIX, storage=storage))
 

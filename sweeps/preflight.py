@@ -81,15 +81,15 @@ def check_sweeper_settings(conf: DictConfig, space: SearchSpace, objectives: lis
     reproduce = conf.reproduce
     if int(reproduce.top_k) < 0 or int(reproduce.n_seeds) < 0:
         raise SweeperConfigError("hydra.sweeper.reproduce.top_k / n_seeds: must be >= 0")
-    if reproduce.get("design", "crossed") not in ("crossed", "paired", "one_at_a_time"):
+    if reproduce.get("design", "paired") not in ("crossed", "paired", "one_at_a_time"):
         raise SweeperConfigError(
             f"hydra.sweeper.reproduce.design: {reproduce.design!r} is not allowed; allowed: crossed (every config on "
             "S init seeds x S data-order seeds), paired (every config on the same S^2 fresh seed pairs), "
             "one_at_a_time (S seeds per kind in seed_kinds)")
-    if reproduce.get("design", "crossed") == "crossed" and int(reproduce.top_k) > 0 and int(reproduce.n_seeds) == 1:
+    if reproduce.get("design", "paired") == "crossed" and int(reproduce.top_k) > 0 and int(reproduce.n_seeds) == 1:
         raise SweeperConfigError("hydra.sweeper.reproduce.n_seeds: the crossed design needs at least 2 (a 2 x 2 grid "
                                  "of init and data-order seeds) to separate the two sources; got 1")
-    if reproduce.get("design", "crossed") == "paired" and int(reproduce.top_k) > 0 and int(reproduce.n_seeds) == 1:
+    if reproduce.get("design", "paired") == "paired" and int(reproduce.top_k) > 0 and int(reproduce.n_seeds) == 1:
         raise SweeperConfigError("hydra.sweeper.reproduce.n_seeds: the paired design needs at least 2 (2^2 = 4 seed "
                                  "pairs per config) for an interval and a lead test; got 1")
     for kind in reproduce.seed_kinds:

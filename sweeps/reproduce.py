@@ -2,15 +2,18 @@
 
 Replicates live in a companion study `<study>--reproduce` on the same storage, so they never feed
 the search sampler nor count against `n_trials`. Each replicate keeps the config of the trial it
-replicates and draws fresh seeds. The default design is crossed (Dodge et al. 2020): every config
-runs on a grid of S fresh init seeds x S fresh data-order seeds, which separates the variance of
-the two sources (and their interaction) and never reuses a seed the search selected, so the
-reproduced mean carries none of the selection's luck. The paired design runs every config on the
-same S² fresh (init seed, data seed) pairs, no seed shared between pairs: as many runs as the
-crossed grid, but independent ones, so the lead test (a paired t-test) is more powerful, at the
-price of not splitting init from data-order variance (bench/results/lead_power.md). The older
-one-at-a-time design changes only `seed`, only `data_seed`, or both. The winner is also re-run with its own seeds, twice, to check
-bitwise determinism. Enqueuing is idempotent, so an interrupted reproduction resumes where it stopped.
+replicates and draws fresh seeds. The default design is paired: every config runs on the same S²
+fresh (init seed, data seed) pairs, no seed shared between pairs, so the lead test (a paired t-test
+on independent pairs) finds a 2-SD lead 80% / 99.7% of the time on 2 x 2 / 3 x 3 at SST-2's measured
+noise, where the crossed grid's test finds 29% / 79% (bench/results/lead_power.md). The crossed
+design (Dodge et al. 2020) runs every config on a grid of S fresh init seeds x S fresh data-order
+seeds, as many runs, which separates the variance of the two sources (and their interaction) at
+the price of that power. The older one-at-a-time design changes only `seed`, only `data_seed`, or
+both. No design reuses a seed the search or the seed race (`<study>--race`) ran with, so the
+reproduced mean carries none of their selection's luck. The winner is also re-run with its own
+seeds, twice, to check bitwise determinism. Enqueuing is idempotent, so an interrupted
+reproduction resumes where it stopped, in the design it started with (a study's replicates are
+read by the design their `seed_kind` records; one study holds one design).
 
 On an existing study: `lora-sweep reproduce --top-k 2 --n-seeds 3` (= `python -m sweeps.reproduce`,
 or `python -m analysis.reproduce`); then `lora-sweep report` shows the reproducibility section.
@@ -20,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Collection
 from typing import Any
 
 import optuna
@@ -29,20 +33,26 @@ from optuna.trial import TrialState
 from sweeps.progress import console, top_trials_table  # noqa: F401
 from sweeps.search.space import SearchSpace
 from sweeps.seed_stats import interval_text
-from sweeps.search.storage import REPRODUCE_SUFFIX, is_masked, latest_study_name, mask_url, open_storage, storage_url
+from sweeps.search.storage import RACE_SUFFIX, REPRODUCE_SUFFIX, is_masked, latest_study_name, mask_url, open_storage, storage_url
 from sweeps.search.study import top_trials
 
 FRESH_SEED_BASE = 10_000  # replicate seeds never collide with seeds a search space would try
 
 
 DESIGNS = ("crossed", "paired", "one_at_a_time")
+DEFAULT_DESIGN = "paired"
+# the seed kinds each design's replicates record (determinism re-runs belong to every design)
+DESIGN_OF_KIND = {"crossed": "crossed", "paired": "paired", "seed": "one_at_a_time", "data_seed": "one_at_a_time",
+                  "both": "one_at_a_time"}
+SEED_ATTRS = ("seed", "data_seed", "replicate_seed", "replicate_data_seed")
 
 
-def fresh_seed_values(trials: list[optuna.trial.FrozenTrial], n: int) -> list[int]:
-    """n seeds from FRESH_SEED_BASE up that none of `trials` ran with (as init or data seed): a
-    replicate on a seed the search selected would carry the selection's luck. The same list for
-    every config, so their replicates pair seed for seed."""
+def fresh_seed_values(trials: list[optuna.trial.FrozenTrial], n: int, avoid: Collection[int] = ()) -> list[int]:
+    """n seeds from FRESH_SEED_BASE up that none of `trials` ran with (as init or data seed) and
+    none in `avoid`: a replicate on a seed the search (or the race) selected would carry the
+    selection's luck. The same list for every config, so their replicates pair seed for seed."""
     used = {int(t.user_attrs[k]) for t in trials for k in ("seed", "data_seed") if k in t.user_attrs}
+    used |= {int(v) for v in avoid}
     out, candidate = [], FRESH_SEED_BASE
     while len(out) < n:
         if candidate not in used:
@@ -51,9 +61,35 @@ def fresh_seed_values(trials: list[optuna.trial.FrozenTrial], n: int) -> list[in
     return out
 
 
+def race_seed_values(storage: Any, study_name: str) -> set[int]:
+    """Every seed value (init or data order) the seed race of `study_name` ran or queued, in any
+    state; empty where the study had no race. The race picked its winner on these seeds, so a
+    reproduction on one of them would carry the race's selection luck."""
+    try:
+        race = optuna.load_study(study_name=study_name + RACE_SUFFIX, storage=storage)
+    except KeyError:
+        return set()
+    seeds = set()
+    for t in race.get_trials(deepcopy=False):
+        attrs = {**t.user_attrs.get("overrides", {}), **t.user_attrs}
+        seeds |= {int(attrs[k]) for k in SEED_ATTRS if attrs.get(k) is not None}
+    return seeds
+
+
+def recorded_design(repro: optuna.Study) -> str | None:
+    """The design a study's reproduction already ran (from its replicates' `seed_kind`), or None
+    where it has no replicate yet. Studies from before `paired` became the default read as the
+    crossed design they ran."""
+    kinds = {t.user_attrs.get("seed_kind") for t in repro.get_trials(deepcopy=False)}
+    designs = {DESIGN_OF_KIND[k] for k in kinds if k in DESIGN_OF_KIND}
+    return designs.pop() if len(designs) == 1 else None
+
+
 def plan_replicates(study: optuna.Study, top_k: int, n_seeds: int, seed_kinds: list[str],
-                    determinism_check: bool, design: str = "crossed") -> list[dict[str, Any]]:
-    """One entry per replicate run: its overrides and the user attrs the report reads.
+                    determinism_check: bool, design: str = DEFAULT_DESIGN,
+                    avoid_seeds: Collection[int] = ()) -> list[dict[str, Any]]:
+    """One entry per replicate run: its overrides and the user attrs the report reads. No fresh
+    seed is one the reproduced configs ran with or one in `avoid_seeds` (the race's seeds).
 
     crossed: n_seeds fresh init seeds x n_seeds fresh data seeds per config (n_seeds² runs);
     paired: n_seeds² fresh (init seed, data seed) pairs per config, the same pairs for every config,
@@ -64,7 +100,7 @@ def plan_replicates(study: optuna.Study, top_k: int, n_seeds: int, seed_kinds: l
         raise ValueError(f"hydra.sweeper.reproduce.design: {design!r}; allowed: {', '.join(DESIGNS)}")
     plan = []
     top = top_trials(study, top_k)
-    fresh_seeds = fresh_seed_values(top, 2 * n_seeds**2 if design == "paired" else n_seeds)
+    fresh_seeds = fresh_seed_values(top, 2 * n_seeds**2 if design == "paired" else n_seeds, avoid_seeds)
     for rank, trial in enumerate(top):
         seed, data_seed = int(trial.user_attrs["seed"]), int(trial.user_attrs["data_seed"])
         base = {k: v for k, v in trial.params.items() if k not in ("seed", "data_seed")}
@@ -114,14 +150,16 @@ def reproduce_step(study: optuna.Study, storage, session, runbook) -> None:
         run_reproduction(study, storage, session, runbook)
 
 
-def run_reproduction(study: optuna.Study, storage, session, runbook) -> optuna.Study:
-    """Plan, enqueue and run the replicates in new workers on the sweep's plan, under its MLflow parent."""
+def run_reproduction(study: optuna.Study, storage, session, runbook, design_asked: bool = False) -> optuna.Study:
+    """Plan, enqueue and run the replicates in new workers on the sweep's plan, under its MLflow parent.
+    `design_asked`: `reproduce.design` was named by the user (the CLI's --design), not a default."""
     conf = session.conf.reproduce
     # on a resume, the replicates left RUNNING are failed there; enqueue_plan below queues them again
     repro = session.open_companion(study, storage, REPRODUCE_SUFFIX, runbook)
-    design = str(conf.get("design", "crossed"))
+    design = resolve_design(str(conf.get("design", DEFAULT_DESIGN)), recorded_design(repro), repro.study_name,
+                            design_asked)
     plan = plan_replicates(study, int(conf.top_k), int(conf.n_seeds), list(conf.seed_kinds), bool(conf.determinism_check),
-                           design)
+                           design, avoid_seeds=race_seed_values(storage, study.study_name))
     n = enqueue_plan(repro, plan)
     grid = {"crossed": f"{conf.n_seeds} init × {conf.n_seeds} data-order seeds (crossed)",
             "paired": f"{int(conf.n_seeds) ** 2} fresh (init, data-order) seed pairs shared by the configs (paired)",
@@ -133,6 +171,25 @@ def run_reproduction(study: optuna.Study, storage, session, runbook) -> optuna.S
     session.watch(session.supervisor(repro, runbook, specs, n), repro, n, "reproduce")
     report_held_out(storage, study, runbook)
     return repro
+
+
+def resolve_design(asked: str, recorded: str | None, repro_name: str, explicit: bool = False) -> str:
+    """The design to run. A study's reproduction keeps the design its replicates record (a resume,
+    or a study reproduced before `paired` became the default: its grids stay complete and its
+    report reads them as they were run), unless the user named another one on the command line
+    (`explicit`), which is run with a warning: the report reads each config by its own replicates'
+    design, and the lead test of two configs under different designs falls back to Welch."""
+    if recorded is None or asked == recorded:
+        return asked
+    if explicit:
+        console.print(f"reproduce: {repro_name!r} already holds {recorded} replicates; adding {asked} ones as asked "
+                      f"(a config replicated under both is read as independent runs; --design {recorded} keeps one "
+                      "design)")
+        return asked
+    console.print(f"reproduce: {repro_name!r} already holds {recorded} replicates, so this reproduction goes on with "
+                  f"the {recorded} design (one design per study; `lora-sweep reproduce --design {asked}` adds "
+                  f"{asked} replicates)")
+    return recorded
 
 
 def report_held_out(storage, study: optuna.Study, runbook) -> None:
@@ -170,12 +227,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--study", default=None, help="study name (default: the latest)")
     parser.add_argument("--top-k", type=int, required=True, help="how many of the best configs to re-run")
     parser.add_argument("--n-seeds", type=int, required=True,
-                        help="crossed: S init x S data-order seeds per config; paired: S^2 fresh seed pairs per "
+                        help="paired: S^2 fresh seed pairs per config; crossed: S init x S data-order seeds per "
                              "config; one_at_a_time: S per seed kind")
-    parser.add_argument("--design", default="crossed", choices=list(DESIGNS),
-                        help="crossed (default; separates init from data-order variance), paired (as many runs on "
-                             "fresh seed pairs shared by the configs: a more powerful lead test, no variance split) "
-                             "or one_at_a_time")
+    parser.add_argument("--design", default=None, choices=list(DESIGNS),
+                        help="paired (default: fresh seed pairs shared by the configs, the more powerful lead test), "
+                             "crossed (as many runs on an init x data-order seed grid: splits init from data-order "
+                             "variance) or one_at_a_time; unset, a study whose reproduction already ran keeps its "
+                             "design")
     parser.add_argument("--seed-kinds", default="seed,data_seed,both",
                         help="one_at_a_time only: which seeds vary: seed (init+dropout), data_seed (data order), both")
     parser.add_argument("--no-determinism-check", action="store_true", help="skip re-running the winner twice")
@@ -206,7 +264,7 @@ def main(argv: list[str] | None = None) -> int:
     kinds = [k.strip() for k in args.seed_kinds.split(",") if k.strip()]
     conf = OmegaConf.structured(LoraOptunaSweeperConf(
         n_jobs=args.n_jobs, reproduce=ReproduceConf(top_k=args.top_k, n_seeds=args.n_seeds, seed_kinds=kinds,
-                                                    design=args.design,
+                                                    design=args.design or DEFAULT_DESIGN,
                                                     determinism_check=not args.no_determinism_check)))
     uri = args.tracking_uri or attrs.get("mlflow_tracking_uri", "")
     if not uri or is_masked(uri):
@@ -218,7 +276,7 @@ def main(argv: list[str] | None = None) -> int:
                            tracking_uri=uri, trial_root=attrs["trial_root"])
     runbook = RunBook(uri, attrs["mlflow_experiment_name"], parent_run_id=attrs.get("mlflow_parent_run_id"))
     print(f"reproducing the top {args.top_k} of {name!r} ({mask_url(url)})")
-    repro = run_reproduction(study, storage, session, runbook)
+    repro = run_reproduction(study, storage, session, runbook, design_asked=args.design is not None)
     done = len(repro.get_trials(states=(optuna.trial.TrialState.COMPLETE,)))
     print(f"{done} replicate runs complete in study {repro.study_name!r}; "
           f"report: python -m analysis.report --study {name}")

@@ -11,8 +11,8 @@ from hydra.core.config_store import ConfigStore
 @dataclass
 class ReproduceConf:
     top_k: int = 0               # after the search, re-run the K best configs ...
-    n_seeds: int = 0             # ... on S fresh init seeds x S fresh data-order seeds (crossed design)
-    design: str = "crossed"      # crossed | paired (S^2 fresh (init, data) seed pairs shared by the configs: a stronger lead test, no init/data split) | one_at_a_time (S runs per kind in seed_kinds)
+    n_seeds: int = 0             # ... on S^2 fresh (init, data-order) seed pairs shared by the configs (paired design)
+    design: str = "paired"       # paired (the stronger lead test, no init/data split) | crossed (S init x S data-order seeds per config: splits init from data-order variance) | one_at_a_time (S runs per kind in seed_kinds); a study whose reproduction already ran keeps its design
     seed_kinds: List[str] = field(default_factory=lambda: ["seed", "data_seed", "both"])  # one_at_a_time only
     determinism_check: bool = True  # also re-run the winner with its own seeds (bitwise check)
 

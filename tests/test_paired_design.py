@@ -1,4 +1,4 @@
-"""The paired reproduction design (`hydra.sweeper.reproduce.design=paired`, `--design paired`):
+"""The paired reproduction design (the default: `hydra.sweeper.reproduce.design=paired`, `--design paired`):
 every reproduced config on the same S² fresh (init seed, data seed) pairs. Its claims, by seeded
 simulation through the product's own functions: the lead test beats Welch on as many runs at the
 measured seed-luck sharing and keeps its level, the held-out interval covers, and the plan never
@@ -191,7 +191,7 @@ def test_crossed_report_with_low_power_points_to_the_paired_design(tmp_path):
 @pytest.mark.slow
 @pytest.mark.timeout(900)
 def test_real_paired_reproduction_reports_intervals_with_n_and_the_power_line(tmp_path, tiny_bert_dir):
-    """A tiny search on data=demo, then `lora-sweep reproduce --design paired` on it: both configs
+    """A tiny search on data=demo, then `lora-sweep reproduce` (no --design: the paired default) on it: both configs
     run on the same 4 fresh seed pairs, and the report tests the lead on them with n beside every
     interval and the design's power line. The objective is the eval loss: the tiny model's accuracy
     on a few demo rows is one constant value, which would leave nothing to test."""
@@ -201,8 +201,8 @@ def test_real_paired_reproduction_reports_intervals_with_n_and_the_power_line(tm
               "hydra.sweeper.pruner=none", "train.learning_rate=choice(0.002, 0.02)",
               "hydra.sweeper.objectives=[eval_loss]", "hydra.sweeper.direction=minimize")
     run_env = {**env(), "PYTHONPATH": str(REPO)}
-    proc = subprocess.run([sys.executable, "-m", "sweeps.reproduce", "--top-k", "2", "--n-seeds", "2", "--design",
-                           "paired", "--no-determinism-check"], cwd=tmp_path, env=run_env, capture_output=True,
+    proc = subprocess.run([sys.executable, "-m", "sweeps.reproduce", "--top-k", "2", "--n-seeds", "2",
+                           "--no-determinism-check"], cwd=tmp_path, env=run_env, capture_output=True,
                           text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     assert "4 fresh (init, data-order) seed pairs shared by the configs (paired)" in proc.stdout

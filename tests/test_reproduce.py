@@ -1,5 +1,7 @@
-"""Search → replicate → report on a real (tiny) sweep: the reproducibility table, the significance of
-the winner's lead, the bitwise determinism check, and the report logged on the MLflow parent run."""
+"""Search → race → replicate (the crossed design, asked for explicitly: paired is the default, tested in
+tests/test_paired_design.py) → report on a real (tiny) sweep: the reproducibility table, the
+significance of the winner's lead, the bitwise determinism check, the reproduction's seeds apart
+from the race's, and the report logged on the MLflow parent run."""
 
 from __future__ import annotations
 
@@ -21,6 +23,7 @@ def reproduced(tmp_path_factory, tiny_bert_dir):
     run_sweep(cwd, *TINY, f"model.name_or_path={tiny_bert_dir}", "hydra.sweeper.n_trials=3",
               "hydra.sweeper.pruner=none", "train.learning_rate=choice(0.002, 0.02, 0.2)",
               "hydra.sweeper.reproduce.top_k=2", "hydra.sweeper.reproduce.n_seeds=2",
+              "hydra.sweeper.reproduce.design=crossed",
               "hydra.sweeper.race.enabled=true", "hydra.sweeper.race.top_k=2", "hydra.sweeper.race.max_runs=4")
     return cwd
 
@@ -35,6 +38,13 @@ def test_sweep_reruns_the_top_configs_with_fresh_seeds(reproduced):
         cells = {(t.user_attrs["seed"], t.user_attrs["data_seed"]) for t in trials
                  if t.user_attrs["replicates_trial"] == config and t.user_attrs["seed_kind"] == "crossed"}
         assert len(cells) == 4 and len({s for s, _ in cells}) == 2 and len({d for _, d in cells}) == 2
+    # no replicate ran on a seed the race ran with (both draw upward from the same base): the race
+    # picked its winner on those seeds, and the reproduced mean must not carry that luck
+    race = only_study(reproduced, suffix="--race")
+    race_seeds = {t.user_attrs[k] for t in race.trials for k in ("seed", "data_seed") if k in t.user_attrs}
+    drawn = {t.user_attrs[k] for t in trials if t.user_attrs["seed_kind"] == "crossed" for k in ("seed", "data_seed")}
+    search_seeds = {t.user_attrs[k] for t in study.trials for k in ("seed", "data_seed") if k in t.user_attrs}
+    assert race_seeds and drawn and not drawn & race_seeds and not drawn & search_seeds
     best_two = sorted(study.get_trials(states=(TrialState.COMPLETE,)), key=lambda t: -t.value)[:2]
     assert {t.user_attrs["replicates_trial"] for t in trials} == {t.number for t in best_two}
     for trial in trials:
@@ -86,7 +96,8 @@ def test_report_has_the_reproducibility_section_and_lands_on_the_parent(reproduc
     assert ("Cannot tell at this n" in md) or ("contributes more variance" in md)
     # the per-config means carry the crossed grid's interval and n; the lead is tested on paired cells
     assert "One-sided paired test of the winner's lead" in md and "paired on the 4 seed cells both ran (n = 4)" in md
-    assert "optimistically biased" in md  # the default search space tunes the seed
+    # with the race on, seed / data_seed leave the search space (race.search_seeds=false): no tuned-seed warning
+    assert "optimistically biased" not in md
     assert "Held-out test (data.test_split)" in md and "held-out test mean" in md
     # issue 25: the raced winner heads the report with n; the design's power sits beside the verdict;
     # no interval is zero-width (n runs with one value read "no variation seen in n runs")
