@@ -48,7 +48,8 @@ class Sweep:
         compose = ComposeSpec(self.config_dir(), str(self.config.hydra.job.config_name), tuple(plain))
         if not conf.dry_run:
             warm_up_workers(conf)
-        largest_mb, job, compose = preflight_sweep(conf, job, space, compose, objectives, self.compose_variant(plain))
+        largest_mb, job, compose, space = preflight_sweep(conf, job, space, compose, objectives,
+                                                          self.compose_variant(plain))
         url = storage_url(conf.storage)
         study_name = conf.study_name or default_name(self.job_config(resolve=False), space, objectives, directions)
         if conf.dry_run:
