@@ -40,12 +40,13 @@ VARIANT_NAMES = {"lora": "LoRA", "dora": "DoRA", "pissa": "PiSSA"}
 HIDDEN_SIZE_NAMES = ("hidden_size", "n_embd", "d_model", "dim")
 
 
-def rate_for_width(hidden_size: int) -> float:
-    """The prior LoRA learning rate of a model this wide (plain LoRA), 3 significant digits."""
+def rate_for_width(hidden_size: int, factor: float = 1.0) -> float:
+    """The prior LoRA learning rate of a model this wide (plain LoRA; times a variant's `factor`),
+    3 significant digits."""
     if not hidden_size > 0:
         raise ValueError(f"hidden size must be > 0, got {hidden_size}")
     rate = REFERENCE_RATE * (REFERENCE_WIDTH / hidden_size) ** WIDTH_EXPONENT
-    return float(f"{min(rate, MAX_RATE):.3g}")
+    return float(f"{min(rate, MAX_RATE) * factor:.3g}")
 
 
 def variant_of(lora: Mapping[str, Any]) -> str:
@@ -109,5 +110,4 @@ def lr_prior(model: Mapping[str, Any], variant: str = "lora", model_config: Any 
         raise ConfigError(key, asked, "a number for this model",
                           f"its config ({type(text_config(config)).__name__}) names no hidden size "
                           f"({', '.join(HIDDEN_SIZE_NAMES)})")
-    rate = float(f"{rate_for_width(hidden) * VARIANT_FACTORS[variant]:.3g}")
-    return LrPrior(rate, hidden, variant)
+    return LrPrior(rate_for_width(hidden, VARIANT_FACTORS[variant]), hidden, variant)
