@@ -14,7 +14,7 @@ from sweeps.progress import console, data_fit_note
 from sweeps.search.pruning import ROW_MEAN_OBJECTIVES, prune_guard
 from sweeps.search.samplers import kwargs_of, SweeperConfigError, make_pruner, make_sampler
 from sweeps.search.priors import resolve_lr_prior
-from sweeps.search.space import PRIOR_TAG, SearchSpace, override_line
+from sweeps.search.space import SearchSpace, override_line
 from sweeps.search.startup import STARTUP_MODES
 from sweeps.runtime.worker_plan import DeviceError, plan_for
 from trainer.trace import traced
@@ -186,10 +186,10 @@ def preflight_sweep(conf: DictConfig, job: DictConfig, space: SearchSpace, compo
 
 def resolve_space_prior(space: SearchSpace, job: DictConfig) -> SearchSpace:
     """The space's tag(lr_prior, ...) ranges in rates for the job's model, printed."""
-    space, priors = resolve_lr_prior(space, job)
-    for key in priors and [k for k, text in space.grammar.items() if PRIOR_TAG in text]:
-        console.print(f"[bold]learning-rate prior[/] {escape(key)}: {escape(space.grammar[key])}")
-    return space
+    resolved, _ = resolve_lr_prior(space, job)
+    for key in space.prior_multiples:
+        console.print(f"[bold]learning-rate prior[/] {escape(key)}: {escape(resolved.grammar[key])}")
+    return resolved
 
 
 def check_memory_limit(limit_gb: float, largest_mb: float, cheapest: dict[str, Any], space: SearchSpace,

@@ -127,6 +127,23 @@ def test_tpe_takes_over_with_the_startup_trials_as_history():
     assert median_miss(tpe) < 0.6 * median_miss(rnd)  # 0.13 vs 0.32 decades
 
 
+def test_the_report_does_not_take_informed_trials_for_random_draws():
+    """The expected-max curve (analysis) assumes i.i.d. draws: the informed trials were placed, and
+    TPE then had no random start-up to take instead."""
+    import numpy as np
+    import pandas as pd
+
+    from analysis.context import ReportData
+
+    frame = pd.DataFrame({"number": range(8), "state": ["COMPLETE"] * 8, "value": [0.5 + 0.01 * i for i in range(8)],
+                          "last_intermediate": [np.nan] * 8, f"attr.{TRIAL_ATTR}": ["informed"] * 4 + [None] * 4})
+    data = ReportData(study=None, attrs={"sampler": "tpe", STUDY_ATTR: 4}, frame=frame,
+                      done=frame, repro=None, reps=pd.DataFrame())
+    values, label = data.expected_max_sample()
+    assert list(values) == pytest.approx([0.54, 0.55, 0.56, 0.57]) and "not i.i.d." in label
+    assert "random start-up" not in label
+
+
 @pytest.mark.slow
 def test_a_sweep_with_two_workers_enqueues_once_and_a_resume_adds_none(tmp_path, tiny_bert_dir):
     common = (*TINY, f"model.name_or_path={tiny_bert_dir}", "hydra.sweeper.startup=informed", "hydra.sweeper.n_jobs=2",

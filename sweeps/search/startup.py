@@ -28,7 +28,8 @@ from sweeps.search.space import SearchSpace
 STARTUP_MODES = ("random", "informed")
 LR_KEY = "train.learning_rate"
 STUDY_ATTR = "informed_startup"  # study attribute: how many informed trials were enqueued
-TRIAL_ATTR = "startup"           # trial attribute of those trials: "informed"
+TRIAL_ATTR = "startup"           # trial attribute of those trials ...
+INFORMED = "informed"            # ... with this value
 
 
 def default_startup_trials() -> int:
@@ -152,7 +153,7 @@ def enqueue_informed_startup(study: optuna.Study, space: SearchSpace, n: int,
         return [], f"informed start-up: {reason}; the sampler's random start-up runs instead"
     params = informed_startup_params(space, n, base)
     for p in params:
-        study.enqueue_trial(p, user_attrs={TRIAL_ATTR: "informed"})
+        study.enqueue_trial(p, user_attrs={TRIAL_ATTR: INFORMED})
     study.set_user_attr(STUDY_ATTR, len(params))
     rates = sorted(p[LR_KEY] for p in params)
     span = f"{rates[0]:.3g}..{rates[-1]:.3g}" if rates else "none"
