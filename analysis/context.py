@@ -11,6 +11,7 @@ import pandas as pd
 
 from analysis.frames import complete, reproduce_frame, reproduce_study_name, trials_frame
 from analysis.reproducibility import replicates
+from sweeps.search.startup import INFORMED, STUDY_ATTR as INFORMED_STUDY_ATTR, TRIAL_ATTR as STARTUP_ATTR
 
 
 @dataclass
@@ -72,11 +73,14 @@ class ReportData:
         Completed trials alone are a biased sample (the pruner removed the worst), so pruned trials
         count at their last reported value. TPE's proposals after its random start-up depend on
         earlier results, so with TPE only the start-up trials are used when there are enough of them.
-        The enqueued base config (#0, `attr.base`) is left out: the user chose it, it was not drawn.
+        The enqueued base config (#0, `attr.base`) is left out: the user chose it, it was not drawn;
+        so are the trials of an informed start-up (`attr.startup`: the prior's config at spread rates).
         """
         finished = self.frame[self.frame["state"].isin(["COMPLETE", "PRUNED"])]
         if "attr.base" in finished.columns:  # the enqueued base config is the user's pick, not a random draw
             finished = finished[finished["attr.base"].astype("boolean").fillna(False) == False]  # noqa: E712
+        if f"attr.{STARTUP_ATTR}" in finished.columns:  # hydra.sweeper.startup=informed: placed, not drawn
+            finished = finished[finished[f"attr.{STARTUP_ATTR}"] != INFORMED]
         values = np.where(finished["state"] == "COMPLETE", finished["value"], finished["last_intermediate"])
         ok = np.isfinite(values.astype(float))
         finished, values = finished[ok], values[ok].astype(float)
@@ -85,7 +89,7 @@ class ReportData:
         sampler = str(self.attrs.get("sampler") or "").lower()
         if sampler == "random":
             return values, f"all {len(values)} finished random-search trials (i.i.d. draws{with_pruned})"
-        if sampler == "tpe":
+        if sampler == "tpe" and INFORMED_STUDY_ATTR not in self.attrs:  # informed: TPE had no random start-up
             startup = int((self.attrs.get("sampler_kwargs") or {}).get("n_startup_trials", 10))
             first = (finished["number"] < startup).to_numpy()
             if first.sum() >= 2:

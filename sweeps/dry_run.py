@@ -15,7 +15,8 @@ from rich.table import Table
 from sweeps.runtime.compose import ComposeSpec
 from sweeps.progress import console
 from sweeps.search.samplers import kwargs_of, make_sampler, sampler_seed
-from sweeps.search.space import SearchSpace, suggest
+from sweeps.search.space import SearchSpace, base_params, suggest
+from sweeps.search.startup import informed_startup_params, startup_trials, why_not_informed
 from sweeps.search.storage import mask_url
 from sweeps.runtime.worker_plan import plan_for
 
@@ -45,6 +46,31 @@ def sample_configs(conf: DictConfig, space: SearchSpace, directions: list[str], 
     return samples
 
 
+def print_configs(title: str, space: SearchSpace, configs: list[dict[str, Any]]) -> None:
+    table = Table(title=title)
+    keys = list(dict.fromkeys([*space.distributions, *(k for config in configs for k in config)]))  # a custom space's keys vary
+    for key in ["#", *keys]:
+        table.add_column(key)
+    for i, config in enumerate(configs):
+        table.add_row(str(i), *[("-" if k not in config else f"{config[k]:.4g}" if isinstance(config[k], float)
+                                 else str(config[k])) for k in keys])
+    console.print(table)
+
+
+def print_informed_startup(conf: DictConfig, job: DictConfig, space: SearchSpace) -> None:
+    """The trials hydra.sweeper.startup=informed enqueues into a new study (after the base trial)."""
+    reason = why_not_informed(space)
+    if reason:
+        console.print(f"informed start-up: {reason}; the sampler's random start-up runs instead")
+        return
+    params, outside = base_params(job, space)
+    base = params if conf.get("include_base", True) and not outside and str(conf.sampler) != "grid" else None
+    n = min(startup_trials(kwargs_of(conf.sampler_kwargs)), int(conf.n_trials))
+    configs = informed_startup_params(space, n, base)
+    print_configs(f"informed start-up: {len(configs)} trials run first{' after the base config' if base else ''}, "
+                  "then the sampler", space, configs)
+
+
 def print_dry_run(conf: DictConfig, job: DictConfig, space: SearchSpace, compose: ComposeSpec, study_name: str,
                   url: str, objectives: list[str], directions: list[str]) -> None:
     import trainer
@@ -62,15 +88,10 @@ def print_dry_run(conf: DictConfig, job: DictConfig, space: SearchSpace, compose
         table.add_row(key, space.grammar.get(key, ""), f"fixed = {value!r}")
     console.print(table)
 
+    if conf.get("startup", "random") == "informed":
+        print_informed_startup(conf, job, space)
     samples = sample_configs(conf, space, directions, study_name)
-    table = Table(title=f"first {len(samples)} sampled configs")
-    keys = list(dict.fromkeys(k for sample in samples for k in sample))  # a custom space's keys may vary
-    for key in ["#", *keys]:
-        table.add_column(key)
-    for i, sample in enumerate(samples):
-        table.add_row(str(i), *[("-" if k not in sample else f"{sample[k]:.4g}" if isinstance(sample[k], float)
-                                 else str(sample[k])) for k in keys])
-    console.print(table)
+    print_configs(f"first {len(samples)} sampled configs", space, samples)
 
     report = trainer.preflight(job)
     table = Table(title=f"trainable parameters per target-module preset ({report.model_type}, r={job.lora.r}, "

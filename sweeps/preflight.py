@@ -13,7 +13,9 @@ from sweeps.runtime.compose import ComposeSpec
 from sweeps.progress import console, data_fit_note
 from sweeps.search.pruning import ROW_MEAN_OBJECTIVES, prune_guard
 from sweeps.search.samplers import kwargs_of, SweeperConfigError, make_pruner, make_sampler
+from sweeps.search.priors import resolve_lr_prior
 from sweeps.search.space import SearchSpace, override_line
+from sweeps.search.startup import STARTUP_MODES
 from sweeps.runtime.worker_plan import DeviceError, plan_for
 from trainer.trace import traced
 
@@ -33,6 +35,9 @@ def check_sweeper_settings(conf: DictConfig, space: SearchSpace, objectives: lis
         raise SweeperConfigError(
             "hydra.sweeper.params: sweep either lora.lora_alpha or lora.alpha_ratio (alpha = ratio * r), not both"
         )
+    startup = conf.get("startup", "random")
+    if startup not in STARTUP_MODES:
+        raise SweeperConfigError(f"hydra.sweeper.startup: {startup!r} is not allowed; allowed: {', '.join(STARTUP_MODES)}")
     if int(conf.n_trials) < 1:
         raise SweeperConfigError(f"hydra.sweeper.n_trials: must be >= 1, got {conf.n_trials}")
     if conf.timeout is not None and not float(conf.timeout) > 0:
@@ -105,12 +110,14 @@ def config_variants(space: SearchSpace) -> list[tuple[str, Any]]:
 
 
 class Preflight(NamedTuple):
-    """What the pre-flight hands on: the memory estimate of the largest trial (MiB), and the job
-    config and trial composition with the LLM defaults (`auto` keys) resolved."""
+    """What the pre-flight hands on: the memory estimate of the largest trial (MiB), the job
+    config and trial composition with the LLM defaults (`auto` keys) resolved, and the search
+    space with its learning-rate prior range (tag(lr_prior, ...)) in rates."""
 
     largest_mb: float
     job: DictConfig
     compose: ComposeSpec
+    space: SearchSpace
 
 
 def print_llm_defaults(defaults: Any) -> None:
@@ -144,6 +151,7 @@ def preflight_sweep(conf: DictConfig, job: DictConfig, space: SearchSpace, compo
     composition."""
     import trainer
 
+    space = resolve_space_prior(space, job)
     check_sweeper_settings(conf, space, objectives)
     trainer.validate_config(job)
     report = trainer.preflight(job)
@@ -177,7 +185,15 @@ def preflight_sweep(conf: DictConfig, job: DictConfig, space: SearchSpace, compo
     if conf.get("max_memory_gb") is not None:
         check_memory_limit(float(conf.max_memory_gb), largest, {k: v for k, (_, v) in cheapest.items()},
                            space, composer, device)
-    return Preflight(largest, job, compose)
+    return Preflight(largest, job, compose, space)
+
+
+def resolve_space_prior(space: SearchSpace, job: DictConfig) -> SearchSpace:
+    """The space's tag(lr_prior, ...) ranges in rates for the job's model, printed."""
+    resolved, _ = resolve_lr_prior(space, job)
+    for key in space.prior_multiples:
+        console.print(f"[bold]learning-rate prior[/] {escape(key)}: {escape(resolved.grammar[key])}")
+    return resolved
 
 
 def check_memory_limit(limit_gb: float, largest_mb: float, cheapest: dict[str, Any], space: SearchSpace,

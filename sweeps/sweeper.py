@@ -52,7 +52,8 @@ class Sweep:
             warm_up_workers(conf)
         if space.custom is not None:
             check_custom_search_space(conf, space, self.compose_variant(plain))
-        largest_mb, job, compose = preflight_sweep(conf, job, space, compose, objectives, self.compose_variant(plain))
+        largest_mb, job, compose, space = preflight_sweep(conf, job, space, compose, objectives,
+                                                          self.compose_variant(plain))
         url = storage_url(conf.storage)
         study_name = conf.study_name or default_name(self.job_config(resolve=False), space, objectives, directions)
         if conf.dry_run:

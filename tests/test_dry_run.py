@@ -39,7 +39,7 @@ def peft_counts(name_or_path: str, r: int) -> dict[str, int]:
 
 def check_output(out: str, cwd: Path, name_or_path: str) -> None:
     assert "nothing will be written" in out
-    assert "search space" in out and "choice(qv, attn, attn_mlp)" in out and "FloatDistribution" in out
+    assert "search space" in out and "choice(all_linear, attn_mlp, attn, qv)" in out and "FloatDistribution" in out
     assert len(SAMPLE.findall(out[out.index("first 5 sampled configs"):])) == 5
     printed = {preset: int(count.replace(",", "")) for preset, count in ROW.findall(out)}
     assert printed == peft_counts(name_or_path, 8)  # the base config's lora.r
@@ -71,7 +71,7 @@ def test_dry_run_samples_are_the_sweeps_first_trials(tiny_dry_run):
     from sweeps.search.space import parse_search_space, suggest
 
     grammar = OmegaConf.to_container(OmegaConf.load(REPO / "conf/search_space/default.yaml"))
-    space = parse_search_space(grammar, [])
+    space = parse_search_space(grammar, []).resolve_prior([3e-3])  # the tiny BERT's (hidden 32) prior
     study = optuna.create_study(sampler=make_sampler("tpe", worker_seed(0, 0, 0), space, 1), direction="maximize")
     expected = []
     for _ in range(5):

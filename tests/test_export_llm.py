@@ -24,7 +24,7 @@ MAX_LEN = 48
 SFT = ["task=sft", "task.chat_template=chatml", "data=jsonl", "data.format=messages", "quant=4bit",
        "search_space=none", "train.learning_rate=choice(0.05)", "train.max_steps=60", "train.eval_every_steps=60",
        "train.log_every_steps=10", "train.batch_size=8", f"train.max_seq_length={MAX_LEN}", "task.max_new_tokens=8",
-       "lora.r=8", "hydra.sweeper.n_trials=1", "hydra.sweeper.pruner=none", "hydra.sweeper.reproduce.top_k=0"]
+       "lora.r=8", "lora.lora_alpha=16", "lora.target_modules=qv", "hydra.sweeper.n_trials=1", "hydra.sweeper.pruner=none", "hydra.sweeper.reproduce.top_k=0"]
 
 # Loads the export with nothing but torch, transformers and peft (4-bit base as in training) and
 # prints what greedy generation did; imports no project module.

@@ -181,7 +181,8 @@ def _hparams(tmp_path, name: str, body: str) -> list[str]:
 
 def _space_keys(out: str) -> list[str]:
     table = out[out.index("search space"):out.index("first ")]
-    return [line.split("│")[1].strip() for line in table.splitlines() if line.startswith("│")]
+    keys = [line.split("│")[1].strip() for line in table.splitlines() if line.startswith("│")]
+    return [k for k in keys if k]  # a long range wraps onto a second line with an empty key cell
 
 
 DRY = ["hydra.sweeper.dry_run=true", "quant=none", "data.max_train_samples=32", "data.max_eval_samples=16"]
@@ -191,7 +192,7 @@ hydra:
     params:
       train.weight_decay: interval(0.0, 0.1)
 """
-DEFAULT_KEYS = ["lora.r", "lora.lora_alpha", "lora.lora_dropout", "lora.target_modules", "train.learning_rate",
+DEFAULT_KEYS = ["lora.r", "lora.lora_dropout", "lora.target_modules", "train.learning_rate",
                 "train.lr_scheduler_type", "seed"]
 
 

@@ -16,8 +16,7 @@ from omegaconf import OmegaConf
 
 from sweep_helpers import run_sweep
 from trainer.errors import ConfigError
-from trainer.llm_defaults import (LENGTH_STEP, LR_ANCHORS, answer_token_limit, length_limit, lora_learning_rate,
-                                  quantile)
+from trainer.llm_defaults import LENGTH_STEP, answer_token_limit, length_limit, quantile
 
 REPO = Path(__file__).resolve().parents[1]
 CHAT = ["task=sft", "data=demo_chat", "data.demo_train_size=120", "data.demo_eval_size=12", "quant=none"]
@@ -31,19 +30,6 @@ def compose(*overrides: str):
 
 
 # -- the rules ------------------------------------------------------------------------------------
-
-def test_the_lora_learning_rate_falls_with_the_models_width():
-    assert lora_learning_rate(32) == lora_learning_rate(2048) == lora_learning_rate(3072) == 1e-3  # tiny .. 3B
-    assert lora_learning_rate(4096) == 3e-4  # Llama 3.1 8B, Qwen3 8B
-    assert lora_learning_rate(8192) == lora_learning_rate(16384) == 1e-4  # 70B and beyond: clamped
-    widths = [1024, 2048, 2560, 3072, 3584, 4096, 5120, 6144, 8192, 12288]
-    rates = [lora_learning_rate(w) for w in widths]
-    assert rates == sorted(rates, reverse=True) and len(set(rates[3:9])) == 6  # falls strictly between anchors
-    qwen_7b = lora_learning_rate(3584)  # halfway (in log width) from 3B to 8B: halfway in log rate
-    t = math.log(3584 / 3072) / math.log(4096 / 3072)
-    assert qwen_7b == pytest.approx(math.exp(math.log(1e-3) + t * math.log(0.3)), rel=1e-2)
-    assert [lr for _, lr in LR_ANCHORS] == [1e-3, 3e-4, 1e-4]
-
 
 def test_max_seq_length_covers_99_percent_of_a_realistic_length_spread():
     rng = random.Random(0)
@@ -115,11 +101,11 @@ def test_the_preflight_resolves_them_from_model_data_and_device(tiny_chat_llama_
     cfg = compose(*CHAT, f"model.name_or_path={tiny_chat_llama_dir}")
     report = trainer.preflight(cfg)
     values = report.llm_defaults.values
-    assert values["train.learning_rate"] == 1e-3  # hidden 32: the small-model end
+    assert values["train.learning_rate"] == 3e-3  # hidden 32: the prior's cap (trainer/lr_prior.py)
     assert values["train.precision"] == "fp32" and values["train.gradient_checkpointing"] is False  # CPU
     assert values["task.direction"] == "minimize"  # task.metric=loss
     lines = "\n".join(report.llm_defaults.lines())
-    assert "train.learning_rate = 0.001  (LoRA rate for hidden size 32)" in lines and "p99 of 120 train" in lines
+    assert "train.learning_rate = 0.003  (LoRA rate for hidden size 32)" in lines and "p99 of 120 train" in lines
 
     # the trainer's own encoding, untruncated: the limit holds 99% of the conversations whole
     tok = load_tokenizer(cfg.model, cfg.task)
@@ -136,7 +122,7 @@ def test_the_preflight_resolves_them_from_model_data_and_device(tiny_chat_llama_
     resolved = report.llm_defaults.apply(cfg)
     assert report.estimate_memory_mb(cfg, device="cpu") == report.estimate_memory_mb(resolved, device="cpu")
     _, _, train = trainer.validate_config(resolved)  # the numbers pass the ordinary checks
-    assert (train.learning_rate, train.max_seq_length, train.precision) == (1e-3, limit, "fp32")
+    assert (train.learning_rate, train.max_seq_length, train.precision) == (3e-3, limit, "fp32")
     assert trainer.preflight(resolved).llm_defaults.values == {}  # nothing left to resolve
 
 
@@ -158,7 +144,7 @@ def test_every_trial_is_composed_with_the_numbers_and_the_space_keeps_its_keys(t
                 "task.direction"):
         assert OmegaConf.select(trial, key) == defaults.values[key] == OmegaConf.select(job, key), key
     assert not any(o.startswith("train.learning_rate=") for o in spec.overrides)
-    assert job.train.learning_rate == 1e-3  # the base config (include_base) trains with the default
+    assert job.train.learning_rate == 3e-3  # the base config (include_base) trains with the default
 
 
 def test_a_dry_run_prints_the_resolved_defaults(tmp_path, tiny_chat_llama_dir):
@@ -166,10 +152,10 @@ def test_a_dry_run_prints_the_resolved_defaults(tmp_path, tiny_chat_llama_dir):
                      "hydra.sweeper.dry_run=true")
     out = proc.stdout
     assert "LLM defaults" in out, out[-3000:]
-    for line in ("train.learning_rate = 0.001", "train.precision = fp32", "train.gradient_checkpointing = false",
+    for line in ("train.learning_rate = 0.003", "train.precision = fp32", "train.gradient_checkpointing = false",
                  "task.direction = minimize", "train.max_seq_length = ", "task.max_new_tokens = "):
         assert line in out, line
-    assert "sft: learning rate 0.001, max_new_tokens " in out
+    assert "sft: learning rate 0.003, max_new_tokens " in out
 
 
 # -- generation ----------------------------------------------------------------------------------

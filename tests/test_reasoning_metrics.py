@@ -135,7 +135,7 @@ def test_a_tiny_qwen3_trained_to_answer_perfectly_scores_exact_match_1(tiny_qwen
 
     data = capitals_data(tmp_path / "capitals")
     cfg = sft_config(tiny_qwen3, data, "task.metric=exact_match", "lora.target_modules=all_linear", "lora.r=16",
-                     "lora.lora_dropout=0.0", "train.learning_rate=1e-2", "train.max_steps=150",
+                     "lora.lora_alpha=16", "lora.lora_dropout=0.0", "train.learning_rate=1e-2", "train.max_steps=150",
                      "train.batch_size=8", "train.warmup_ratio=0.0", "train.eval_every_steps=150",
                      "train.log_every_steps=50", "train.save_adapter=false", "task.num_logged_samples=8")
     result = trainer.run_trial(cfg)

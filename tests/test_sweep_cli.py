@@ -30,7 +30,7 @@ def test_four_trial_sweep_then_resume(tmp_path, tiny_bert_dir):
     # the config the sweep was started from (the defaults + overrides) is trial 0, and the summary compares with it
     base = study.trials[0]
     assert base.user_attrs["base"] is True
-    assert base.params == {"lora.r": 8, "lora.lora_alpha": 16, "lora.lora_dropout": 0.05, "lora.target_modules": "qv",
+    assert base.params == {"lora.r": 8, "lora.lora_dropout": 0.05, "lora.target_modules": "qv",
                            "train.learning_rate": 3e-3, "train.lr_scheduler_type": "linear", "seed": 0}
     assert "base config" in out and ("vs the base config #0" in out or "is the best trial" in out)
 

@@ -6,9 +6,9 @@ set on the command line (or by the search space) wins. The sweep's pre-flight re
 (trainer.preflight → LlmDefaults), prints them, and composes every trial with the numbers, so the
 logged config says what ran; `run_trial` resolves a config that still has one the same way.
 
-- learning rate: LoRA's best rate falls with the model's width (LoRA fine-tunes of 1-3B models
-  use about 1e-3, 7-8B about 2-3e-4, 33-70B about 1e-4, the QLoRA paper's choices), so it is
-  interpolated on a log-log scale between those points from the hidden size, clamped outside them.
+- learning rate: the LoRA learning-rate prior of the model's width and the LoRA variant
+  (trainer/lr_prior.py: 1e-3 at hidden 2048, 5.5e-4 at 4096, 3e-4 at 8192, at most 3e-3; x0.5 for
+  DoRA, x0.1 for PiSSA), the centre of search_space=llm's learning-rate range.
 - max_seq_length: the 99th percentile of the training conversations' token lengths, rendered with
   the chat template as inference renders them, rounded up to a multiple of 64, at most 4096 and the
   model's max_position_embeddings. A fixed 64 cuts most chat data; a fixed 4096 pads short data.
@@ -32,12 +32,11 @@ from omegaconf import DictConfig, OmegaConf
 
 from trainer.config import get
 from trainer.errors import ConfigError
+from trainer.lr_prior import load_model_config, lr_prior, text_config, variant_of
 from trainer.settings import AUTO
 
 AUTO_KEYS = ("train.learning_rate", "train.max_seq_length", "train.precision", "train.gradient_checkpointing",
              "task.max_new_tokens", "task.direction")
-# hidden size -> LoRA learning rate (Llama 3.2 3B: 3072; Llama 3.1 8B / Qwen3 8B: 4096; 70B: 8192)
-LR_ANCHORS = ((3072, 1e-3), (4096, 3e-4), (8192, 1e-4))
 LENGTH_QUANTILE = 0.99
 LENGTH_STEP = 64
 MAX_SEQ_CAP = 4096
@@ -46,20 +45,6 @@ ANSWER_MARGIN = (1.25, 8)  # max_new_tokens = longest reference x 1.25 + 8
 
 def is_auto(value: Any) -> bool:
     return isinstance(value, str) and value == AUTO
-
-
-def lora_learning_rate(hidden_size: int) -> float:
-    """LoRA learning rate for a model of this width (see the module doc), 3 significant digits."""
-    (h0, lr0), (hn, lrn) = LR_ANCHORS[0], LR_ANCHORS[-1]
-    if hidden_size <= h0:
-        return lr0
-    if hidden_size >= hn:
-        return lrn
-    for (ha, la), (hb, lb) in zip(LR_ANCHORS, LR_ANCHORS[1:]):
-        if ha <= hidden_size <= hb:
-            t = math.log(hidden_size / ha) / math.log(hb / ha)
-            return float(f"{math.exp(math.log(la) + t * math.log(lb / la)):.3g}")
-    raise AssertionError("unreachable: the anchors cover every width")
 
 
 def quantile(values: Sequence[int], q: float) -> int:
@@ -114,12 +99,6 @@ def _shown(value: Any) -> str:
 def auto_keys(cfg: DictConfig) -> list[str]:
     """The keys of AUTO_KEYS that are `auto` in `cfg`."""
     return [key for key in AUTO_KEYS if is_auto(get(cfg, key))]
-
-
-def _text_config(model_config: Any) -> Any:
-    """The language model's config (multimodal configs nest it as text_config)."""
-    getter = getattr(model_config, "get_text_config", None)
-    return getter() if callable(getter) else model_config
 
 
 def _config_int(config: Any, *names: str) -> int:
@@ -187,16 +166,12 @@ def resolve_llm_defaults(cfg: DictConfig, *, tokenizer: Any = None, raw: Any = N
         if "train.gradient_checkpointing" in keys:
             values["train.gradient_checkpointing"] = device.type == "cuda"
             reasons["train.gradient_checkpointing"] = f"{'on' if device.type == 'cuda' else 'off'} on {device.type}"
-    text_config = None
     if {"train.learning_rate", "train.max_seq_length"} & set(keys):
-        text_config = _text_config(model_config if model_config is not None else _load_model_config(get(cfg, "model")))
+        model_config = model_config if model_config is not None else load_model_config(get(cfg, "model"))
     if "train.learning_rate" in keys:
-        hidden = _config_int(text_config, "hidden_size", "n_embd", "d_model")
-        if not hidden:
-            raise ConfigError("train.learning_rate", AUTO, "a number for this model",
-                              f"its config ({type(text_config).__name__}) names no hidden size to choose a rate from")
-        values["train.learning_rate"] = lora_learning_rate(hidden)
-        reasons["train.learning_rate"] = f"LoRA rate for hidden size {hidden}"
+        prior = lr_prior(get(cfg, "model"), variant_of(get(cfg, "lora", {}) or {}), model_config)
+        values["train.learning_rate"] = prior.rate
+        reasons["train.learning_rate"] = prior.reason
     max_len = get(cfg, "train.max_seq_length")
     if {"train.max_seq_length", "task.max_new_tokens"} & set(keys):
         if task["type"] != "sft":
@@ -207,7 +182,7 @@ def resolve_llm_defaults(cfg: DictConfig, *, tokenizer: Any = None, raw: Any = N
         tok = tokenizer if tokenizer is not None else _load_tokenizer(cfg)
         raw = raw if raw is not None else _load_raw(cfg)
         if "train.max_seq_length" in keys:
-            positions = _config_int(text_config, "max_position_embeddings", "n_positions")
+            positions = _config_int(text_config(model_config), "max_position_embeddings", "n_positions")
             lengths = conversation_lengths(tok, conversations_of(raw.train))
             max_len = length_limit(lengths, positions)
             values["train.max_seq_length"] = max_len
@@ -227,13 +202,6 @@ def with_llm_defaults(cfg: DictConfig) -> DictConfig:
     """`cfg` with every `auto` key resolved (the same object when none is auto)."""
     defaults = resolve_llm_defaults(cfg)
     return defaults.apply(cfg) if defaults.values else cfg
-
-
-def _load_model_config(model: dict[str, Any]) -> Any:
-    from transformers import AutoConfig
-
-    return AutoConfig.from_pretrained(model["name_or_path"], revision=model.get("revision"),
-                                      trust_remote_code=bool(model.get("trust_remote_code")))
 
 
 def _load_tokenizer(cfg: DictConfig) -> Any:

@@ -24,6 +24,7 @@ from sweeps.seed_stats import interval_text
 from sweeps.tracking.redact import redact, redact_override
 from sweeps.search.samplers import kwargs_of
 from sweeps.search.space import SearchSpace, base_params
+from sweeps.search.startup import enqueue_informed_startup, startup_trials
 from sweeps.search.storage import MEMORY_SKIP_ATTR, STORE_RETRY_S, mask_url, open_storage, storage_url
 from sweeps.search.study import TrialBudget, fail_orphaned_trials, open_study, process_started
 from sweeps.runtime.supervisor import Outcome, Supervisor, SweepAborted
@@ -101,8 +102,10 @@ class SweepSession:
         study = open_study(storage, self.study_name, self.directions)
         self.fail_orphans(study, max_retry=int(conf.max_retry))
         self._describe(study)
-        if conf.get("include_base", True):
-            self.enqueue_base(study)
+        with TrialBudget(study, self.url, 0, retry_s=self.store_retry_s).locked():  # once, even if machines start at once
+            base = self.enqueue_base(study) if conf.get("include_base", True) else None
+            if conf.get("startup", "random") == "informed":
+                self.enqueue_startup(study, base)
         deadline = time.time() + float(conf.timeout) if conf.timeout is not None else None
         specs = self.worker_specs(self.study_name, n_trials, self.space, self.objectives,
                                   session_index=self._register_session(study, n_trials), deadline=deadline)
@@ -162,15 +165,16 @@ class SweepSession:
             raise SystemExit("sweep interrupted; finished trials are kept. Rerun the same command to resume.")
 
     # -- search ---------------------------------------------------------------------------------
-    def enqueue_base(self, study: optuna.Study) -> None:
+    def enqueue_base(self, study: optuna.Study) -> dict[str, Any] | None:
         """The config the user ran the sweep from (defaults + overrides) as the first trial, so the
         winner is never worse than where they started; once per study, and only when every swept
-        value of it lies inside the search space."""
-        if any(t.user_attrs.get("base") for t in study.get_trials(deepcopy=False)):
-            return
+        value of it lies inside the search space. Returns its params when the study has it."""
+        for trial in study.get_trials(deepcopy=False):
+            if trial.user_attrs.get("base"):
+                return dict(trial.params) or base_params(self.job, self.space)[0]
         if str(self.conf.sampler) == "grid":
             console.print("base config: not enqueued with sampler=grid (the grid decides every trial)")
-            return
+            return None
         params, outside = base_params(self.job, self.space)
         if not outside and self.space.custom is not None:  # the function's keys at their base values too
             from sweeps.search.custom_space import base_values
@@ -180,9 +184,20 @@ class SweepSession:
             params.update(extra)
         if outside:
             console.print(f"[yellow]base config: not a trial, it lies outside the search space ({'; '.join(outside)})")
-            return
+            return None
         study.enqueue_trial(params, user_attrs={"base": True})
         console.print("base config: enqueued as the first trial (hydra.sweeper.include_base=false to skip it)")
+        return params
+
+    def enqueue_startup(self, study: optuna.Study, base: dict[str, Any] | None) -> None:
+        """hydra.sweeper.startup=informed: the prior's config with the learning rate spread over
+        its range, after the base trial (sweeps/search/startup.py); once per study."""
+        if str(self.conf.sampler) == "grid":
+            console.print("informed start-up: not with sampler=grid (the grid decides every trial)")
+            return
+        n = min(startup_trials(kwargs_of(self.conf.sampler_kwargs)), int(self.conf.n_trials))
+        _, message = enqueue_informed_startup(study, self.space, n, base)
+        console.print(message)
 
     def worker_specs(self, study_name: str, n_trials: int, space: SearchSpace, objectives: list[str],
                      replay_only: bool = False, session_index: int = 0,

@@ -5,6 +5,10 @@
                                          exclusive, as in Hydra and Python; HOS included stop)
     interval(lo, hi)                   → FloatDistribution; int(interval(lo, hi)) → IntDistribution
     tag(log, interval(lo, hi))         → the same on a log scale
+    tag(log, lr_prior, interval(a, b)) → train.learning_rate from a x to b x the model's LoRA
+                                         learning-rate prior (trainer/lr_prior.py), resolved at the
+                                         sweep's pre-flight once the model is known; also
+                                         tag(lr_prior, choice(0.5, 1, 2))
     key=value (no sweep)               → a fixed value applied to every trial
 
 hydra-optuna-sweeper's older dict form (`hydra.sweeper.search_space`, see `dict_search_space`) is
@@ -21,6 +25,8 @@ from hydra.core.override_parser.types import ChoiceSweep, IntervalSweep, Overrid
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
 
 Scalar = str | int | float | bool | None
+PRIOR_TAG = "lr_prior"  # tag(lr_prior, ...): the values are multiples of the learning-rate prior
+PRIOR_KEYS = ("train.learning_rate",)
 
 
 class SearchSpaceError(ValueError):
@@ -35,17 +41,54 @@ class SearchSpace:
     fixed: dict[str, Scalar] = field(default_factory=dict)
     grammar: dict[str, str] = field(default_factory=dict)  # key -> the text the user wrote
     custom: Any = None  # sweeps.search.custom_space.CustomSearchSpace: hydra.sweeper.custom_search_space
+    # key -> its distribution in multiples of the learning-rate prior (tag(lr_prior, ...)), until
+    # resolve_prior() turns it into rates, at the pre-flight
+    prior_multiples: dict[str, BaseDistribution] = field(default_factory=dict)
 
     def __bool__(self) -> bool:
-        return bool(self.distributions) or self.custom is not None
+        return bool(self.distributions or self.prior_multiples) or self.custom is not None
 
     def without(self, keys: set[str]) -> "SearchSpace":
         """A copy with `keys` no longer searched (their config values apply)."""
         return SearchSpace({k: d for k, d in self.distributions.items() if k not in keys}, dict(self.fixed),
-                           {k: g for k, g in self.grammar.items() if k not in keys or k in self.fixed}, self.custom)
+                           {k: g for k, g in self.grammar.items() if k not in keys or k in self.fixed}, self.custom,
+                           {k: d for k, d in self.prior_multiples.items() if k not in keys})
+
+    def check_resolved(self) -> None:
+        """SearchSpaceError naming any key still in multiples of the learning-rate prior."""
+        for key in self.prior_multiples:
+            raise SearchSpaceError(
+                f"hydra.sweeper.params.{key}: {self.grammar.get(key, PRIOR_TAG)} is in multiples of the model's "
+                "LoRA learning-rate prior, known once the model is: the sweep's pre-flight resolves it "
+                "(sweeps.search.priors.resolve_lr_prior, or SearchSpace.resolve_prior(rates))")
+
+    def resolve_prior(self, rates: list[float], note: str = "") -> "SearchSpace":
+        """A copy with every tag(lr_prior, ...) key turned into rates: an interval of multiples
+        (a, b) becomes a x min(rates) .. b x max(rates) (several rates: one per LoRA variant the
+        sweep can train), a choice becomes every multiple of every rate (3 significant digits)."""
+        if not self.prior_multiples:
+            return self
+        if not rates or any(not r > 0 for r in rates):
+            raise SearchSpaceError(f"learning-rate prior: needs rates > 0, got {rates!r}")
+        resolved: dict[str, BaseDistribution] = {}
+        grammar = dict(self.grammar)
+        for key, multiples in self.prior_multiples.items():
+            if isinstance(multiples, CategoricalDistribution):
+                values = sorted({float(f"{m * r:.3g}") for m in multiples.choices for r in rates})
+                resolved[key] = CategoricalDistribution(values)
+                text = f"choice({', '.join(f'{v:.3g}' for v in values)})"
+            else:
+                lo, hi = multiples.low * min(rates), multiples.high * max(rates)
+                resolved[key] = FloatDistribution(lo, hi, log=multiples.log)
+                text = f"{'log ' if multiples.log else ''}{lo:.3g}..{hi:.3g}"
+            grammar[key] = f"{self.grammar.get(key, PRIOR_TAG)} = {text}" + (f" ({note})" if note else "")
+        order = list(self.grammar) + [k for k in {**self.distributions, **resolved} if k not in self.grammar]
+        merged = {**self.distributions, **resolved}
+        return SearchSpace({k: merged[k] for k in order if k in merged}, dict(self.fixed), grammar, self.custom)
 
     def grid(self) -> dict[str, list[Any]]:
         """Every value of each key, for the grid sampler (intervals cannot be gridded)."""
+        self.check_resolved()
         out: dict[str, list[Any]] = {}
         for key, dist in self.distributions.items():
             if isinstance(dist, CategoricalDistribution):
@@ -64,6 +107,7 @@ class SearchSpace:
 
     def extremes(self) -> dict[str, list[Any]]:
         """Values worth validating before any trial: every choice, both ends of a range."""
+        self.check_resolved()
         out: dict[str, list[Any]] = {}
         for key, dist in self.distributions.items():
             if isinstance(dist, CategoricalDistribution):
@@ -130,12 +174,16 @@ def parse_search_space(params: Mapping[str, Any] | None, cli_overrides: list[str
     for override in parser.parse_overrides(lines):
         key = override.get_key_element()
         space.distributions.pop(key, None)
+        space.prior_multiples.pop(key, None)
         space.fixed.pop(key, None)
+        space.grammar.pop(key, None)  # a command-line entry moves the key to the end, as Hydra orders it
         space.grammar[key] = override.get_value_string() if hasattr(override, "get_value_string") else str(override.input_line)
-        if override.is_sweep_override():
-            space.distributions[key] = _distribution(override)
-        else:
+        if not override.is_sweep_override():
             space.fixed[key] = override.value()
+        elif PRIOR_TAG in getattr(override.value(), "tags", ()):
+            space.prior_multiples[key] = _prior_multiples(key, override)
+        else:
+            space.distributions[key] = _distribution(override)
     return space
 
 
@@ -199,12 +247,16 @@ def dict_search_space(entries: Mapping[str, Any] | None) -> SearchSpace:
 
 def merged(base: SearchSpace, top: SearchSpace) -> SearchSpace:
     """`base` with `top`'s keys added; a key in both takes `top`'s entry."""
-    out = SearchSpace(dict(base.distributions), dict(base.fixed), dict(base.grammar), base.custom or top.custom)
+    out = SearchSpace(dict(base.distributions), dict(base.fixed), dict(base.grammar), base.custom or top.custom,
+                      dict(base.prior_multiples))
     for key in top.grammar:
         out.distributions.pop(key, None)
         out.fixed.pop(key, None)
+        out.prior_multiples.pop(key, None)
         out.grammar[key] = top.grammar[key]
-        if key in top.distributions:
+        if key in top.prior_multiples:
+            out.prior_multiples[key] = top.prior_multiples[key]
+        elif key in top.distributions:
             out.distributions[key] = top.distributions[key]
         elif key in top.fixed:
             out.fixed[key] = top.fixed[key]
@@ -221,7 +273,7 @@ def pin_plain_overrides(space: SearchSpace, plain: list[str]) -> SearchSpace:
         if override.is_delete() or override.is_sweep_override():
             continue
         key = override.get_key_element()
-        if key in space.distributions:
+        if key in space.distributions or key in space.prior_multiples:
             pinned[key] = override.value()
     if not pinned:
         return space
@@ -230,6 +282,24 @@ def pin_plain_overrides(space: SearchSpace, plain: list[str]) -> SearchSpace:
         out.fixed[key] = value
         out.grammar[key] = str(value)
     return out
+
+
+def _prior_multiples(key: str, override: Override) -> BaseDistribution:
+    """The distribution of a tag(lr_prior, ...) entry, in multiples of the prior (checked)."""
+    if key not in PRIOR_KEYS:
+        raise SearchSpaceError(f"hydra.sweeper.params.{key}: tag({PRIOR_TAG}, ...) scales the LoRA learning-rate "
+                               f"prior; allowed on {', '.join(PRIOR_KEYS)} only")
+    value = override.value()
+    dist = _distribution(override)
+    values = list(dist.choices) if isinstance(dist, CategoricalDistribution) else [dist.low, dist.high]
+    if not isinstance(value, (IntervalSweep, ChoiceSweep)) or any(
+            isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0 for v in values):
+        raise SearchSpaceError(
+            f"hydra.sweeper.params.{key}: tag({PRIOR_TAG}, ...) takes positive multiples of the prior in "
+            f"interval(a, b) or choice(...), e.g. tag(log, {PRIOR_TAG}, interval(0.25, 4)); got {override.input_line!r}")
+    if isinstance(dist, CategoricalDistribution):
+        return CategoricalDistribution([float(v) for v in values])
+    return FloatDistribution(float(dist.low), float(dist.high), log=dist.log)
 
 
 def split_overrides(arguments: list[str]) -> tuple[list[str], list[str]]:
