@@ -154,65 +154,83 @@ class Arm:
     drop: tuple = ()                  # keys left out of the space (the seed, when the race spends that budget)
 
 
-def default_arms() -> list[Arm]:
-    """HF's search, random search, today's product default, and each lever alone and together
-    where the product has it (a lever missing from this checkout is left out, with a note)."""
-    arms = [Arm("HF hyperparameter_search (TPE, median pruner, Optuna defaults)", "default_v1" if space_exists(
-                "default_v1") else "default", pruner="median_optuna", include_base=False, objective_at="last", hf=True),
-            Arm("random, no pruner", old_space(), sampler="random", pruner="none", include_base=False),
-            Arm("product default today (TPE, median from 50%, base first)", old_space())]
-    if pruner_exists("conformal"):
-        for rate in (0.05, 0.2):
-            arms.append(Arm(f"+ conformal pruner (prune_false_kill {rate}, from 30%)", old_space(), pruner="conformal",
-                            false_kill=rate, prune_after=0.3))
-    if space_exists("default_v1"):
-        arms.append(Arm("+ prior-centred space", "default"))
-    if startup_exists():
-        arms.append(Arm("+ informed start-up", old_space(), startup="informed"))
-    arms.append(Arm("+ seed out of the space", old_space(), drop=("seed",)))
-    if space_exists("default_v1") and startup_exists() and pruner_exists("conformal"):
-        arms.append(Arm("all levers", "default", pruner="conformal", false_kill=0.2, prune_after=0.3,
-                        startup="informed", drop=("seed",)))
+def spaces_of(table: str) -> tuple[str, str]:
+    """(old, new) default spaces for the table's task: classification's default_v1 / default, the
+    LLM's llm_v1 / llm (the old ones kept verbatim beside the prior-centred ones)."""
+    return ("llm_v1", "llm") if table == "chat" else ("default_v1", "default")
+
+
+def default_arms(table: str) -> list[Arm]:
+    """HF's search, random search, the old product default, and each lever alone and together."""
+    old, new = spaces_of(table)
+    arms = [Arm("HF hyperparameter_search (TPE, median pruner, Optuna defaults)", old, pruner="median_optuna",
+                include_base=False, objective_at="last", hf=True),
+            Arm("random, no pruner", old, sampler="random", pruner="none", include_base=False),
+            Arm("old product default (TPE, median from 50%, base first)", old),
+            Arm("+ prior-centred space", new)]
+    for rate in (0.05, 0.2):
+        arms.append(Arm(f"+ conformal pruner (prune_false_kill {rate}, from 30%)", old, pruner="conformal",
+                        false_kill=rate, prune_after=0.3))
+    arms += [Arm("+ informed start-up", old, startup="informed"),
+             Arm("+ seed out of the space (race on)", old, drop=("seed",)),
+             Arm("prior space + informed start-up", new, startup="informed"),
+             Arm("prior space + informed + conformal 0.2", new, startup="informed", pruner="conformal",
+                 false_kill=0.2, prune_after=0.3),
+             Arm("prior space + informed + conformal 0.2, seed out", new, startup="informed", pruner="conformal",
+                 false_kill=0.2, prune_after=0.3, drop=("seed",))]
     return arms
 
 
-def space_exists(name: str) -> bool:
-    return (REPO / "conf" / "search_space" / f"{name}.yaml").exists()
+TABLE_KEYS = ("lora.r", "lora.lora_alpha", "lora.lora_dropout", "lora.target_modules", "train.learning_rate",
+              "train.lr_scheduler_type", "seed")
 
 
-def old_space() -> str:
-    return "default_v1" if space_exists("default_v1") else "default"
+@dataclass
+class Setup:
+    """What a sweep of an arm on a table starts from, as the sweeper's pre-flight builds it: the
+    space (lr_prior resolved for the protocol's model), the base trial's params (None when the base
+    lies outside the space: the sweeper skips it then), and the job's values of the table's keys
+    (what a trial that does not search a key trains with)."""
+
+    space: Any
+    base: dict[str, Any] | None
+    defaults: dict[str, Any]
 
 
-def pruner_exists(name: str) -> bool:
-    from sweeps.search import samplers
-
-    return name in getattr(samplers, "PRUNERS", ())
-
-
-def startup_exists() -> bool:
-    try:
-        from sweeps.search import startup  # noqa: F401
-    except ImportError:
-        return False
-    return hasattr(startup, "informed_startup")
-
-
-def load_space(name: str, model_hidden: int | None = None):
-    """The search space a user gets from `search_space=<name>` (the YAML through the product's parser)."""
+def setup(arm: Arm, table: Table) -> Setup:
     import yaml
+    from omegaconf import OmegaConf
 
-    from sweeps.search.space import parse_search_space
+    from curves import PROTOCOLS
+    from sweeps.runtime.compose import ComposeSpec, compose_job
+    from sweeps.search.priors import resolve_lr_prior
+    from sweeps.search.space import base_params, parse_search_space
+    from trainer.llm_defaults import with_llm_defaults
 
-    params = yaml.safe_load((REPO / "conf" / "search_space" / f"{name}.yaml").read_text()) or {}
-    return parse_search_space(params)
+    spec = ComposeSpec(str(REPO / "conf"), "sweep", tuple(PROTOCOLS[table.name]["overrides"]))
+    job = with_llm_defaults(compose_job(spec, {}))
+    params = yaml.safe_load((REPO / "conf" / "search_space" / f"{arm.space}.yaml").read_text()) or {}
+    space, _ = resolve_lr_prior(parse_search_space(params), job)
+    if arm.drop:
+        space = space.without(set(arm.drop))
+    base, outside = base_params(job, space)
+    defaults = {k: OmegaConf.select(job, k) for k in TABLE_KEYS}
+    defaults = {k: OmegaConf.to_container(v) if OmegaConf.is_config(v) else v for k, v in defaults.items()}
+    if OmegaConf.select(job, "lora.alpha_ratio") is not None:
+        defaults["lora.lora_alpha"] = float(OmegaConf.select(job, "lora.alpha_ratio")) * defaults["lora.r"]
+    return Setup(space, None if outside or not arm.include_base else base, defaults)
 
 
-BASE_PARAMS = {"lora.r": 8, "lora.lora_alpha": 16, "lora.lora_dropout": 0.05, "lora.target_modules": "qv",
-               "train.learning_rate": 3e-3, "train.lr_scheduler_type": "linear", "seed": 0}
+def lookup_params(params: dict[str, Any], defaults: dict[str, Any]) -> dict[str, Any]:
+    """A trial's config in the table's keys: the job's values, overlaid with what the trial searched
+    (an alpha ratio becomes alpha = ratio x r)."""
+    out = {**defaults, **{k: v for k, v in params.items() if k in TABLE_KEYS}}
+    if "lora.alpha_ratio" in params:
+        out["lora.lora_alpha"] = float(params["lora.alpha_ratio"]) * float(out["lora.r"])
+    return out
 
 
-def make_study(arm: Arm, table: Table, space, seed: int, total_steps: int):
+def make_study(arm: Arm, table: Table, st: Setup, seed: int, total_steps: int):
     import optuna
 
     from sweeps.search.pruning import PruneGuard
@@ -221,22 +239,22 @@ def make_study(arm: Arm, table: Table, space, seed: int, total_steps: int):
     if arm.hf:  # what transformers' hyperparameter_search does with backend="optuna": create_study's defaults
         sampler, pruner = optuna.samplers.TPESampler(seed=seed), optuna.pruners.MedianPruner()
     else:
-        sampler = make_sampler(arm.sampler, seed, space, 1, dict(arm.sampler_kwargs))
+        sampler = make_sampler(arm.sampler, seed, st.space, 1, dict(arm.sampler_kwargs))
         pruner = make_pruner(arm.pruner, dict(arm.pruner_kwargs),
                              PruneGuard(prune_after=arm.prune_after, min_trials=arm.prune_min_trials,
                                         false_kill=arm.false_kill), total_steps)
     study = optuna.create_study(direction="maximize" if table.maximize else "minimize", sampler=sampler, pruner=pruner)
-    if arm.include_base:
-        study.enqueue_trial({k: v for k, v in BASE_PARAMS.items() if k in space.distributions})
+    if st.base is not None:
+        study.enqueue_trial(st.base)
     if arm.startup == "informed":
-        from sweeps.search.startup import informed_startup
+        from sweeps.search.startup import informed_startup_params
 
-        for params in informed_startup(space, 10):
+        for params in informed_startup_params(st.space, 10, st.base):
             study.enqueue_trial(params)
     return study
 
 
-def replay_sweep(arm: Arm, table: Table, space, seed: int, n_trials: int, overhead_s: float) -> list[dict[str, Any]]:
+def replay_sweep(arm: Arm, table: Table, st: Setup, seed: int, n_trials: int, overhead_s: float) -> list[dict[str, Any]]:
     """One sweep of `n_trials`: per trial, the row it got, whether it was pruned, its observed value
     and the compute spent so far."""
     import optuna
@@ -244,12 +262,12 @@ def replay_sweep(arm: Arm, table: Table, space, seed: int, n_trials: int, overhe
     from sweeps.search.space import suggest
 
     total_steps = table.rows[0]["total_steps"] or table.rows[0]["evals"][-1]["step"]
-    study = make_study(arm, table, space, seed, total_steps)
+    study = make_study(arm, table, st, seed, total_steps)
     spent, out = 0.0, []
     for _ in range(n_trials):
         trial = study.ask()
-        params = {k: suggest(trial, k, d) for k, d in space.distributions.items() if k not in arm.drop}
-        row = table.nearest(params)
+        params = {k: suggest(trial, k, d) for k, d in st.space.distributions.items()}
+        row = table.nearest(lookup_params(params, st.defaults))
         trial.set_user_attr("total_steps", total_steps)
         n_evals, pruned = len(row["evals"]), False
         for i, ev in enumerate(row["evals"], 1):
@@ -280,7 +298,7 @@ def sweep_outcome(trials: list[dict[str, Any]], table: Table, at: str, checkpoin
         kept = [t for t in trials[:n] if not t["pruned"]]
         if kept:
             pick = max(kept, key=lambda t: sign * t["value"])
-            selected[n] = pick["row"].get("test", {}).get("test_accuracy", math.nan)
+            selected[n] = pick["row"].get("test", {}).get("test_" + table.metric.removeprefix("eval_"), math.nan)
     kept_all = [t for t in trials if not t["pruned"]]
     kept_best = max((sign * table.objective(t["row"], at) for t in kept_all), default=-math.inf)
     false_kill = any(sign * table.objective(t["row"], at) > kept_best for t in trials if t["pruned"])
@@ -310,9 +328,9 @@ def run_arm(arm: Arm, table: Table, n_sweeps: int, n_trials: int) -> dict[str, A
 
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
-    space = load_space(arm.space)
+    st = setup(arm, table)
     overhead = trial_overheads(table)["hf" if arm.hf else "ours"]
-    outcomes = [sweep_outcome(replay_sweep(arm, table, space, seed, n_trials, overhead), table, arm.objective_at,
+    outcomes = [sweep_outcome(replay_sweep(arm, table, st, seed, n_trials, overhead), table, arm.objective_at,
                               (min(10, n_trials), n_trials)) for seed in range(n_sweeps)]
     rng = np.random.default_rng(0)
     return {"arm": arm.label, "space": arm.space,
@@ -324,6 +342,9 @@ def run_arm(arm: Arm, table: Table, n_sweeps: int, n_trials: int) -> dict[str, A
             "compute_saved": float(np.mean([o["saved"] for o in outcomes])),
             "best_at_10_band": [float(np.nanquantile([o["best_at"][min(10, n_trials)] for o in outcomes], q))
                                 for q in (0.05, 0.5, 0.95)],
+            "best_at_n_band": [float(np.nanquantile([o["best_at"][n_trials] for o in outcomes], q))
+                               for q in (0.05, 0.5, 0.95)],
+            "compute_n_trials": float(np.median([o["spent"] for o in outcomes])),
             "_reach_1pt": [o["reach"][0.01] for o in outcomes]}
 
 
@@ -419,13 +440,16 @@ def markdown(results: dict[str, list[dict[str, Any]]], args: argparse.Namespace,
         lines += [f"## {name}: {len(t.rows)} tabulated configs, best {t.metric} {t.best('best'):.4f} (best eval), "
                   f"{t.best('last'):.4f} (last eval); per-trial cost beside the steps: ours "
                   f"{trial_overheads(t)['ours']:.2f} s, HF {trial_overheads(t)['hf']:.2f} s", "",
-                  f"| arm | space | compute to 1 pt | compute to 0.5 pt | test acc. of the pick at 10 trials | "
-                  f"at {args.trials} | pruner false kills | compute saved by pruning |",
-                  "|---|---|---|---|---|---|---|---|"]
+                  f"| arm | space | compute to 1 pt | compute to 0.5 pt | best {t.metric} after 10 trials (median, 5-95%) | "
+                  f"after {args.trials} | test {t.metric.removeprefix('eval_')} of the pick at 10 trials | at {args.trials} | compute of {args.trials} trials "
+                  "| best config killed | compute saved by pruning |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|"]
         for a in arms:
+            b10, bn = a["best_at_10_band"], a["best_at_n_band"]
             lines.append(f"| {a['arm']} | {a['space']} | {fmt_band(a['to_1pt'])} | {fmt_band(a['to_half_pt'])} | "
-                         f"{a['test_at_10']:.4f} | {a[f'test_at_{args.trials}']:.4f} | {a['false_kill_rate']:.1%} | "
-                         f"{a['compute_saved']:.1%} |")
+                         f"{b10[1]:.4f} ({b10[0]:.4f}-{b10[2]:.4f}) | {bn[1]:.4f} ({bn[0]:.4f}-{bn[2]:.4f}) | "
+                         f"{a['test_at_10']:.4f} | {a[f'test_at_{args.trials}']:.4f} | {a['compute_n_trials']:.0f} s | "
+                         f"{a['false_kill_rate']:.1%} | {a['compute_saved']:.1%} |")
         hf = next((a for a in arms if a["arm"].startswith("HF")), None)
         if hf:
             rng = np.random.default_rng(1)
@@ -511,7 +535,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{name}: no table rows under {TABLES}; record them with bench/curves.py", file=sys.stderr)
             continue
         results[name] = []
-        for arm in default_arms():
+        for arm in default_arms(name):
             t_arm = time.perf_counter()
             results[name].append(run_arm(arm, table, args.sweeps, args.trials))
             print(f"{name} | {arm.label} | {fmt_band(results[name][-1]['to_1pt'])} | {time.perf_counter() - t_arm:.0f} s",
@@ -521,7 +545,7 @@ def main(argv: list[str] | None = None) -> int:
         import tempfile
 
         wanted = [p.strip() for p in args.validate_arms.split(",")]
-        pairs = [(a, r) for a, r in zip(default_arms(), results["demo"]) if any(a.label.startswith(w) for w in wanted)]
+        pairs = [(a, r) for a, r in zip(default_arms("demo"), results["demo"]) if any(a.label.startswith(w) for w in wanted)]
         text += "\n" + "\n".join(validate([a for a, _ in pairs], tables["demo"], [r for _, r in pairs], args.validate,
                                            10, Path(tempfile.mkdtemp(prefix="replay-real-")))) + "\n"
     print(text)
