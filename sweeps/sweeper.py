@@ -81,7 +81,7 @@ class Sweep:
         space = parse_search_space(OmegaConf.to_container(conf.params, resolve=False) or {}, sweep_overrides)
         if conf.get("search_space") is not None:
             space = self.dict_form_space(conf, space, sweep_overrides, plain)
-        space = pin_plain_overrides(space, plain)
+        space = pin_plain_overrides(space, plain, sweep_overrides)
         if conf.get("custom_search_space"):
             from sweeps.search.custom_space import CustomSearchSpace, load_function
 

@@ -73,6 +73,14 @@ def test_a_plain_command_line_value_of_a_searched_key_fixes_it():
     assert list(space.distributions) == ["seed"] and space.fixed == {"lora.r": 8}
 
 
+def test_a_plain_value_of_a_key_the_command_line_also_sweeps_is_the_base_configs():
+    """`'train.batch_size=choice(2,64)' train.batch_size=64`: the sweep defines the space, the plain
+    value the base config (the memory-limit tests start from a base that does not fit)."""
+    sweeps = ["train.batch_size=choice(2,64)"]
+    space = pin_plain_overrides(parse_search_space({}, sweeps), ["train.batch_size=64"], sweeps)
+    assert space.distributions == {"train.batch_size": CategoricalDistribution([2, 64])} and not space.fixed
+
+
 def test_sweeper_node_accepts_both_keys():
     """The error the issue reports (`Key 'search_space' not in 'LoraOptunaSweeperConf'`) is gone."""
     node = OmegaConf.merge(OmegaConf.structured(LoraOptunaSweeperConf), OmegaConf.create({

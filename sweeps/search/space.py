@@ -263,16 +263,22 @@ def merged(base: SearchSpace, top: SearchSpace) -> SearchSpace:
     return out
 
 
-def pin_plain_overrides(space: SearchSpace, plain: list[str]) -> SearchSpace:
+def pin_plain_overrides(space: SearchSpace, plain: list[str], sweep_overrides: list[str] = ()) -> SearchSpace:
     """A plain command-line value of a searched key fixes it (`python sweep.py -m lora.r=8`): the
-    key leaves the space and that value applies to every trial, as in hydra-optuna-sweeper."""
+    key leaves the space and that value applies to every trial, as in hydra-optuna-sweeper. A key
+    the command line also sweeps stays searched: its plain value is the base config's
+    (`'train.batch_size=choice(2,64)' train.batch_size=64`: the base trial runs at 64)."""
     if not plain:
         return space
+    parser = OverridesParser.create()
+    swept = {o.get_key_element() for o in parser.parse_overrides(list(sweep_overrides))}
     pinned = {}
-    for override in OverridesParser.create().parse_overrides(list(plain)):
+    for override in parser.parse_overrides(list(plain)):
         if override.is_delete() or override.is_sweep_override():
             continue
         key = override.get_key_element()
+        if key in swept:
+            continue
         if key in space.distributions or key in space.prior_multiples:
             pinned[key] = override.value()
     if not pinned:
