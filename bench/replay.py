@@ -562,6 +562,7 @@ def main(argv: list[str] | None = None) -> int:
         TABLES = Path(tempfile.mkdtemp(prefix="replay-smoke-"))
         smoke_table(TABLES)
         args.tables, args.sweeps, args.trials = ["demo"], 3, 6
+        args.real_file = TABLES / "no-real-sweeps.jsonl"  # the committed real sweeps belong to the real tables
     t0 = time.perf_counter()
     tables = {name: Table.load(name) for name in args.tables}
     wanted = [p.strip() for p in args.validate_arms.split(",")]

@@ -40,7 +40,8 @@ def test_replay_smoke_runs_every_arm_on_a_table_the_trainer_just_recorded(tmp_pa
                           capture_output=True, text=True, env=env, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     text = out.read_text()
-    assert "## demo: 4 tabulated configs" in text
-    for arm in ("HF hyperparameter_search", "random, no pruner", "product default today"):
+    assert "## demo: 5 tabulated configs" in text  # 4 drawn + the base config (row -1)
+    for arm in ("HF hyperparameter_search", "random, no pruner", "old product default", "+ prior-centred space",
+                "+ conformal pruner", "+ informed start-up", "+ seed out of the space"):
         assert f"| {arm}" in text
-    assert "compute to 1 pt" in text and "Ratio of median compute to 1 point" in text
+    assert "compute to 1 pt" in text and "Ratio of median compute, arm / HF" in text
