@@ -593,8 +593,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.results:
         merge_results(args.results, results)
     if args.json:
-        args.json.write_text(json.dumps({k: [{kk: vv for kk, vv in a.items() if not kk.startswith("_")} for a in v]
-                                         for k, v in results.items()}, indent=1, default=str))
+        args.json.write_text(json.dumps(finite({k: [{kk: vv for kk, vv in a.items() if not kk.startswith("_")} for a in v]
+                                                for k, v in results.items()}), indent=1, default=str))
     return 0
 
 
