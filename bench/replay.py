@@ -550,7 +550,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--smoke", action="store_true")
     parser.add_argument("--real", type=int, default=0, metavar="K",
                         help="run K real sweeps per validated arm on the first table first (resumable), into --real-file")
-    parser.add_argument("--real-file", type=Path, default=BENCH / "results" / "replay_real.jsonl")
+    parser.add_argument("--real-file", type=Path, default=BENCH / "work" / "replay_real.jsonl")  # a run store, not committed: replay.md holds its table
     parser.add_argument("--validate-arms", default="random,old product default,+ prior-centred space",
                         help="comma-separated prefixes of the arms whose replay is checked against real sweeps")
     args = parser.parse_args(argv)
