@@ -136,6 +136,8 @@ def record(table: str, n_configs: int, shard: tuple[int, int], out: Path, smoke:
     todo = [(i, p) for i, p in enumerate(draw_configs(table, n_configs)) if i % shard[1] == shard[0]]
     if shard[0] == 0:  # the base config (what a sweep enqueues as trial #0) is row -1, recorded first
         todo.insert(0, (-1, base_params(compose_job(ComposeSpec(str(REPO / "conf"), "sweep", tuple(overrides)), {}))))
+    if base_only and shard[0] != 0:
+        raise SystemExit("bench/curves.py record --base-only: the base config is shard 0's row (--shard 0/N)")
     for index, params in todo[:1] if base_only else todo:
         if index in done:
             continue
