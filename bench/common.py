@@ -60,6 +60,7 @@ class Sizes:
     # 4. quality
     q_trials: int                    # N (<= std_trials: seed 0 of TPE is the standard sweep)
     q_seeds: tuple[int, ...]
+    q_arms: str = "all"              # the arms to run, comma-separated keys of bench/quality.py ARM_KEYS
     batch_size: int = 16
     max_len: int = 64
     # 3. pruning: its own trial length and sampler when set (None: the standard sweep's, whose

@@ -1,7 +1,12 @@
 """Learning-curve tables: configs of a wide LoRA space, each trained once to its end with every eval recorded.
 
     python bench/curves.py record --table sst2|demo|chat --configs 300 [--shard 0/2] [--smoke]
-    python bench/curves.py merge --table sst2            # bench/tables/<table>.shard*.jsonl -> <table>.jsonl.gz
+    python bench/curves.py record --table demo --informed --out bench/tables/demo.shard-informed.jsonl
+    python bench/curves.py merge --table sst2            # <table>.jsonl.gz + <table>.shard*.jsonl -> <table>.jsonl.gz
+
+A table is extended, never re-run: `record --configs N` skips the rows the merged table beside its
+shard file holds (configs are drawn in a fixed order, so the first N are the same for any N), and
+`merge` adds the new shards' rows to it.
 
 Each row of a table is one real fine-tune through the product's own trainer (`trainer.run_trial`,
 the code a sweep trial runs, with a warm cache as a sweep worker has): its config and seeds, its
@@ -19,6 +24,11 @@ log-uniform over two and a half decades, three schedulers, seeds 0-3). The proto
   at the end (sentences the benchmark never selects on);
 - `demo`: the default sweep's trial as it ships (demo data, 600 train rows, 76 steps, evals at 19);
 - `chat`: `task=sft search_space=llm`'s trial on the tiny chat model (demo_chat), eval loss.
+
+Besides the drawn configs a table holds the configs a sweep asks for by construction, so a replay
+answers them exactly rather than with a neighbour: the base config (row -1, `--base-only`) and the
+configs informed start-up enqueues on the old and the new space (rows -2, -3, ..., `--informed`;
+the real sweeps of that arm landed two points above the replay when a neighbour answered them).
 
 Shards (`--shard i/n`) let several processes fill one table; each process is single-threaded
 (OMP_NUM_THREADS=1) and appends one JSON line per finished config, so an interrupted run resumes.
@@ -61,6 +71,71 @@ PROTOCOLS: dict[str, dict[str, Any]] = {
     "chat": {"overrides": ["task=sft", "data=demo_chat", "quant=none", "model=tiny_chat"],
              "lr": (3e-5, 1e-2), "dropout": 0.1, "targets": TARGETS_LLM, "metric": "eval_loss"},
 }
+
+
+TABLE_KEYS = ("lora.r", "lora.lora_alpha", "lora.lora_dropout", "lora.target_modules", "train.learning_rate",
+              "train.lr_scheduler_type", "seed")
+
+
+def spaces_of(table: str) -> tuple[str, str]:
+    """(old, new) default spaces for the table's task: classification's default_v1 / default, the
+    LLM's llm_v1 / llm (the old ones kept verbatim beside the prior-centred ones)."""
+    return ("llm_v1", "llm") if table == "chat" else ("default_v1", "default")
+
+
+def space_setup(space_name: str, table: str) -> tuple[Any, dict[str, Any] | None, dict[str, Any]]:
+    """What a sweep of conf/search_space/<space_name>.yaml on the table's protocol starts from, as the
+    sweeper's pre-flight builds it: the space (lr_prior resolved for the protocol's model), the base
+    trial's params (None when the base lies outside the space: the sweeper skips it then), and the
+    job's values of the table's keys (what a trial that does not search a key trains with)."""
+    import yaml
+    from omegaconf import OmegaConf
+
+    from sweeps.runtime.compose import ComposeSpec, compose_job
+    from sweeps.search.priors import resolve_lr_prior
+    from sweeps.search.space import base_params as space_base_params
+    from sweeps.search.space import parse_search_space
+    from trainer.llm_defaults import with_llm_defaults
+
+    job = with_llm_defaults(compose_job(ComposeSpec(str(REPO / "conf"), "sweep", tuple(PROTOCOLS[table]["overrides"])), {}))
+    params = yaml.safe_load((REPO / "conf" / "search_space" / f"{space_name}.yaml").read_text()) or {}
+    space, _ = resolve_lr_prior(parse_search_space(params), job)
+    base, outside = space_base_params(job, space)
+    defaults = {k: OmegaConf.select(job, k) for k in TABLE_KEYS}
+    defaults = {k: OmegaConf.to_container(v) if OmegaConf.is_config(v) else v for k, v in defaults.items()}
+    if OmegaConf.select(job, "lora.alpha_ratio") is not None:
+        defaults["lora.lora_alpha"] = float(OmegaConf.select(job, "lora.alpha_ratio")) * defaults["lora.r"]
+    return space, None if outside else base, defaults
+
+
+def lookup_params(params: dict[str, Any], defaults: dict[str, Any]) -> dict[str, Any]:
+    """A trial's config in the table's keys: the job's values, overlaid with what the trial searched
+    (an alpha ratio becomes alpha = ratio x r)."""
+    out = {**defaults, **{k: v for k, v in params.items() if k in TABLE_KEYS}}
+    if "lora.alpha_ratio" in params:
+        out["lora.lora_alpha"] = float(params["lora.alpha_ratio"]) * float(out["lora.r"])
+    return out
+
+
+def informed_configs(table: str, n: int = 10) -> list[tuple[int, dict[str, Any]]]:
+    """The configs `hydra.sweeper.startup=informed` enqueues first on each compared space (old, new),
+    as (index, params): rows -2, -3, ... A replayed sweep asks for these exact configs, so the table
+    holds them rather than answering them with a neighbour (as the base config is row -1)."""
+    sys.path.insert(0, str(REPO))
+    from sweeps.search.startup import informed_startup_params
+
+    from sweeps.runtime.compose import ComposeSpec, compose_job
+
+    out: list[tuple[int, dict[str, Any]]] = []
+    seen = [base_params(compose_job(ComposeSpec(str(REPO / "conf"), "sweep", tuple(PROTOCOLS[table]["overrides"])), {}))]
+    for space_name in spaces_of(table):
+        space, base, defaults = space_setup(space_name, table)
+        for params in informed_startup_params(space, n, base):
+            row = lookup_params(params, defaults)
+            if row not in seen:
+                seen.append(row)
+                out.append((-2 - len(out), row))
+    return out
 
 
 def draw_configs(table: str, n: int, seed: int = 0) -> list[dict[str, Any]]:
@@ -115,7 +190,8 @@ def base_params(cfg: Any) -> dict[str, Any]:
     return {k: (OmegaConf.to_container(v) if OmegaConf.is_config(v) else v) for k, v in out.items()}
 
 
-def record(table: str, n_configs: int, shard: tuple[int, int], out: Path, smoke: bool, base_only: bool = False) -> None:
+def record(table: str, n_configs: int, shard: tuple[int, int], out: Path, smoke: bool, base_only: bool = False,
+           informed: bool = False) -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     sys.path.insert(0, str(REPO))
@@ -132,12 +208,15 @@ def record(table: str, n_configs: int, shard: tuple[int, int], out: Path, smoke:
         overrides += ["data.max_train_samples=32", "data.max_eval_samples=16", "data.max_test_samples=16",
                       "train.max_steps=4", "train.eval_every_steps=2"]
     done = {json.loads(line)["index"] for line in out.read_text().splitlines()} if out.exists() else set()
+    done |= {row["index"] for row in merged_rows(table, out.parent)}  # the table beside the shard is extended, never re-run
     cache = WarmCache()
     todo = [(i, p) for i, p in enumerate(draw_configs(table, n_configs)) if i % shard[1] == shard[0]]
     if shard[0] == 0:  # the base config (what a sweep enqueues as trial #0) is row -1, recorded first
         todo.insert(0, (-1, base_params(compose_job(ComposeSpec(str(REPO / "conf"), "sweep", tuple(overrides)), {}))))
     if base_only and shard[0] != 0:
         raise SystemExit("bench/curves.py record --base-only: the base config is shard 0's row (--shard 0/N)")
+    if informed:  # the informed start-up's configs (rows -2, -3, ...), split over the shards
+        todo = [(i, p) for i, p in informed_configs(table) if -i % shard[1] == shard[0]]
     for index, params in todo[:1] if base_only else todo:
         if index in done:
             continue
@@ -166,13 +245,22 @@ def record(table: str, n_configs: int, shard: tuple[int, int], out: Path, smoke:
               f"{row['wall_s']:.1f}s {error or ''}", flush=True)
 
 
-def merge(table: str) -> Path:
-    """The shards of a table, one gzipped JSON-lines file ordered by config index, plus its protocol."""
-    rows = []
-    for shard in sorted(TABLES.glob(f"{table}.shard*.jsonl")):
-        rows += [json.loads(line) for line in shard.read_text().splitlines() if line.strip()]
-    rows.sort(key=lambda r: r["index"])
-    out = TABLES / f"{table}.jsonl.gz"
+def merged_rows(table: str, where: Path = TABLES) -> list[dict[str, Any]]:
+    """The rows of the merged table (<where>/<table>.jsonl.gz), none when there is none yet."""
+    path = where / f"{table}.jsonl.gz"
+    if not path.exists():
+        return []
+    with gzip.open(path, "rt") as f:
+        return [row for row in map(json.loads, f) if "header" not in row]
+
+
+def merge(table: str, where: Path = TABLES) -> Path:
+    """The merged table and its new shards, one gzipped JSON-lines file ordered by config index."""
+    by_index = {row["index"]: row for row in merged_rows(table, where)}
+    for shard in sorted(where.glob(f"{table}.shard*.jsonl")):
+        by_index.update({row["index"]: row for row in map(json.loads, shard.read_text().splitlines())})
+    rows = sorted(by_index.values(), key=lambda r: r["index"])
+    out = where / f"{table}.jsonl.gz"
     header = {"table": table, "protocol": PROTOCOLS[table]["overrides"], "metric": PROTOCOLS[table]["metric"],
               "space": {"r": RANKS, "lora_alpha": ALPHAS, "dropout": [0, PROTOCOLS[table]["dropout"]],
                         "target_modules": PROTOCOLS[table]["targets"], "learning_rate": PROTOCOLS[table]["lr"],
@@ -195,16 +283,19 @@ def main(argv: list[str] | None = None) -> int:
     rec.add_argument("--out", type=Path, default=None)
     rec.add_argument("--smoke", action="store_true")
     rec.add_argument("--base-only", action="store_true", help="record only the base config (row -1; shard 0)")
+    rec.add_argument("--informed", action="store_true",
+                     help="record only the configs informed start-up enqueues on the old and new spaces (rows -2, -3, ...)")
     mer = sub.add_parser("merge")
     mer.add_argument("--table", choices=sorted(PROTOCOLS), required=True)
+    mer.add_argument("--dir", type=Path, default=TABLES, help="where the table and its shards are")
     args = parser.parse_args(argv)
     if args.cmd == "merge":
-        print(merge(args.table))
+        print(merge(args.table, args.dir))
         return 0
     i, n = (int(x) for x in args.shard.split("/"))
     TABLES.mkdir(exist_ok=True)
     out = args.out or TABLES / f"{args.table}.shard{i}of{n}.jsonl"
-    record(args.table, args.configs, (i, n), out, args.smoke, args.base_only)
+    record(args.table, args.configs, (i, n), out, args.smoke, args.base_only, args.informed)
     return 0
 
 

@@ -26,10 +26,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import md_table, study_rows  # noqa: E402
-from quality import OURS  # noqa: E402
+from quality import OURS, PRODUCT  # noqa: E402
 
 ARM_DIRS = {"TPE": "quality_tpe_s{}", "random": "quality_random_s{}", "TPE + pruning": "quality_tpe_pruned_s{}",
-            "TPE + race": "quality_tpe_race_s{}", "HF hyperparameter_search": "quality_hf_s{}"}
+            "TPE + race": "quality_tpe_race_s{}", "HF hyperparameter_search": "quality_hf_s{}",
+            "product default search": "quality_product_s{}"}
 HF = "HF hyperparameter_search"
 
 
@@ -84,8 +85,9 @@ def load(workdir: Path) -> dict[str, list[Search]]:
             d = workdir / pattern.format(seed)
             out.setdefault(arm, []).append(hf_search(d) if arm == HF else our_search(d, pattern.format(seed)))
             seed += 1
-    if OURS not in out or HF not in out:
-        raise SystemExit(f"{workdir}: no benchmark 4 work dirs for {OURS!r} and {HF!r} (run it with --keep-work)")
+    if not ({OURS, PRODUCT} & set(out)) or HF not in out:
+        raise SystemExit(f"{workdir}: no benchmark 4 work dirs for {PRODUCT!r} or {OURS!r}, and {HF!r} "
+                         "(run it with --keep-work)")
     return out
 
 
@@ -100,12 +102,13 @@ def table(searches: dict[str, list[Search]], tolerances: list[float]) -> str:
             spent = [h if h else s.whole() for h, s in zip(hits, runs)]
             cells[arm] = (statistics.fmean(w for w, _ in spent), statistics.fmean(n for _, n in spent),
                           sum(h is not None for h in hits), len(runs))
-        ours, hf = cells[OURS], cells[HF]
+        mine = PRODUCT if PRODUCT in cells else OURS  # today's default search where the run has it
+        ours, hf = cells[mine], cells[HF]
         per_trial = (hf[0] / hf[1]) / (ours[0] / ours[1])
         for arm, (wall, n, reached, total) in cells.items():
             rows.append([f"{tol:g} ({target:.4f})", arm, f"{reached}/{total}", f"{n:.1f}", f"{wall:.0f}",
                          f"{wall / n:.1f}",
-                         f"**{hf[0] / ours[0]:.2f}x** = {hf[1] / ours[1]:.2f} x {per_trial:.2f}" if arm == OURS else ""])
+                         f"**{hf[0] / ours[0]:.2f}x** = {hf[1] / ours[1]:.2f} x {per_trial:.2f}" if arm == mine else ""])
     return (f"Best validation accuracy any trial reached: {best:.4f}. A seed that never reaches the band "
             "counts with its whole search.\n\n"
             + md_table(["band, points (target)", "arm", "seeds reached", "trials completed until then (mean)",

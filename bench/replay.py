@@ -11,7 +11,8 @@ space, report each eval of the trial's curve, stop when the pruner says so, tell
 comes from the table (bench/curves.py): **the nearest tabulated config** in the space's
 normalised coordinates (rank and alpha in log2, dropout linear, learning rate in log over the
 table's range, a mismatched target preset / scheduler counting one unit, a mismatched seed a
-tenth), so the replay never invents a value a real trial did not produce. Keys a table does not
+tenth), so the replay never invents a value a real trial did not produce. The configs a sweep asks
+for by construction (the base config, informed start-up's) are rows of their own, found exactly. Keys a table does not
 vary (e.g. warmup_ratio in the LLM space) take no part in the lookup: the replay cannot see them.
 
 Compute is trial-seconds as measured in the table (the CPU-seconds of the single-threaded trial
@@ -41,6 +42,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from curves import TABLE_KEYS, lookup_params, spaces_of  # noqa: E402 - bench/ is the script's own folder
 
 BENCH = Path(__file__).resolve().parent
 REPO = BENCH.parent
@@ -158,12 +160,6 @@ class Arm:
     drop: tuple = ()                  # keys left out of the space (the seed, when the race spends that budget)
 
 
-def spaces_of(table: str) -> tuple[str, str]:
-    """(old, new) default spaces for the table's task: classification's default_v1 / default, the
-    LLM's llm_v1 / llm (the old ones kept verbatim beside the prior-centred ones)."""
-    return ("llm_v1", "llm") if table == "chat" else ("default_v1", "default")
-
-
 def default_arms(table: str) -> list[Arm]:
     """HF's search, random search, the old product default, and each lever alone and together."""
     old, new = spaces_of(table)
@@ -185,10 +181,6 @@ def default_arms(table: str) -> list[Arm]:
     return arms
 
 
-TABLE_KEYS = ("lora.r", "lora.lora_alpha", "lora.lora_dropout", "lora.target_modules", "train.learning_rate",
-              "train.lr_scheduler_type", "seed")
-
-
 @dataclass
 class Setup:
     """What a sweep of an arm on a table starts from, as the sweeper's pre-flight builds it: the
@@ -202,36 +194,13 @@ class Setup:
 
 
 def setup(arm: Arm, table: Table) -> Setup:
-    import yaml
-    from omegaconf import OmegaConf
+    from curves import space_setup
 
-    from curves import PROTOCOLS
-    from sweeps.runtime.compose import ComposeSpec, compose_job
-    from sweeps.search.priors import resolve_lr_prior
-    from sweeps.search.space import base_params, parse_search_space
-    from trainer.llm_defaults import with_llm_defaults
-
-    spec = ComposeSpec(str(REPO / "conf"), "sweep", tuple(PROTOCOLS[table.name]["overrides"]))
-    job = with_llm_defaults(compose_job(spec, {}))
-    params = yaml.safe_load((REPO / "conf" / "search_space" / f"{arm.space}.yaml").read_text()) or {}
-    space, _ = resolve_lr_prior(parse_search_space(params), job)
+    space, base, defaults = space_setup(arm.space, table.name)
     if arm.drop:
         space = space.without(set(arm.drop))
-    base, outside = base_params(job, space)
-    defaults = {k: OmegaConf.select(job, k) for k in TABLE_KEYS}
-    defaults = {k: OmegaConf.to_container(v) if OmegaConf.is_config(v) else v for k, v in defaults.items()}
-    if OmegaConf.select(job, "lora.alpha_ratio") is not None:
-        defaults["lora.lora_alpha"] = float(OmegaConf.select(job, "lora.alpha_ratio")) * defaults["lora.r"]
-    return Setup(space, None if outside or not arm.include_base else base, defaults)
-
-
-def lookup_params(params: dict[str, Any], defaults: dict[str, Any]) -> dict[str, Any]:
-    """A trial's config in the table's keys: the job's values, overlaid with what the trial searched
-    (an alpha ratio becomes alpha = ratio x r)."""
-    out = {**defaults, **{k: v for k, v in params.items() if k in TABLE_KEYS}}
-    if "lora.alpha_ratio" in params:
-        out["lora.lora_alpha"] = float(params["lora.alpha_ratio"]) * float(out["lora.r"])
-    return out
+        base = None if base is None else {k: v for k, v in base.items() if k not in arm.drop}
+    return Setup(space, base if arm.include_base else None, defaults)
 
 
 def make_study(arm: Arm, table: Table, st: Setup, seed: int, total_steps: int):
@@ -387,6 +356,9 @@ def real_best_after(arm: Arm, table: Table, seed: int, n_trials: int, workdir: P
                  f"hydra.sweeper.objective_at={arm.objective_at}", f"hydra.sweep.dir={workdir / 'multirun'}",
                  f"mlflow.tracking_uri=sqlite:///{workdir / 'mlflow.db'}"]
     overrides += [f"hydra.sweeper.{k}={v}" for k, v in arm.pruner_kwargs]
+    # a key the arm leaves out of the space runs at the job's value: a plain value on the command line
+    # pins a searched key (what the race does to the seed, without running the race after the search)
+    overrides += [f"{k}={setup(arm, table).defaults[k]}" for k in arm.drop]
     if arm.startup != "random":
         overrides.append(f"hydra.sweeper.startup={arm.startup}")
     subprocess.run([sys.executable, str(REPO / "sweep.py"), "-m", *overrides], capture_output=True, text=True,
@@ -458,10 +430,14 @@ def markdown(results: dict[str, list[dict[str, Any]]], args: argparse.Namespace,
     lines = ["# Search strategies replayed on learning-curve tables", "",
              f"`python bench/replay.py --tables {' '.join(results)} --sweeps {args.sweeps} --trials {args.trials}` "
              f"({elapsed:.0f} s). Compute is trial-seconds (CPU-seconds of single-threaded trials), the median with a bootstrap 95% "
-             "interval and the 5th-95th percentile of the sweeps; the lookup is the nearest tabulated config.", ""]
+             "interval and the 5th-95th percentile of the sweeps; the lookup is the nearest tabulated config. "
+             "The demo and SST-2 evals score 300 fixed rows, so one point is three rows: the table's best is one "
+             "config's luckiest eval, and each table's notes say how many configs sit that close to it.", ""]
     for name, arms in results.items():
         t = tables[name]
-        lines += [f"## {name}: {len(t.rows)} tabulated configs, best {t.metric} {t.best('best'):.4f} (best eval), "
+        drawn = sum(r["index"] >= 0 for r in t.rows)
+        lines += [f"## {name}: {len(t.rows)} tabulated configs ({drawn} drawn at random, {len(t.rows) - drawn} a sweep "
+                  f"asks for by construction: the base config and informed start-up's), best {t.metric} {t.best('best'):.4f} (best eval), "
                   f"{t.best('last'):.4f} (last eval); per-trial cost beside the steps: ours "
                   f"{trial_overheads(t)['ours']:.2f} s, HF {trial_overheads(t)['hf']:.2f} s", "",
                   f"| arm | space | compute to 1 pt | compute to 0.5 pt | compute to the top 10% ({t.metric} "
@@ -488,8 +464,56 @@ def markdown(results: dict[str, list[dict[str, Any]]], args: argparse.Namespace,
                     rt = ratio(a["_reach_top10"], hf["_reach_top10"], rng)
                     lines.append(f"| {a['arm']} | {r1['ratio']:.2f} [{r1['ci'][0]:.2f}, {r1['ci'][1]:.2f}] | "
                                  f"{rt['ratio']:.2f} [{rt['ci'][0]:.2f}, {rt['ci'][1]:.2f}] |")
-        lines.append("")
+        lines += ["", *table_diagnostics(t, args.trials), ""]
     return "\n".join(lines)
+
+
+def reachable_rows(space_name: str, table: Table, n_draws: int = 3000) -> set[int]:
+    """The table rows a space's suggestions can be answered with at all: the nearest rows of
+    `n_draws` uniform draws from the space (a near-best row outside this set is a target no arm
+    searching that space can reach in the replay)."""
+    import optuna
+
+    from sweeps.search.space import suggest
+
+    st = setup(Arm("reach", space_name), table)
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    out = set()
+    for _ in range(n_draws):
+        trial = study.ask()
+        params = {k: suggest(trial, k, d) for k, d in st.space.distributions.items()}
+        out.add(table.nearest(lookup_params(params, st.defaults))["index"])
+        study.tell(trial, 0.0)
+    return out
+
+
+def table_diagnostics(table: Table, n_trials: int) -> list[str]:
+    """Why a target is or is not reachable on this table: how many rows sit within 1 / 0.5 point of
+    its best and how many of them each space's suggestions can land on at all, and how well each eval
+    ranks the configs as their last eval does (Spearman), beside the share of compute spent by then:
+    what a pruner can know when it decides."""
+    from scipy.stats import spearmanr
+
+    sign = 1 if table.maximize else -1
+    best = table.best("best")
+    reach = {name: reachable_rows(name, table) for name in spaces_of(table.name)}
+    lines = ["Why the targets are or are not reached on this table:", ""]
+    for tol in NEAR_TARGETS:
+        near = [r["index"] for r in table.rows if sign * (table.objective(r, "best") - best) >= -tol - 1e-12]
+        inside = "; ".join(f"{sum(i in rows for i in near)} of them can be looked up from `{name}` "
+                           f"({len(rows)} rows in all)" for name, rows in reach.items())
+        lines.append(f"- {len(near)} of {len(table.rows)} tabulated configs are within {tol * 100:g} point of the best; "
+                     f"{inside}.")
+    n_evals = min(len(r["evals"]) for r in table.rows)
+    full = [r for r in table.rows if len(r["evals"]) == n_evals]
+    last = [r["evals"][-1][table.metric] for r in full]
+    cells = []
+    for j in range(n_evals - 1):
+        rho = spearmanr([r["evals"][j][table.metric] for r in full], last).statistic
+        share = np.median([r["evals"][j]["cpu_s"] / r["evals"][-1]["cpu_s"] for r in full if r["evals"][-1]["cpu_s"] > 0])
+        cells.append(f"eval {j + 1} of {n_evals} ({share:.0%} of the compute): {rho:.2f}")
+    lines.append("- rank correlation of an early eval with the last one, across configs: " + "; ".join(cells) + ".")
+    return lines
 
 
 def merge_results(path: Path, results: dict[str, list[dict[str, Any]]]) -> None:
@@ -502,7 +526,8 @@ def merge_results(path: Path, results: dict[str, list[dict[str, Any]]]) -> None:
     for key in ("replay_compute_to_1pt", "replay_compute_to_half_pt", "replay_ratio_vs_hf_1pt",
                 "replay_compute_to_top10pct", "replay_ratio_vs_hf_top10pct",
                 "pruner_false_kill_rate", "pruner_compute_saved"):
-        data[key] = {}
+        # this run's tables replace their own entries; the other tables' stay (a table can be replayed alone)
+        data[key] = {k: v for k, v in (data.get(key) or {}).items() if k.split(": ", 1)[0] not in results}
     for name, arms in results.items():
         hf = next((a for a in arms if a["arm"].startswith("HF")), None)
         for a in arms:
