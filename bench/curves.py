@@ -122,9 +122,8 @@ def informed_configs(table: str, n: int = 10) -> list[tuple[int, dict[str, Any]]
     as (index, params): rows -2, -3, ... A replayed sweep asks for these exact configs, so the table
     holds them rather than answering them with a neighbour (as the base config is row -1)."""
     sys.path.insert(0, str(REPO))
-    from sweeps.search.startup import informed_startup_params
-
     from sweeps.runtime.compose import ComposeSpec, compose_job
+    from sweeps.search.startup import informed_startup_params
 
     out: list[tuple[int, dict[str, Any]]] = []
     seen = [base_params(compose_job(ComposeSpec(str(REPO / "conf"), "sweep", tuple(PROTOCOLS[table]["overrides"])), {}))]

@@ -42,7 +42,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from curves import TABLE_KEYS, lookup_params, spaces_of  # noqa: E402 - bench/ is the script's own folder
+from curves import lookup_params, spaces_of  # bench/ is the script's own folder
 
 BENCH = Path(__file__).resolve().parent
 REPO = BENCH.parent
