@@ -576,8 +576,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--real", type=int, default=0, metavar="K",
                         help="run K real sweeps per validated arm on the first table first (resumable), into --real-file")
     parser.add_argument("--real-file", type=Path, default=BENCH / "work" / "replay_real.jsonl")  # a run store, not committed: replay.md holds its table
-    parser.add_argument("--validate-arms", default="random,old product default,+ prior-centred space",
-                        help="comma-separated prefixes of the arms whose replay is checked against real sweeps")
+    parser.add_argument("--validate-arms", default="all",
+                        help="`all`, or comma-separated prefixes of the arms whose replay is checked against real sweeps")
     args = parser.parse_args(argv)
     sys.path.insert(0, str(BENCH))
     if args.smoke:
@@ -594,7 +594,8 @@ def main(argv: list[str] | None = None) -> int:
         import tempfile
 
         first = args.tables[0]
-        record_real([a for a in default_arms(first) if any(a.label.startswith(w) for w in wanted)], tables[first],
+        record_real([a for a in default_arms(first) if wanted == ["all"] or any(a.label.startswith(w) for w in wanted)],
+                    tables[first],
                     args.real, 10, Path(tempfile.mkdtemp(prefix="replay-real-")), args.real_file)
     results: dict[str, list[dict[str, Any]]] = {}
     for name, table in tables.items():
