@@ -77,6 +77,14 @@ TABLE_KEYS = ("lora.r", "lora.lora_alpha", "lora.lora_dropout", "lora.target_mod
               "train.lr_scheduler_type", "seed")
 
 
+def protocol_job(table: str, extra: tuple[str, ...] = ()) -> Any:
+    """The job config a trial of the table's protocol composes (plus `extra` overrides)."""
+    sys.path.insert(0, str(REPO))
+    from sweeps.runtime.compose import ComposeSpec, compose_job
+
+    return compose_job(ComposeSpec(str(REPO / "conf"), "sweep", (*PROTOCOLS[table]["overrides"], *extra)), {})
+
+
 def spaces_of(table: str) -> tuple[str, str]:
     """(old, new) default spaces for the table's task: classification's default_v1 / default, the
     LLM's llm_v1 / llm (the old ones kept verbatim beside the prior-centred ones)."""
@@ -91,13 +99,12 @@ def space_setup(space_name: str, table: str) -> tuple[Any, dict[str, Any] | None
     import yaml
     from omegaconf import OmegaConf
 
-    from sweeps.runtime.compose import ComposeSpec, compose_job
     from sweeps.search.priors import resolve_lr_prior
     from sweeps.search.space import base_params as space_base_params
     from sweeps.search.space import parse_search_space
     from trainer.llm_defaults import with_llm_defaults
 
-    job = with_llm_defaults(compose_job(ComposeSpec(str(REPO / "conf"), "sweep", tuple(PROTOCOLS[table]["overrides"])), {}))
+    job = with_llm_defaults(protocol_job(table))
     params = yaml.safe_load((REPO / "conf" / "search_space" / f"{space_name}.yaml").read_text()) or {}
     space, _ = resolve_lr_prior(parse_search_space(params), job)
     base, outside = space_base_params(job, space)
@@ -121,12 +128,10 @@ def informed_configs(table: str, n: int = 10) -> list[tuple[int, dict[str, Any]]
     """The configs `hydra.sweeper.startup=informed` enqueues first on each compared space (old, new),
     as (index, params): rows -2, -3, ... A replayed sweep asks for these exact configs, so the table
     holds them rather than answering them with a neighbour (as the base config is row -1)."""
-    sys.path.insert(0, str(REPO))
-    from sweeps.runtime.compose import ComposeSpec, compose_job
     from sweeps.search.startup import informed_startup_params
 
     out: list[tuple[int, dict[str, Any]]] = []
-    seen = [base_params(compose_job(ComposeSpec(str(REPO / "conf"), "sweep", tuple(PROTOCOLS[table]["overrides"])), {}))]
+    seen = [base_params(protocol_job(table))]
     for space_name in spaces_of(table):
         space, base, defaults = space_setup(space_name, table)
         for params in informed_startup_params(space, n, base):
@@ -197,30 +202,27 @@ def record(table: str, n_configs: int, shard: tuple[int, int], out: Path, smoke:
     import torch
 
     torch.set_num_threads(1)
-    from sweeps.runtime.compose import ComposeSpec, compose_job
     from trainer import run_trial
     from trainer.cache import WarmCache
 
     proto = PROTOCOLS[table]
-    overrides = list(proto["overrides"])
-    if smoke:
-        overrides += ["data.max_train_samples=32", "data.max_eval_samples=16", "data.max_test_samples=16",
-                      "train.max_steps=4", "train.eval_every_steps=2"]
+    smoke_sizes = ("data.max_train_samples=32", "data.max_eval_samples=16", "data.max_test_samples=16",
+                   "train.max_steps=4", "train.eval_every_steps=2") if smoke else ()
     done = {json.loads(line)["index"] for line in out.read_text().splitlines()} if out.exists() else set()
     done |= {row["index"] for row in merged_rows(table, out.parent)}  # the table beside the shard is extended, never re-run
     cache = WarmCache()
-    todo = [(i, p) for i, p in enumerate(draw_configs(table, n_configs)) if i % shard[1] == shard[0]]
-    if shard[0] == 0:  # the base config (what a sweep enqueues as trial #0) is row -1, recorded first
-        todo.insert(0, (-1, base_params(compose_job(ComposeSpec(str(REPO / "conf"), "sweep", tuple(overrides)), {}))))
     if base_only and shard[0] != 0:
         raise SystemExit("bench/curves.py record --base-only: the base config is shard 0's row (--shard 0/N)")
     if informed:  # the informed start-up's configs (rows -2, -3, ...), split over the shards
         todo = [(i, p) for i, p in informed_configs(table) if -i % shard[1] == shard[0]]
+    else:
+        todo = [(i, p) for i, p in enumerate(draw_configs(table, n_configs)) if i % shard[1] == shard[0]]
+        if shard[0] == 0:  # the base config (what a sweep enqueues as trial #0) is row -1, recorded first
+            todo.insert(0, (-1, base_params(protocol_job(table, smoke_sizes))))
     for index, params in todo[:1] if base_only else todo:
         if index in done:
             continue
-        job = overrides + [f"{k}={v}" for k, v in params.items()] + ["train.save_adapter=false"]
-        cfg = compose_job(ComposeSpec(str(REPO / "conf"), "sweep", tuple(job)), {})
+        cfg = protocol_job(table, (*smoke_sizes, *(f"{k}={v}" for k, v in params.items()), "train.save_adapter=false"))
         recorder = CurveRecorder()
         t0, c0 = time.perf_counter(), time.process_time()
         try:
