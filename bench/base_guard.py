@@ -4,9 +4,10 @@
 
 Two default-space sweeps through the real CLI, same data, same sampler seed, same worker plan:
 - old: sampled configs only, each scored at its last eval, the median pruner acting from step 1
-  after 2 finished trials (the defaults before include_base / objective_at / prune_after);
-- new: today's defaults (the base config as trial 0, best eval with its adapter, no pruning
-  before half a trial and 4 finished trials).
+  after 2 finished trials, random start-up (the defaults before include_base / objective_at /
+  prune_after / startup);
+- new: today's defaults (the base config as trial 0, informed start-up, best eval with its
+  adapter, no pruning before half a trial and 4 finished trials).
 The base config's own score comes from the new arm's trial 0 (its last and its best eval).
 Then the held-out check: the new arm's winner and the base config each re-run on the same 2 x 2
 fresh init and data-order seeds (`reproduce`, crossed design) and scored on the test split, with
@@ -31,7 +32,8 @@ sys.path.insert(0, str(REPO))
 REPRODUCE = ["hydra.sweeper.reproduce.top_k=1", "hydra.sweeper.reproduce.n_seeds=2",
              "hydra.sweeper.reproduce.design=crossed", "hydra.sweeper.reproduce.determinism_check=false"]
 OLD = ["hydra.sweeper.include_base=false", "hydra.sweeper.objective_at=last", "hydra.sweeper.prune_after=0",
-       "hydra.sweeper.prune_min_trials=0", "hydra.sweeper.pruner_kwargs={n_startup_trials: 2, n_warmup_steps: 1}"]
+       "hydra.sweeper.prune_min_trials=0", "hydra.sweeper.pruner_kwargs={n_startup_trials: 2, n_warmup_steps: 1}",
+       "hydra.sweeper.startup=random"]
 
 
 def sweep(workdir: Path, overrides: list[str]) -> tuple[float, float]:

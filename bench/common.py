@@ -475,10 +475,10 @@ def std_overrides(s: Sizes, n_trials: int | None = None, sampler: str = "tpe", s
     out += ["search_space=default_v1", f"hydra.sweeper.n_trials={n_trials or s.std_trials}",
             f"hydra.sweeper.sampler={sampler}", f"hydra.sweeper.sampler_seed={seed}",
             f"hydra.sweeper.pruner={pruner}"]
-    # the protocol the committed tables were measured with: sampled configs only (no base trial),
-    # each scored at its last eval, pruners acting from their first rung
+    # the protocol the committed tables were measured with: sampled configs only (no base trial, no
+    # informed start-up), each scored at its last eval, pruners acting from their first rung
     out += ["hydra.sweeper.include_base=false", "hydra.sweeper.objective_at=last", "hydra.sweeper.prune_after=0",
-            "hydra.sweeper.prune_min_trials=0"]
+            "hydra.sweeper.prune_min_trials=0", "hydra.sweeper.startup=random"]
     if n_jobs is not None:  # None: our default worker plan (one single-threaded worker per core)
         out.append(f"hydra.sweeper.n_jobs={n_jobs}")
     if sampler == "tpe":

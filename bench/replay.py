@@ -203,7 +203,7 @@ def setup(arm: Arm, table: Table) -> Setup:
     return Setup(space, base if arm.include_base else None, defaults)
 
 
-def make_study(arm: Arm, table: Table, st: Setup, seed: int, total_steps: int):
+def make_study(arm: Arm, table: Table, st: Setup, seed: int, total_steps: int, n_trials: int):
     import optuna
 
     from sweeps.search.pruning import PruneGuard
@@ -219,10 +219,10 @@ def make_study(arm: Arm, table: Table, st: Setup, seed: int, total_steps: int):
     study = optuna.create_study(direction="maximize" if table.maximize else "minimize", sampler=sampler, pruner=pruner)
     if st.base is not None:
         study.enqueue_trial(st.base)
-    if arm.startup == "informed":
-        from sweeps.search.startup import informed_startup_params
+    if arm.startup == "informed":  # as the sweeper counts them: the base trial among them, within the budget
+        from sweeps.search.startup import informed_startup_params, informed_trials
 
-        for params in informed_startup_params(st.space, 10, st.base):
+        for params in informed_startup_params(st.space, informed_trials(dict(arm.sampler_kwargs), n_trials), st.base):
             study.enqueue_trial(params)
     return study
 
@@ -235,7 +235,7 @@ def replay_sweep(arm: Arm, table: Table, st: Setup, seed: int, n_trials: int, ov
     from sweeps.search.space import suggest
 
     total_steps = table.rows[0]["total_steps"] or table.rows[0]["evals"][-1]["step"]
-    study = make_study(arm, table, st, seed, total_steps)
+    study = make_study(arm, table, st, seed, total_steps, n_trials)
     spent, out = 0.0, []
     for _ in range(n_trials):
         trial = study.ask()
@@ -359,8 +359,7 @@ def real_best_after(arm: Arm, table: Table, seed: int, n_trials: int, workdir: P
     # a key the arm leaves out of the space runs at the job's value: a plain value on the command line
     # pins a searched key (what the race does to the seed, without running the race after the search)
     overrides += [f"{k}={setup(arm, table).defaults[k]}" for k in arm.drop]
-    if arm.startup != "random":
-        overrides.append(f"hydra.sweeper.startup={arm.startup}")
+    overrides.append(f"hydra.sweeper.startup={arm.startup}")  # every arm says its start-up: the default moved
     subprocess.run([sys.executable, str(REPO / "sweep.py"), "-m", *overrides], capture_output=True, text=True,
                    env=env, cwd=workdir, check=True)
     storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(
@@ -432,7 +431,11 @@ def markdown(results: dict[str, list[dict[str, Any]]], args: argparse.Namespace,
              f"({elapsed:.0f} s). Compute is trial-seconds (CPU-seconds of single-threaded trials), the median with a bootstrap 95% "
              "interval and the 5th-95th percentile of the sweeps; the lookup is the nearest tabulated config. "
              "The demo and SST-2 evals score 300 fixed rows, so one point is three rows: the table's best is one "
-             "config's luckiest eval, and each table's notes say how many configs sit that close to it.", ""]
+             "config's luckiest eval, and each table's notes say how many configs sit that close to it.", "",
+             "Which arm is the product: `python sweep.py -m` as it ships since 2026-12 is the arm **prior space + "
+             "informed start-up** (the prior-centred space, informed start-up, the median pruner from 50%, the base "
+             "config first); the defaults before it are **+ prior-centred space** (the same with random start-up) "
+             "and, before that, **old product default**.", ""]
     for name, arms in results.items():
         t = tables[name]
         drawn = sum(r["index"] >= 0 for r in t.rows)

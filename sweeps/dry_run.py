@@ -16,7 +16,7 @@ from sweeps.runtime.compose import ComposeSpec
 from sweeps.progress import console
 from sweeps.search.samplers import kwargs_of, make_sampler, sampler_seed
 from sweeps.search.space import SearchSpace, base_params, suggest
-from sweeps.search.startup import informed_startup_params, startup_trials, why_not_informed
+from sweeps.search.startup import DEFAULT_STARTUP, informed_startup_params, informed_trials, why_not_informed, why_not_sampler
 from sweeps.search.storage import mask_url
 from sweeps.runtime.worker_plan import plan_for
 
@@ -57,18 +57,23 @@ def print_configs(title: str, space: SearchSpace, configs: list[dict[str, Any]])
     console.print(table)
 
 
-def print_informed_startup(conf: DictConfig, job: DictConfig, space: SearchSpace) -> None:
-    """The trials hydra.sweeper.startup=informed enqueues into a new study (after the base trial)."""
+def print_informed_startup(conf: DictConfig, job: DictConfig, space: SearchSpace) -> bool:
+    """The trials hydra.sweeper.startup=informed enqueues into a new study (after the base trial);
+    False when it enqueues none (and why)."""
+    if why_not_sampler(conf.sampler):
+        console.print(f"informed start-up: {why_not_sampler(conf.sampler)}")
+        return False
     reason = why_not_informed(space)
     if reason:
         console.print(f"informed start-up: {reason}; the sampler's random start-up runs instead")
-        return
+        return False
     params, outside = base_params(job, space)
-    base = params if conf.get("include_base", True) and not outside and str(conf.sampler) != "grid" else None
-    n = min(startup_trials(kwargs_of(conf.sampler_kwargs)), int(conf.n_trials))
+    base = params if conf.get("include_base", True) and not outside else None
+    n = informed_trials(kwargs_of(conf.sampler_kwargs), int(conf.n_trials))
     configs = informed_startup_params(space, n, base)
     print_configs(f"informed start-up: {len(configs)} trials run first{' after the base config' if base else ''}, "
                   "then the sampler", space, configs)
+    return True
 
 
 def print_dry_run(conf: DictConfig, job: DictConfig, space: SearchSpace, compose: ComposeSpec, study_name: str,
@@ -88,9 +93,11 @@ def print_dry_run(conf: DictConfig, job: DictConfig, space: SearchSpace, compose
         table.add_row(key, space.grammar.get(key, ""), f"fixed = {value!r}")
     console.print(table)
 
-    if conf.get("startup", "random") == "informed":
-        print_informed_startup(conf, job, space)
+    informed = conf.get("startup", DEFAULT_STARTUP) == "informed" and print_informed_startup(conf, job, space)
     samples = sample_configs(conf, space, directions, study_name)
+    if informed:
+        console.print("below: the sampler's own first draws, what hydra.sweeper.startup=random runs; after the "
+                      "start-up above, the sampler proposes from those trials' results")
     print_configs(f"first {len(samples)} sampled configs", space, samples)
 
     report = trainer.preflight(job)

@@ -15,7 +15,7 @@ from sweeps.search.pruning import ROW_MEAN_OBJECTIVES, prune_guard
 from sweeps.search.samplers import kwargs_of, SweeperConfigError, make_pruner, make_sampler
 from sweeps.search.priors import resolve_lr_prior
 from sweeps.search.space import SearchSpace, override_line
-from sweeps.search.startup import STARTUP_MODES
+from sweeps.search.startup import DEFAULT_STARTUP, STARTUP_MODES
 from sweeps.runtime.worker_plan import DeviceError, plan_for
 from trainer.trace import traced
 
@@ -35,7 +35,7 @@ def check_sweeper_settings(conf: DictConfig, space: SearchSpace, objectives: lis
         raise SweeperConfigError(
             "hydra.sweeper.params: sweep either lora.lora_alpha or lora.alpha_ratio (alpha = ratio * r), not both"
         )
-    startup = conf.get("startup", "random")
+    startup = conf.get("startup", DEFAULT_STARTUP)
     if startup not in STARTUP_MODES:
         raise SweeperConfigError(f"hydra.sweeper.startup: {startup!r} is not allowed; allowed: {', '.join(STARTUP_MODES)}")
     if int(conf.n_trials) < 1:

@@ -52,8 +52,9 @@ class LoraOptunaSweeperConf:
     prune_patience: Optional[int] = None  # also require this many evals without improvement (Optuna's PatientPruner)
     pruner_kwargs: Any = None           # extra pruner arguments, e.g. {min_resource: 2, reduction_factor: 3}
     include_base: bool = True           # the composed config (defaults + your overrides) runs as the first trial
-    startup: str = "random"             # random: the sampler's start-up | informed: the first n_startup_trials train the
-                                        # prior's config with the learning rate spread over its range, then TPE takes over
+    startup: str = "informed"           # informed: the first n_startup_trials (the base trial among them) train the prior's
+                                        # config with the learning rate spread over its range, then the sampler takes over |
+                                        # random: the sampler's own start-up (the default before 2026-12)
     objective_at: str = "best"          # best: a trial scores its best eval and keeps that eval's adapter | last
     max_retry: int = 1                  # retries of a trial whose worker died
     max_failure_rate: float = 0.5       # abort once failed trials exceed this fraction of n_trials

@@ -100,3 +100,17 @@ def test_console_command_dry_run(tmp_path, tiny_bert_dir):
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     check_output(proc.stdout, tmp_path, str(tiny_bert_dir))
+
+
+def test_dry_run_shows_the_informed_startup_the_sweep_runs_first(tiny_dry_run, tmp_path, tiny_bert_dir):
+    """The default start-up is informed: the dry run lists those trials (the prior's config, the learning
+    rate spread over its range) before the sampler's own draws; startup=random runs the sampler's draws."""
+    out = tiny_dry_run[1].stdout
+    head = " ".join(out[out.index("informed start-up: "):out.index("first 5 sampled configs")].split())
+    assert "trials run first after the base config, then the sampler" in head, head
+    assert head.count("all_linear") >= 2  # the prior's pick for every trial, not the base config's qv
+    assert "startup=random" in head  # says what the sampled configs below are
+    proc = run_sweep(tmp_path, *TINY, f"model.name_or_path={tiny_bert_dir}", "hydra.sweeper.dry_run=true",
+                     "hydra.sweeper.startup=random")
+    assert "informed start-up" not in proc.stdout and "startup=random" not in proc.stdout
+    assert len(SAMPLE.findall(proc.stdout[proc.stdout.index("first 5 sampled configs"):])) == 5

@@ -17,9 +17,10 @@ from sweep_helpers import TINY, run_sweep, start_sweep, wait_for
 
 pytestmark = [pytest.mark.timeout(900), pytest.mark.slow]
 
-# Trials of a few seconds: long enough to be caught mid-flight, short enough for CI.
+# Trials of several seconds: long enough to be caught mid-flight on a loaded machine (the informed
+# start-up's trials cost the same, so two workers finish theirs together), short enough for CI.
 LONGER = [o for o in TINY if not o.startswith(("train.max_steps", "train.eval_every_steps"))] + [
-    "train.max_steps=240", "train.eval_every_steps=40", "data.max_train_samples=96"]
+    "train.max_steps=480", "train.eval_every_steps=80", "data.max_train_samples=96"]
 
 
 def _fresh_database(url: str) -> str:

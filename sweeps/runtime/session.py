@@ -24,7 +24,7 @@ from sweeps.seed_stats import interval_text
 from sweeps.tracking.redact import redact, redact_override
 from sweeps.search.samplers import kwargs_of
 from sweeps.search.space import SearchSpace, base_params
-from sweeps.search.startup import enqueue_informed_startup, startup_trials
+from sweeps.search.startup import DEFAULT_STARTUP, enqueue_informed_startup, informed_trials, why_not_sampler
 from sweeps.search.storage import MEMORY_SKIP_ATTR, STORE_RETRY_S, mask_url, open_storage, storage_url
 from sweeps.search.study import TrialBudget, fail_orphaned_trials, open_study, process_started
 from sweeps.runtime.supervisor import Outcome, Supervisor, SweepAborted
@@ -104,7 +104,7 @@ class SweepSession:
         self._describe(study)
         with TrialBudget(study, self.url, 0, retry_s=self.store_retry_s).locked():  # once, even if machines start at once
             base = self.enqueue_base(study) if conf.get("include_base", True) else None
-            if conf.get("startup", "random") == "informed":
+            if conf.get("startup", DEFAULT_STARTUP) == "informed":
                 self.enqueue_startup(study, base)
         deadline = time.time() + float(conf.timeout) if conf.timeout is not None else None
         specs = self.worker_specs(self.study_name, n_trials, self.space, self.objectives,
@@ -192,10 +192,11 @@ class SweepSession:
     def enqueue_startup(self, study: optuna.Study, base: dict[str, Any] | None) -> None:
         """hydra.sweeper.startup=informed: the prior's config with the learning rate spread over
         its range, after the base trial (sweeps/search/startup.py); once per study."""
-        if str(self.conf.sampler) == "grid":
-            console.print("informed start-up: not with sampler=grid (the grid decides every trial)")
+        reason = why_not_sampler(self.conf.sampler)
+        if reason:
+            console.print(f"informed start-up: {reason}")
             return
-        n = min(startup_trials(kwargs_of(self.conf.sampler_kwargs)), int(self.conf.n_trials))
+        n = informed_trials(kwargs_of(self.conf.sampler_kwargs), int(self.conf.n_trials))
         _, message = enqueue_informed_startup(study, self.space, n, base)
         console.print(message)
 

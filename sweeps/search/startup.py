@@ -26,6 +26,7 @@ from optuna.distributions import BaseDistribution, CategoricalDistribution, Floa
 from sweeps.search.space import SearchSpace
 
 STARTUP_MODES = ("random", "informed")
+DEFAULT_STARTUP = "informed"  # the replay's choice (bench/results/replay.md): first to 1 point on every table
 LR_KEY = "train.learning_rate"
 STUDY_ATTR = "informed_startup"  # study attribute: how many informed trials were enqueued
 TRIAL_ATTR = "startup"           # trial attribute of those trials ...
@@ -41,6 +42,17 @@ def startup_trials(sampler_kwargs: Mapping[str, Any] | None) -> int:
     """The start-up length: the sampler's n_startup_trials when given, else TPE's default."""
     given = (sampler_kwargs or {}).get("n_startup_trials")
     return int(given) if given is not None else default_startup_trials()
+
+
+def informed_trials(sampler_kwargs: Mapping[str, Any] | None, n_trials: int) -> int:
+    """How many trials an informed start-up places (the base trial among them): the start-up
+    length, at most the sweep's budget. The sweeper, its dry run and the replay all count so."""
+    return min(startup_trials(sampler_kwargs), int(n_trials))
+
+
+def why_not_sampler(sampler: Any) -> str | None:
+    """Why this sampler takes no informed start-up (None when it does): a grid decides every trial."""
+    return "not with sampler=grid (the grid decides every trial)" if str(sampler) == "grid" else None
 
 
 def centre(dist: BaseDistribution) -> Any:
