@@ -58,7 +58,7 @@ def test_timeout_ends_the_search_on_time(tmp_path, tiny_bert_dir):
     run_sweep(tmp_path, *LONGER, _model(tiny_bert_dir), "hydra.sweeper.n_jobs=2", "hydra.sweeper.n_trials=60",
               "hydra.sweeper.pruner=none", f"hydra.sweeper.timeout={timeout}")
     everything = only_study(tmp_path).trials
-    # the start-up's queued trials (the base config, informed start-up) that the clock left unstarted
+    # the informed start-up's queued trials that the clock left unstarted
     # stay queued for a resume; every trial that started finished
     trials = [t for t in everything if t.state != TrialState.WAITING]
     assert 0 < len(trials) < 60
