@@ -26,7 +26,7 @@ from optuna.distributions import BaseDistribution, CategoricalDistribution, Floa
 from sweeps.search.space import SearchSpace
 
 STARTUP_MODES = ("random", "informed")
-DEFAULT_STARTUP = "informed"  # the replay's choice (bench/results/replay.md): first to 1 point on every table
+DEFAULT_STARTUP = "informed"  # the replay's choice (bench/results/replay.md): the best arm on every table
 LR_KEY = "train.learning_rate"
 STUDY_ATTR = "informed_startup"  # study attribute: how many informed trials were enqueued
 TRIAL_ATTR = "startup"           # trial attribute of those trials ...
