@@ -124,12 +124,13 @@ def lookup_params(params: dict[str, Any], defaults: dict[str, Any]) -> dict[str,
     return out
 
 
-def informed_configs(table: str, n: int = 10) -> list[tuple[int, dict[str, Any]]]:
+def informed_configs(table: str, n: int | None = None) -> list[tuple[int, dict[str, Any]]]:
     """The configs `hydra.sweeper.startup=informed` enqueues first on each compared space (old, new),
     as (index, params): rows -2, -3, ... A replayed sweep asks for these exact configs, so the table
     holds them rather than answering them with a neighbour (as the base config is row -1)."""
-    from sweeps.search.startup import informed_startup_params
+    from sweeps.search.startup import default_startup_trials, informed_startup_params
 
+    n = default_startup_trials() if n is None else n  # what a sweep with the default sampler enqueues
     out: list[tuple[int, dict[str, Any]]] = []
     seen = [base_params(protocol_job(table))]
     for space_name in spaces_of(table):
@@ -246,13 +247,20 @@ def record(table: str, n_configs: int, shard: tuple[int, int], out: Path, smoke:
               f"{row['wall_s']:.1f}s {error or ''}", flush=True)
 
 
-def merged_rows(table: str, where: Path = TABLES) -> list[dict[str, Any]]:
-    """The rows of the merged table (<where>/<table>.jsonl.gz), none when there is none yet."""
+def read_table(table: str, where: Path = TABLES) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """The merged table (<where>/<table>.jsonl.gz): its header and its rows; ({}, []) when there is none yet."""
     path = where / f"{table}.jsonl.gz"
     if not path.exists():
-        return []
+        return {}, []
     with gzip.open(path, "rt") as f:
-        return [row for row in map(json.loads, f) if "header" not in row]
+        rows = [json.loads(line) for line in f if line.strip()]
+    header = rows.pop(0)["header"] if rows and "header" in rows[0] else {}
+    return header, rows
+
+
+def merged_rows(table: str, where: Path = TABLES) -> list[dict[str, Any]]:
+    """The rows of the merged table, none when there is none yet."""
+    return read_table(table, where)[1]
 
 
 def merge(table: str, where: Path = TABLES) -> Path:

@@ -30,7 +30,6 @@ sweep kept (false kill).
 from __future__ import annotations
 
 import argparse
-import gzip
 import json
 import math
 import statistics
@@ -69,12 +68,12 @@ class Table:
 
     @classmethod
     def load(cls, name: str) -> "Table":
-        path = TABLES / f"{name}.jsonl.gz"
-        lines = gzip.open(path, "rt").read().splitlines() if path.exists() else [
-            line for shard in sorted(TABLES.glob(f"{name}.shard*.jsonl")) for line in shard.read_text().splitlines()]
-        rows = [json.loads(line) for line in lines if line.strip()]
-        header = rows.pop(0)["header"] if rows and "header" in rows[0] else {}
-        from curves import PROTOCOLS
+        from curves import PROTOCOLS, read_table
+
+        header, rows = read_table(name, TABLES)
+        if not rows:  # not merged yet: the shards as they are
+            rows = [json.loads(line) for shard in sorted(TABLES.glob(f"{name}.shard*.jsonl"))
+                    for line in shard.read_text().splitlines() if line.strip()]
 
         return cls(name, header.get("metric") or PROTOCOLS[name]["metric"], header, rows)
 
